@@ -1,0 +1,30 @@
+# The two commands a newcomer needs: `make serve` and `make test`. Both create .venv on first use.
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+
+.PHONY: serve test lint bench-upload
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned first so that nothing later can pull a CUDA build.
+$(VENV)/.runtime: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+serve: $(VENV)/.runtime
+	$(BIN)/tunery serve
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src

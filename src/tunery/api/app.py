@@ -1,0 +1,38 @@
+"""``create_app(settings)``: the FastAPI application with its context, error handlers and routes."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tunery import __version__
+from tunery.api.deps import AppContext
+from tunery.api.errors import install_error_handlers
+from tunery.api.routes import health
+from tunery.settings import Settings
+from tunery.storage import open_blob_store
+from tunery.store.db import Database
+
+
+class DoubleV1Alias:
+    """Serve ``/v1/v1/...`` as ``/v1/...``: a base_url ending in /v1 is a common client mistake."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/v1/"):
+            scope = dict(scope, path=scope["path"][3:], raw_path=scope["raw_path"][3:])
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
+    app = FastAPI(title="tunery", version=__version__, description="The Together AI fine-tuning API, self-hosted.")
+    if db is None:
+        db = Database(settings.resolved_database_url)
+        db.migrate()
+    app.state.ctx = AppContext(settings=settings, db=db, blobs=open_blob_store(settings))
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.add_middleware(DoubleV1Alias)
+    return app

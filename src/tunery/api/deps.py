@@ -1,0 +1,63 @@
+"""Request dependencies: the app context, the session, and the authenticated user."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from tunery.errors import Unauthorized
+from tunery.settings import Settings
+from tunery.storage import BlobStore
+from tunery.store.db import Database
+from tunery.store.models import User
+from tunery.store.users import user_for_key
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def get_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Session]:
+    with ctx.db.session() as s:
+        yield s
+
+
+def bearer_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" and key.strip() else None
+
+
+def current_user(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]) -> User:
+    key = bearer_key(request)
+    if key is None:
+        raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
+    with ctx.db.session() as s:
+        user = user_for_key(s, key)
+    if user is None:
+        raise Unauthorized("invalid or revoked API key")
+    return user
+
+
+Ctx = Annotated[AppContext, Depends(get_ctx)]
+DbSession = Annotated[Session, Depends(get_session)]
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def public_base_url(request: Request, settings: Settings) -> str:
+    """The absolute base URL clients should use to reach this server (no trailing slash)."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    return str(request.base_url).rstrip("/")

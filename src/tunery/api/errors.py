@@ -1,0 +1,74 @@
+"""The one place errors become HTTP responses: ``{"error": {"message", "type", "param", "code"}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunery.errors import TuneryError
+
+log = logging.getLogger("tunery.api")
+
+_HTTP_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    416: "invalid_request_error",
+    422: "invalid_request_error",
+}
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(
+    status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, param, code), status_code=status, headers=headers)
+
+
+def _tunery_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TuneryError)
+    headers = getattr(exc, "headers", None)
+    return error_response(exc.status_code, exc.message, exc.error_type, exc.param, exc.code, headers)
+
+
+def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    first_param = None
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
+        param = ".".join(loc) or None
+        first_param = first_param or param
+        problems.append(f"{param}: {err.get('msg')}" if param else str(err.get("msg")))
+    return error_response(422, "; ".join(problems) or "invalid request", "invalid_request_error", first_param)
+
+
+def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "internal_error")
+    message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    return error_response(exc.status_code, message, type_, headers=getattr(exc, "headers", None))
+
+
+def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal server error; the server log has the details", "internal_error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(TuneryError, _tunery_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,1 @@
+"""Route modules, named after their URL segment."""

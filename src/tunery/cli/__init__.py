@@ -1,0 +1,1 @@
+"""The `tunery` command line: server operation and client commands."""

@@ -1,0 +1,52 @@
+"""`tunery serve`: the API server (plus embedded workers) on 127.0.0.1:8000 by default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from tunery.api.app import create_app
+from tunery.cli.options import DataDir, load_settings, open_db
+from tunery.settings import Settings
+from tunery.store.db import Database
+from tunery.store.users import create_key, has_any_key
+
+DEFAULT_USER = "default"
+
+
+def bootstrap_key(settings: Settings, db: Database) -> Path | None:
+    """On first start (no keys at all), create a key for the default user and write it to
+    ``<data-dir>/api_key`` (mode 0600). Returns the path when a key was created."""
+    with db.session() as s:
+        if has_any_key(s):
+            return None
+        key = create_key(s, DEFAULT_USER)
+    path = settings.api_key_path
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Serve the API with embedded defaults (SQLite and blobs under the data dir)."""
+    settings = load_settings(data_dir, host=host, port=port)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = open_db(settings)
+    created = bootstrap_key(settings, db)
+    if created:
+        typer.echo(f"Created an API key for user '{DEFAULT_USER}' in {created}")
+    elif settings.api_key_path.exists():
+        typer.echo(f"API key for user '{DEFAULT_USER}': {settings.api_key_path}")
+    app = create_app(settings, db)
+    typer.echo(f"tunery serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)

@@ -1,0 +1,188 @@
+"""The tables. Wire shapes live in ``tunery.api.schemas``; these are storage only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone; we put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), int: BigInteger()}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    # sha256 of the key: keys are 256-bit random, so a fast hash is enough to make a leaked
+    # table useless.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class File(Base):
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    file_type: Mapped[str] = mapped_column(String(16))
+    # sha256 hex the client announced (empty if none); checked when the bytes arrive.
+    checksum: Mapped[str] = mapped_column(String(64), default="")
+    bytes: Mapped[int] = mapped_column(default=0)
+    # awaiting_upload → uploaded → (validated via processing_status)
+    upload_state: Mapped[str] = mapped_column(String(32), default="awaiting_upload")
+    # Together's processing_status: PENDING | RUNNING | COMPLETED | INVALID_FORMAT | FAILED
+    processing_status: Mapped[str] = mapped_column(String(32), default="PENDING")
+    blob_key: Mapped[str] = mapped_column(String(512), default="")
+    report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    dataset_format: Mapped[str | None] = mapped_column(String(32), default=None)
+    num_samples: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MultipartUpload(Base):
+    __tablename__ = "multipart_uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
+    num_parts: Mapped[int] = mapped_column(Integer)
+    # open | completed | aborted
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    # Backend-specific handle (the S3 UploadId); empty for the local store.
+    backend_id: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_created", "status", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32), default="pending")
+    model: Mapped[str] = mapped_column(String(512))
+    model_output_name: Mapped[str] = mapped_column(String(512))
+    suffix: Mapped[str | None] = mapped_column(String(64), default=None)
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str] = mapped_column(String(64), default="")
+    from_checkpoint: Mapped[str] = mapped_column(String(256), default="")
+    # The resolved hyperparameters as the API shows them (no secrets).
+    params: Mapped[dict[str, Any]] = mapped_column()
+    # wandb_key / hf_api_token; cleared when the job ends.
+    secrets: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Progress, written by the worker.
+    total_steps: Mapped[int] = mapped_column(default=0)
+    steps_completed: Mapped[int] = mapped_column(default=0)
+    epochs_completed: Mapped[int] = mapped_column(default=0)
+    evals_completed: Mapped[int] = mapped_column(default=0)
+    token_count: Mapped[int] = mapped_column(default=0)
+    param_count: Mapped[int] = mapped_column(default=0)
+    seconds_remaining: Mapped[float | None] = mapped_column(Float, default=None)
+    early_stopped: Mapped[bool] = mapped_column(default=False)
+    early_stopping_best_step: Mapped[int | None] = mapped_column(default=None)
+    early_stopping_best_metric: Mapped[float | None] = mapped_column(Float, default=None)
+    wandb_url: Mapped[str | None] = mapped_column(String(1024), default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    type: Mapped[str] = mapped_column(String(64))
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    # Optional typed fields of Together's FinetuneEvent (step, checkpoint_path, …).
+    fields: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+
+
+class JobMetric(Base):
+    __tablename__ = "job_metrics"
+    __table_args__ = (Index("ix_job_metrics_job_step", "job_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column()
+    logged_at: Mapped[datetime] = mapped_column(default=utcnow)
+    values: Mapped[dict[str, Any]] = mapped_column()
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_job_step", "job_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column()
+    final: Mapped[bool] = mapped_column(default=False)
+    # "model" (full weights, merged for LoRA), "adapter" (LoRA only) or "state" (resume state)
+    variant: Mapped[str] = mapped_column(String(16))
+    blob_key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BaseModelEntry(Base):
+    """A base model an operator registered by name (`tunery models add NAME PATH`)."""
+
+    __tablename__ = "base_models"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(256))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
