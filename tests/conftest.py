@@ -1,0 +1,132 @@
+"""Shared fixtures: a live `tunery serve` process on a free loopback port, and SDK clients for it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+TUNERY = str(Path(sys.executable).parent / "tunery")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    """A real `tunery serve` subprocess. ``restart()`` keeps the data dir and port."""
+
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_key(self) -> str:
+        return (self.data_dir / "api_key").read_text().strip()
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [TUNERY, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tunery serve exited early:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"tunery serve did not become healthy:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self, sig: int | None = None) -> None:
+        if self.proc and self.proc.poll() is None:
+            if sig is None:
+                self.proc.terminate()
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def create_key(self, user: str) -> str:
+        out = subprocess.run(
+            [TUNERY, "keys", "create", "--user", user, "--data-dir", str(self.data_dir)],
+            env=self.env, check=True, capture_output=True, text=True,
+        )
+        return out.stdout.strip().splitlines()[-1]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNERY_", "TOGETHER_"))}
+    env.update({"TUNERY_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env.update(extra)
+    return env
+
+
+def start_server(tmp: Path, **env: str) -> LiveServer:
+    data_dir = tmp / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = LiveServer(data_dir=data_dir, port=free_port(), env=server_env(data_dir, **env))
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One server per test module (no embedded worker); tests must not depend on each other's data."""
+    server = start_server(tmp_path_factory.mktemp("server"), TUNERY_WORKERS="0")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def together_client(live_server: LiveServer):  # type: ignore[no-untyped-def]
+    from together import Together
+
+    return Together(base_url=live_server.base_url, api_key=live_server.api_key, max_retries=0)
+
+
+def cli_env(server: LiveServer, home: Path, api_key: str | None = None) -> dict[str, str]:
+    """Environment for running the official `together` CLI against ``server`` with a clean HOME."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNERY_", "TOGETHER_"))}
+    env.update({
+        "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+        "TOGETHER_BASE_URL": server.base_url, "TOGETHER_API_KEY": api_key or server.api_key,
+        "TOGETHER_TELEMETRY_DISABLED": "1", "TOGETHER_DISABLE_VERSION_CHECK": "1", "NO_COLOR": "1",
+        "COLUMNS": "200",
+    })
+    return env
