@@ -59,6 +59,10 @@ class Settings(BaseSettings):
         return self.data_dir / "blobs"
 
     @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
     def api_key_path(self) -> Path:
         return self.data_dir / "api_key"
 

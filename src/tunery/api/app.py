@@ -8,7 +8,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tunery import __version__
 from tunery.api.deps import AppContext
 from tunery.api.errors import install_error_handlers
-from tunery.api.routes import health
+from tunery.api.routes import download, fine_tunes, health, models
+from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import open_blob_store
 from tunery.store.db import Database
@@ -31,8 +32,12 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     if db is None:
         db = Database(settings.resolved_database_url)
         db.migrate()
-    app.state.ctx = AppContext(settings=settings, db=db, blobs=open_blob_store(settings))
+    app.state.ctx = AppContext(settings=settings, db=db, blobs=open_blob_store(settings),
+                               catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads))
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(fine_tunes.router)
+    app.include_router(download.router)
+    app.include_router(models.router)
     app.add_middleware(DoubleV1Alias)
     return app

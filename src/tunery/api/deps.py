@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from tunery.errors import Unauthorized
+from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import BlobStore
 from tunery.store.db import Database
@@ -22,6 +23,7 @@ class AppContext:
     settings: Settings
     db: Database
     blobs: BlobStore
+    catalog: ModelCatalog
 
 
 def get_ctx(request: Request) -> AppContext:

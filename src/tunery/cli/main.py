@@ -5,10 +5,11 @@ from __future__ import annotations
 import typer
 
 from tunery import __version__
-from tunery.cli import keys, serve
+from tunery.cli import keys, serve, worker
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="tunery: self-hosted LLM fine-tuning.")
 app.command("serve")(serve.serve)
+app.command("worker")(worker.worker)
 app.add_typer(keys.app, name="keys")
 
 

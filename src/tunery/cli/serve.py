@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +39,8 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     data_dir: DataDir = None,
+    workers: Annotated[int | None, typer.Option(help="Embedded worker processes (default 1).")] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Serve the API only (workers run elsewhere).")] = False,
 ) -> None:
     """Serve the API with embedded defaults (SQLite and blobs under the data dir)."""
     settings = load_settings(data_dir, host=host, port=port)
@@ -48,5 +52,30 @@ def serve(
     elif settings.api_key_path.exists():
         typer.echo(f"API key for user '{DEFAULT_USER}': {settings.api_key_path}")
     app = create_app(settings, db)
-    typer.echo(f"tunery serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    count = 0 if no_worker else (settings.workers if workers is None else workers)
+    procs = start_workers(settings, count)
+    typer.echo(f"tunery serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}, "
+               f"{count} worker{'s' if count != 1 else ''})")
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+    finally:
+        stop_workers(procs)
+
+
+def start_workers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
+    """Embedded workers are separate processes, so training never competes with the API's GIL."""
+    env = {**os.environ, "TUNERY_DATA_DIR": str(settings.data_dir)}
+    if settings.database_url:
+        env["TUNERY_DATABASE_URL"] = settings.database_url
+    return [subprocess.Popen([sys.executable, "-m", "tunery.cli.main", "worker"], env=env) for _ in range(count)]
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM: each worker checkpoints and requeues its job, then exits."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()

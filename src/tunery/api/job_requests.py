@@ -1,0 +1,292 @@
+"""Turn a create-job request into a fully resolved job: defaults applied from the model's limits,
+every problem reported at once (``InvalidRequest`` listing them all), inputs checked for ownership
+and validity. Routes call ``resolve_job_request``; nothing here knows HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tunery.api.schemas.fine_tunes import FinetuneRequest, TrainingMethod, TrainingType
+from tunery.errors import InvalidRequest, NotFound
+from tunery.models.catalog import ModelCatalog
+from tunery.store.files import get_file
+from tunery.store.jobs import find_checkpoint, find_job_by_output_name, get_job
+from tunery.store.models import File, Job, User
+
+DEFAULT_SEED = 42
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+DPO_FIELDS = ("dpo_beta", "dpo_normalize_logratios_by_length", "dpo_reference_free", "rpo_alpha", "simpo_gamma")
+
+
+@dataclass
+class Problems:
+    """Collects every problem with a request; ``raise_if_any`` reports them together."""
+
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, param: str, message: str) -> None:
+        self.items.append((param, message))
+
+    def check(self, ok: bool, param: str, message: str) -> None:
+        if not ok:
+            self.add(param, message)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidRequest("; ".join(m for _, m in self.items), param=self.items[0][0])
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The job and step a new job continues from (``from_checkpoint``)."""
+
+    job: Job
+    step: int | None
+
+
+def resolve_parent(s: Session, ref: str, user: User) -> Parent:
+    """``JOB_ID``, ``OUTPUT_NAME``, ``JOB_ID:STEP`` or ``OUTPUT_NAME:STEP`` → a completed job of the
+    user and an existing checkpoint step (None = final)."""
+    name, _, step_text = ref.rpartition(":") if re.search(r":\d+$", ref) else (ref, "", "")
+    job = get_job(s, name, user.id) if name.startswith("ft-") else find_job_by_output_name(s, name, user.id)
+    if job is None:
+        raise NotFound(f'from_checkpoint "{ref}": no fine-tuning job or output model named "{name}"',
+                       param="from_checkpoint")
+    step = int(step_text) if step_text else None
+    if step is None and job.status != "completed":
+        raise InvalidRequest(f'from_checkpoint "{ref}": job {job.id} is {job.status}, so it has no final '
+                             "model yet; pick an intermediate step with JOB_ID:STEP", param="from_checkpoint")
+    variant = "adapter" if job.params["training_type"]["type"] == "Lora" else "model"
+    if find_checkpoint(s, job.id, variant, step) is None:
+        raise InvalidRequest(f'from_checkpoint "{ref}": job {job.id} has no checkpoint at step {step}',
+                             param="from_checkpoint")
+    return Parent(job, step)
+
+
+def base_model_of(s: Session, model_name: str, user: User) -> str:
+    """Limits may be asked for a job id or an output name: answer with its base model."""
+    if model_name.startswith("ft-"):
+        return get_job(s, model_name.split(":")[0], user.id).model
+    job = find_job_by_output_name(s, model_name.split(":")[0], user.id)
+    return job.model if job is not None else model_name
+
+
+def _check_file(s: Session, file_id: str, user: User, param: str, problems: Problems) -> File | None:
+    try:
+        f = get_file(s, user.id, file_id)
+    except NotFound:
+        problems.add(param, f'{param} "{file_id}" does not exist (upload it with files.upload first)')
+        return None
+    if f.purpose not in ("fine-tune", "eval"):
+        problems.add(param, f'{param} "{file_id}" has purpose "{f.purpose}"; upload it with purpose fine-tune')
+    elif f.processing_status != "COMPLETED":
+        reason = (f.report or {}).get("error") or "it has not been validated yet"
+        problems.add(param, f'{param} "{file_id}" is not a valid dataset ({f.processing_status}): {reason}')
+    return f
+
+
+def _training_type(req: TrainingType | None, parent: Parent | None, limits: dict[str, Any],
+                   problems: Problems) -> dict[str, Any]:
+    if req is None and parent is not None:
+        return dict(parent.job.params["training_type"])
+    if req is not None and req.type.lower() == "full":
+        problems.check(bool(limits.get("full_training")), "training_type",
+                       f"Full training is not supported for the selected model ({limits['model_name']}).")
+        return {"type": "Full"}
+    lora = limits["lora_training"]
+    r = req.lora_r if req and req.lora_r is not None else lora["default_rank"]
+    alpha = req.lora_alpha if req and req.lora_alpha is not None else 2 * r
+    dropout = req.lora_dropout if req and req.lora_dropout is not None else 0.0
+    modules = (req.lora_trainable_modules if req and req.lora_trainable_modules else "all-linear").strip()
+    problems.check(1 <= r <= lora["max_rank"], "lora_r", f"lora_r must be between 1 and {lora['max_rank']}; got {r}")
+    problems.check(alpha > 0, "lora_alpha", f"lora_alpha must be positive; got {alpha}")
+    problems.check(0 <= dropout < 1, "lora_dropout", "LoRA dropout must be in [0, 1) range.")
+    if modules != "all-linear":
+        unknown = [m for m in modules.split(",") if m.strip() not in lora["target_modules"]]
+        problems.check(not unknown, "lora_trainable_modules",
+                       f"lora_trainable_modules has unknown modules {unknown}; use all-linear or a comma list "
+                       f"of {', '.join(lora['target_modules'])}")
+    return {"type": "Lora", "lora_r": r, "lora_alpha": alpha, "lora_dropout": dropout,
+            "lora_trainable_modules": modules}
+
+
+def _training_method(req: FinetuneRequest, problems: Problems) -> dict[str, Any]:
+    m: TrainingMethod = req.training_method
+    method = m.method.lower()
+    if method not in ("sft", "dpo"):
+        problems.add("training_method", f'training_method must be one of sft, dpo; got "{m.method}"')
+        return {"method": "sft", "train_on_inputs": "auto"}
+    if method == "sft":
+        for name in DPO_FIELDS:
+            problems.check(getattr(m, name) in (None, False, 0, 0.0), f"training_method.{name}",
+                           f"{name} is only supported for DPO training")
+        toi = m.train_on_inputs if m.train_on_inputs is not None else req.train_on_inputs
+        return {"method": "sft", "train_on_inputs": "auto" if toi is None else toi}
+    problems.check(m.train_on_inputs is None and req.train_on_inputs is None, "train_on_inputs",
+                   "train_on_inputs is only supported for SFT training")
+    beta = 0.1 if not m.dpo_beta else m.dpo_beta
+    rpo, gamma = m.rpo_alpha or 0.0, m.simpo_gamma or 0.0
+    problems.check(beta > 0, "dpo_beta", f"dpo_beta must be positive; got {beta}")
+    problems.check(rpo >= 0, "rpo_alpha", f"rpo_alpha should be non-negative (got {rpo})")
+    problems.check(gamma >= 0, "simpo_gamma", f"simpo_gamma should be non-negative (got {gamma})")
+    simpo = gamma > 0
+    return {"method": "dpo", "dpo_beta": beta, "rpo_alpha": rpo, "simpo_gamma": gamma,
+            "dpo_normalize_logratios_by_length": bool(m.dpo_normalize_logratios_by_length) or simpo,
+            "dpo_reference_free": bool(m.dpo_reference_free) or simpo}
+
+
+def _schedule(req: FinetuneRequest, limits: dict[str, Any], method: str, problems: Problems) -> dict[str, Any]:
+    sched = req.lr_scheduler
+    args = sched.lr_scheduler_args
+    p = problems
+    p.check(1 <= req.n_epochs <= limits["max_num_epochs"], "n_epochs",
+            f"n_epochs must be between 1 and {limits['max_num_epochs']}; got {req.n_epochs}")
+    p.check(1 <= req.n_checkpoints <= limits["max_num_checkpoints"], "n_checkpoints",
+            f"n_checkpoints must be between 1 and {limits['max_num_checkpoints']}; got {req.n_checkpoints}")
+    p.check(0 <= req.n_evals <= limits["max_num_evals"], "n_evals",
+            f"n_evals must be between 0 and {limits['max_num_evals']}; got {req.n_evals}")
+    p.check(limits["min_learning_rate"] <= req.learning_rate <= limits["max_learning_rate"], "learning_rate",
+            f"learning_rate must be in [{limits['min_learning_rate']}, {limits['max_learning_rate']}]; "
+            f"got {req.learning_rate}")
+    p.check(0 <= req.warmup_ratio <= 1, "warmup_ratio", f"Warmup ratio should be between 0 and 1 (got {req.warmup_ratio})")
+    p.check(0 <= args.min_lr_ratio <= 1, "lr_scheduler.lr_scheduler_args.min_lr_ratio",
+            f"Min learning rate ratio should be between 0 and 1 (got {args.min_lr_ratio})")
+    if sched.lr_scheduler_type == "cosine":
+        p.check(args.num_cycles > 0, "lr_scheduler.lr_scheduler_args.num_cycles",
+                f"Number of cycles should be greater than 0 (got {args.num_cycles})")
+    p.check(req.max_grad_norm >= 0, "max_grad_norm", f"Max gradient norm should be non-negative (got {req.max_grad_norm})")
+    p.check(req.weight_decay >= 0, "weight_decay", f"Weight decay should be non-negative (got {req.weight_decay})")
+    gas = req.gradient_accumulation_steps or limits["default_gradient_accumulation_steps"]
+    p.check(1 <= gas <= 1024, "gradient_accumulation_steps",
+            f"gradient_accumulation_steps must be between 1 and 1024; got {gas}")
+    max_seq_limit = limits["max_seq_length_dpo" if method == "dpo" else "max_seq_length_sft"]
+    max_seq = req.max_seq_length or max_seq_limit
+    p.check(max_seq >= limits["min_max_seq_length"], "max_seq_length",
+            f"Maximum sequence length must be greater than {limits['min_max_seq_length']}; got {max_seq}")
+    p.check(max_seq <= max_seq_limit, "max_seq_length",
+            f"Maximum sequence length for {method.upper()} training must be less than {max_seq_limit}; got {max_seq}")
+    lr_args: dict[str, float] = {"min_lr_ratio": args.min_lr_ratio}
+    if sched.lr_scheduler_type == "cosine":
+        lr_args["num_cycles"] = args.num_cycles
+    return {"learning_rate": req.learning_rate, "warmup_ratio": req.warmup_ratio, "max_grad_norm": req.max_grad_norm,
+            "weight_decay": req.weight_decay, "gradient_accumulation_steps": gas, "max_seq_length": max_seq,
+            "lr_scheduler": {"lr_scheduler_type": sched.lr_scheduler_type, "lr_scheduler_args": lr_args},
+            "n_epochs": req.n_epochs, "n_checkpoints": req.n_checkpoints, "n_evals": req.n_evals}
+
+
+def _batch_size(req: FinetuneRequest, limits: dict[str, Any], training_type: dict[str, Any], method: str,
+                problems: Problems) -> int | str:
+    if req.batch_size == "max":
+        return "max"
+    bounds = limits["lora_training"] if training_type["type"] == "Lora" else (limits.get("full_training") or {})
+    hi = bounds.get("max_batch_size_dpo" if method == "dpo" else "max_batch_size", 1)
+    lo = bounds.get("min_batch_size", 1)
+    problems.check(req.batch_size <= hi, "batch_size",
+                   f"Requested batch size of {req.batch_size} is higher than the maximum allowed value of {hi}.")
+    problems.check(req.batch_size >= lo, "batch_size",
+                   f"Requested batch size of {req.batch_size} is lower than the minimum allowed value of {lo}.")
+    return req.batch_size
+
+
+def _early_stopping(req: FinetuneRequest, has_validation: bool, problems: Problems) -> dict[str, Any]:
+    patience = 2 if req.early_stopping_patience is None else req.early_stopping_patience
+    warmup = 1 if req.early_stopping_warmup_evals is None else req.early_stopping_warmup_evals
+    delta = 0.0 if req.early_stopping_min_delta is None else req.early_stopping_min_delta
+    if req.early_stopping_enabled:
+        problems.check(patience >= 1, "early_stopping_patience", f"early_stopping_patience must be >= 1 (got {patience})")
+        problems.check(warmup >= 0, "early_stopping_warmup_evals",
+                       f"early_stopping_warmup_evals must be >= 0 (got {warmup})")
+        problems.check(delta >= 0, "early_stopping_min_delta", f"early_stopping_min_delta must be >= 0 (got {delta})")
+        problems.check(has_validation, "validation_file", "Early stopping requires a validation file (validation_file).")
+        need = patience + warmup + 1
+        problems.check(req.n_evals >= need, "n_evals",
+                       f"Early stopping requires n_evals >= patience + warmup_evals + 1 = {need} (got n_evals={req.n_evals})")
+    return {"early_stopping_enabled": req.early_stopping_enabled, "early_stopping_patience": patience,
+            "early_stopping_warmup_evals": warmup, "early_stopping_min_delta": delta}
+
+
+def _check_formats(train: File | None, val: File | None, method: str, problems: Problems) -> None:
+    for f, param in ((train, "training_file"), (val, "validation_file")):
+        if f is None or f.processing_status != "COMPLETED":
+            continue
+        is_pref = f.dataset_format == "preference"
+        if method == "dpo" and not is_pref:
+            problems.add(param, f'DPO needs a preference dataset (input, preferred_output, non_preferred_output); '
+                                f'{param} "{f.id}" is {f.dataset_format}')
+        if method == "sft" and is_pref:
+            problems.add(param, f'{param} "{f.id}" is a preference dataset; use training_method dpo for it')
+
+
+@dataclass(frozen=True)
+class ResolvedJob:
+    model: str
+    params: dict[str, Any]
+    secrets: dict[str, str]
+    parent: Parent | None
+    training_file: File
+    validation_file: File | None
+
+
+def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: ModelCatalog,
+                        registered: Mapping[str, str]) -> ResolvedJob:
+    """Validate ``req`` completely and resolve every default; raise one ``InvalidRequest`` listing
+    every problem."""
+    p = Problems()
+    if req.model and req.from_checkpoint:
+        p.add("model", "You must specify either a model or a checkpoint to start a job from, not both")
+    if not req.model and not req.from_checkpoint:
+        p.add("model", "You must specify either a model or a checkpoint")
+    if req.from_hf_model and req.from_checkpoint:
+        p.add("from_hf_model", "You must specify either a Hugging Face Hub model or a previous checkpoint "
+                               "from Together to start a job from, not both")
+    p.raise_if_any()
+    parent = resolve_parent(s, req.from_checkpoint, user) if req.from_checkpoint else None
+    model = parent.job.model if parent else str(req.model)
+    limits = catalog.limits(model, registered)
+    train = _check_file(s, req.training_file, user, "training_file", p)
+    val = _check_file(s, req.validation_file, user, "validation_file", p) if req.validation_file else None
+    method = _training_method(req, p)
+    training_type = _training_type(req.training_type, parent, limits, p)
+    if parent and training_type["type"] != parent.job.params["training_type"]["type"]:
+        p.add("training_type", f"from_checkpoint continues a {parent.job.params['training_type']['type']} job; "
+                               "the training type cannot change")
+    schedule = _schedule(req, limits, method["method"], p)
+    batch = _batch_size(req, limits, training_type, method["method"], p)
+    stopping = _early_stopping(req, val is not None, p)
+    _check_formats(train, val, method["method"], p)
+    if req.n_evals > 0 and val is None and not req.validation_file:
+        p.add("n_evals", f"n_evals={req.n_evals} needs a validation_file to evaluate on")
+    if req.suffix is not None:
+        p.check(bool(SUFFIX_RE.match(req.suffix)), "suffix",
+                "suffix must be 1-40 characters of letters, digits, '-', '_' or '.', starting with a letter or digit")
+    if req.multimodal_params and req.multimodal_params.train_vision and not limits["supports_vision"]:
+        p.add("multimodal_params", f"Vision encoder training is not supported for the non-multimodal model `{model}`")
+    p.raise_if_any()
+    assert train is not None
+    params: dict[str, Any] = {
+        **schedule, **stopping, "batch_size": batch, "packing": req.packing,
+        "training_type": training_type, "training_method": method,
+        "random_seed": DEFAULT_SEED if req.random_seed is None else req.random_seed,
+        "from_hf_model": req.from_hf_model, "hf_model_revision": req.hf_model_revision,
+        "hf_output_repo_name": req.hf_output_repo_name,
+        "wandb_project_name": req.wandb_project_name or ("together" if (req.wandb_key or req.wandb_api_key) else None),
+        "wandb_name": req.wandb_name, "wandb_entity": req.wandb_entity, "wandb_base_url": req.wandb_base_url,
+        "parent_job_id": parent.job.id if parent else None, "parent_step": parent.step if parent else None,
+        "trainingfile_numlines": train.num_samples, "trainingfile_size": train.bytes,
+    }
+    secrets = {k: v for k, v in {"wandb_key": req.wandb_key or req.wandb_api_key,
+                                 "hf_api_token": req.hf_api_token}.items() if v}
+    return ResolvedJob(model, params, secrets, parent, train, val)
+
+
+def output_name(user: User, model: str, suffix: str | None, job_id: str) -> str:
+    """Together's convention: ``<account>/<base>-<suffix>-<hash>``."""
+    base = model.rstrip("/").split("/")[-1]
+    digest = hashlib.sha256(job_id.encode()).hexdigest()[:6]
+    return f"{user.name}/{base}{'-' + suffix if suffix else ''}-{digest}"

@@ -1,0 +1,153 @@
+"""``/v1/fine-tunes``: create, list, retrieve, cancel, delete jobs; their events, checkpoints and
+metrics; model limits and price estimates."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy.orm import Session
+
+from tunery.api.deps import Ctx, CurrentUser, DbSession
+from tunery.api.estimates import estimate_price as estimate
+from tunery.api.job_requests import base_model_of, output_name, resolve_job_request
+from tunery.api.schemas.fine_tunes import FinetuneRequest, PriceEstimateRequest, wire_job
+from tunery.api.schemas.timefmt import iso
+from tunery.errors import Conflict, InvalidRequest
+from tunery.queue.states import TERMINAL, JobStatus, transition
+from tunery.store import jobs as store
+from tunery.store.base_models import registered_models
+from tunery.store.models import Job, JobEvent, User
+
+router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
+
+
+def wire_event(e: JobEvent) -> dict[str, Any]:
+    return {"object": "fine-tune-event", "created_at": iso(e.created_at), "level": e.level,
+            "message": e.message, "type": e.type, **(e.fields or {})}
+
+
+def job_json(s: Session, job: Job, with_events: bool = True) -> dict[str, Any]:
+    events = [wire_event(e) for e in store.list_events(s, job.id)] if with_events else []
+    return wire_job(job, events=events, queue_depth=store.queue_depth(s, job))
+
+
+@router.get("/models/supported")
+def supported_models(ctx: Ctx, s: DbSession, _: CurrentUser) -> dict[str, Any]:
+    return {"models": ctx.catalog.supported(registered_models(s))}
+
+
+@router.get("/models/limits")
+def model_limits(ctx: Ctx, s: DbSession, user: CurrentUser, model_name: str = Query(...)) -> dict[str, Any]:
+    return ctx.catalog.limits(base_model_of(s, model_name, user), registered_models(s))
+
+
+@router.post("/estimate-price")
+def estimate_price(ctx: Ctx, s: DbSession, user: CurrentUser, body: PriceEstimateRequest) -> dict[str, Any]:
+    return estimate(ctx, s, user, body)
+
+
+@router.post("")
+def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, req: FinetuneRequest) -> dict[str, Any]:
+    resolved = resolve_job_request(s, req, user, ctx.catalog, registered_models(s))
+    job_id = store.new_job_id()
+    job = store.create_job(s, Job(
+        id=job_id, user_id=user.id, model=resolved.model,
+        model_output_name=output_name(user, resolved.model, req.suffix, job_id), suffix=req.suffix,
+        training_file=resolved.training_file.id,
+        validation_file=resolved.validation_file.id if resolved.validation_file else "",
+        from_checkpoint=req.from_checkpoint or "", params=resolved.params, secrets=resolved.secrets or None,
+        priority=req.priority,
+    ))
+    transition(s, job.id, JobStatus.QUEUED, event_type="job_pending", message="Job queued, waiting for a worker")
+    s.refresh(job)
+    return job_json(s, job)
+
+
+@router.get("")
+def list_jobs(s: DbSession, user: CurrentUser) -> dict[str, Any]:
+    return {"object": "list", "data": [job_json(s, j, with_events=False) for j in store.list_jobs(s, user.id)]}
+
+
+@router.get("/{job_id}")
+def retrieve_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    return job_json(s, store.get_job(s, job_id, user.id))
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    job = store.get_job(s, job_id, user.id)
+    request_cancel(s, job, user)
+    s.refresh(job)
+    return job_json(s, job)
+
+
+def request_cancel(s: Session, job: Job, user: User) -> None:
+    """Cancel now if no worker has the job, else ask its worker to stop at the next step."""
+    if job.status in TERMINAL:
+        raise InvalidRequest(f"job {job.id} is {job.status}; only unfinished jobs can be cancelled", param="id")
+    if job.status in (JobStatus.PENDING, JobStatus.QUEUED):
+        transition(s, job.id, JobStatus.CANCELLED, event_type="job_stopped",
+                   message=f"Job cancelled by {user.name} before it started")
+    elif job.status != JobStatus.CANCEL_REQUESTED:
+        transition(s, job.id, JobStatus.CANCEL_REQUESTED, event_type="cancel_requested",
+                   message=f"Cancel requested by {user.name}; the job stops at the next step")
+
+
+@router.delete("/{job_id}")
+def delete_job(ctx: Ctx, s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    job = store.get_job(s, job_id, user.id)
+    if job.status not in TERMINAL:
+        raise Conflict(f"job {job.id} is {job.status}; cancel it and wait until it ends before deleting it",
+                       param="id")
+    for key in store.delete_job(s, job):
+        ctx.blobs.delete(key)
+    return {"id": job_id, "object": "fine-tune", "deleted": True, "message": f"deleted {job_id}"}
+
+
+@router.get("/{job_id}/events")
+def list_events(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    job = store.get_job(s, job_id, user.id)
+    return {"object": "list", "data": [wire_event(e) for e in store.list_events(s, job.id)]}
+
+
+CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Merged", (True, "adapter"): "Final Adapter"}
+
+
+@router.get("/{job_id}/checkpoints")
+def list_checkpoints(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    job = store.get_job(s, job_id, user.id)
+    lora = job.params["training_type"]["type"] == "Lora"
+    data = []
+    for c in store.list_checkpoints(s, job.id):
+        label = CHECKPOINT_TYPES.get((c.final, c.variant))
+        if label is None:
+            continue  # resume state and intermediate adapters are not separate list entries
+        if c.final and not lora:
+            label = "Final"
+        data.append({"object": "checkpoint", "checkpoint_type": label, "created_at": iso(c.created_at),
+                     "path": f"jobs/{job.id}/{'final' if c.final else f'step-{c.step}'}/{c.variant}",
+                     "step": c.step, "checkpoint": c.variant,
+                     "name": job.id if c.final else f"{job.id}:{c.step}", "size": c.size})
+    return {"object": "list", "data": data}
+
+
+@router.get("/{job_id}/metrics")
+def list_metrics(
+    s: DbSession, user: CurrentUser, job_id: str,
+    global_step_from: int | None = None, global_step_to: int | None = None,
+    logged_at_from: datetime | None = None, logged_at_to: datetime | None = None,
+    resolution: int | None = None,
+) -> dict[str, Any]:
+    job = store.get_job(s, job_id, user.id)
+    rows = store.list_metrics(s, job.id, global_step_from, global_step_to, _aware(logged_at_from), _aware(logged_at_to))
+    train = [r for r in rows if not any(k.startswith("eval/") for k in r.values)]
+    if resolution and resolution > 0 and len(train) > resolution:
+        keep = {train[round(i * (len(train) - 1) / max(1, resolution - 1))].id for i in range(resolution)}
+        rows = [r for r in rows if r.id in keep or any(k.startswith("eval/") for k in r.values)]
+    return {"metrics": [{"train/global_step": r.step, **r.values, "timestamp": iso(r.logged_at)} for r in rows]}
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt

@@ -1,0 +1,101 @@
+"""The job state machine: statuses, the transition table, and ``transition`` — the only function
+that writes a job's status. It is a compare-and-set ``UPDATE … WHERE status IN (allowed)`` that
+records the matching event in the same transaction.
+
+    pending → queued → running → compressing → uploading → completed
+    pending|queued → cancelled                  (cancel before a worker took it)
+    running|compressing|uploading → cancel_requested → cancelled
+    running|compressing|uploading → queued      (worker lost or shut down: restart)
+    any active status → error | user_error
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import insert, update
+from sqlalchemy.orm import Session
+
+from tunery.errors import Conflict
+from tunery.store.models import Job, JobEvent, utcnow
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPRESSING = "compressing"
+    UPLOADING = "uploading"
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+    USER_ERROR = "user_error"
+    COMPLETED = "completed"
+
+
+S = JobStatus
+TERMINAL = frozenset({S.COMPLETED, S.CANCELLED, S.ERROR, S.USER_ERROR})
+ACTIVE = frozenset(S) - TERMINAL
+# Statuses in which a worker owns the job (and heartbeats it).
+WORKING = frozenset({S.RUNNING, S.COMPRESSING, S.UPLOADING, S.CANCEL_REQUESTED})
+
+# to-status → the statuses it may be entered from.
+ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
+    S.PENDING: frozenset(),
+    S.QUEUED: frozenset({S.PENDING, S.RUNNING, S.COMPRESSING, S.UPLOADING}),
+    S.RUNNING: frozenset({S.QUEUED}),
+    S.COMPRESSING: frozenset({S.RUNNING}),
+    S.UPLOADING: frozenset({S.COMPRESSING}),
+    S.COMPLETED: frozenset({S.UPLOADING}),
+    S.CANCEL_REQUESTED: frozenset({S.RUNNING, S.COMPRESSING, S.UPLOADING}),
+    S.CANCELLED: frozenset({S.PENDING, S.QUEUED, S.CANCEL_REQUESTED}),
+    S.ERROR: ACTIVE,
+    S.USER_ERROR: ACTIVE,
+}
+
+
+class IllegalTransition(Conflict):
+    """The job is not in a status from which this change is allowed."""
+
+
+def can_transition(from_: JobStatus, to: JobStatus) -> bool:
+    return from_ in ALLOWED_FROM[to]
+
+
+def transition(
+    s: Session,
+    job_id: str,
+    to: JobStatus,
+    *,
+    event_type: str,
+    message: str,
+    level: str = "info",
+    only_from: frozenset[JobStatus] | None = None,
+    event_fields: dict[str, Any] | None = None,
+    **columns: Any,
+) -> None:
+    """Move ``job_id`` to ``to`` if its current status allows it (optionally narrowed to
+    ``only_from``), set ``columns`` on the row, and record one event — all in the caller's
+    transaction. Raises ``IllegalTransition`` when the job is not in an allowed status."""
+    allowed = ALLOWED_FROM[to] if only_from is None else ALLOWED_FROM[to] & only_from
+    now = utcnow()
+    if to in TERMINAL:
+        columns.setdefault("finished_at", now)
+        columns.setdefault("secrets", None)  # secrets never outlive the job
+        columns.setdefault("seconds_remaining", None)
+    result = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([a.value for a in allowed]))
+        .values(status=to.value, updated_at=now, **columns)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        current = s.get(Job, job_id)
+        status = current.status if current else "missing"
+        raise IllegalTransition(f"job {job_id} cannot go from {status} to {to.value}")
+    s.execute(
+        insert(JobEvent).values(
+            job_id=job_id, created_at=now, type=event_type, level=level, message=message, fields=event_fields
+        )
+    )

@@ -1,0 +1,132 @@
+"""Relays what the training child reports (a JSON-lines file it appends to) into the store:
+events, metrics and job progress, and intermediate checkpoints — packaged and uploaded before
+they are listed."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunery.storage import BlobStore
+from tunery.store import jobs as store
+from tunery.store.db import Database
+from tunery.worker.packaging import pack_dir
+
+# Checkpoint parts, as the training engine lays them out (see tunery.training.export).
+PARTS = ("model", "adapter", "state")
+# Events the relay turns into job columns rather than copying verbatim.
+INTERNAL_EVENTS = {"error"}
+
+
+def checkpoint_key(job_id: str, step: int, part: str, final: bool) -> str:
+    return f"jobs/{job_id}/{'final' if final else f'step-{step}'}/{part}.tar.zst"
+
+
+def upload_parts(db: Database, blobs: BlobStore, job_id: str, step: int, path: Path, final: bool,
+                 parts: tuple[str, ...] = PARTS) -> list[str]:
+    """Package each part present under ``path`` and store it; list the rows only after every part
+    is stored, so a listed checkpoint is always complete. Returns the parts uploaded."""
+    stored: list[tuple[str, str, int]] = []
+    for part in parts:
+        src = path / part
+        if not src.is_dir():
+            continue
+        archive = blobs.staging_dir() / f"{job_id}-{step}-{part}-{time.monotonic_ns()}.tar.zst"
+        size = pack_dir(src, archive, part)
+        key = checkpoint_key(job_id, step, part, final)
+        blobs.put(key, archive)
+        stored.append((part, key, size))
+    with db.session() as s:
+        for part, key, size in stored:
+            store.add_checkpoint(s, job_id, step, part, key, size, final)
+    return [p for p, _, _ in stored]
+
+
+@dataclass
+class Relay:
+    db: Database
+    blobs: BlobStore
+    job_id: str
+    report_path: Path
+    offset: int = 0
+    total_steps: int = 0
+    last_step: int = 0
+    final_path: Path | None = None
+    final_step: int = 0
+    error_message: str | None = None
+    _first_step: tuple[int, float] | None = None
+    _pending: str = field(default="", repr=False)
+
+    def pump(self) -> None:
+        """Apply every complete record written since the last call."""
+        if not self.report_path.exists():
+            return
+        with open(self.report_path, encoding="utf-8") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+            self.offset = f.tell()
+        text = self._pending + chunk
+        lines = text.split("\n")
+        self._pending = lines.pop()  # an incomplete last line waits for the next pump
+        for line in lines:
+            if line.strip():
+                self.apply(json.loads(line))
+
+    def apply(self, record: dict[str, Any]) -> None:
+        kind = record.pop("kind")
+        if kind == "event":
+            self._event(record)
+        elif kind == "metrics":
+            self._metrics(int(record["step"]), record["values"])
+        elif kind == "checkpoint":
+            self._checkpoint(int(record["step"]), Path(record["path"]), bool(record["final"]))
+
+    def _event(self, r: dict[str, Any]) -> None:
+        type_, message, level = r.pop("type"), r.pop("message"), r.pop("level", "info")
+        if type_ in INTERNAL_EVENTS:
+            self.error_message = message
+            return
+        progress: dict[str, Any] = {}
+        if type_ == "training_start":
+            self.total_steps = int(r.get("total_steps", 0))
+            progress = {k: int(r[k]) for k in ("total_steps", "token_count", "param_count") if k in r}
+        elif type_ == "epoch_complete" and "epoch" in r:
+            progress = {"epochs_completed": int(r["epoch"])}
+        elif type_ == "early_stopped":
+            progress = {"early_stopped": True, "early_stopping_best_step": r.get("early_stopping_best_step"),
+                        "early_stopping_best_metric": r.get("early_stopping_best_metric_value")}
+        elif type_ == "wandb_init" and r.get("wandb_url"):
+            progress = {"wandb_url": r["wandb_url"]}
+        with self.db.session() as s:
+            store.add_event(s, self.job_id, type_, message, level, r)
+            if type_ == "eval_complete":
+                job = store.get_job(s, self.job_id)
+                progress["evals_completed"] = job.evals_completed + 1
+            if type_ == "training_start" and "batch_size" in r:
+                job = store.get_job(s, self.job_id)
+                job.params = {**job.params, "batch_size_resolved": r["batch_size"]}
+            if progress:
+                store.update_progress(s, self.job_id, **progress)
+
+    def _metrics(self, step: int, values: dict[str, float]) -> None:
+        now = time.monotonic()
+        if self._first_step is None:
+            self._first_step = (step, now)
+        first_step, t0 = self._first_step
+        eta = None
+        if step > first_step and self.total_steps:
+            eta = (now - t0) / (step - first_step) * max(0, self.total_steps - step)
+        self.last_step = max(self.last_step, step)
+        with self.db.session() as s:
+            store.add_metrics(s, self.job_id, step, values)
+            store.update_progress(s, self.job_id, steps_completed=self.last_step, seconds_remaining=eta)
+
+    def _checkpoint(self, step: int, path: Path, final: bool) -> None:
+        if final:
+            # Packaged after the child exits, in the compressing/uploading stages.
+            self.final_path, self.final_step = path, step
+            return
+        upload_parts(self.db, self.blobs, self.job_id, step, path, final=False)

@@ -1,0 +1,322 @@
+"""Run one claimed job to its end: stage inputs, train in a child process while relaying its
+reports and heartbeating, then package and upload the model and finish the job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tunery.errors import TrainingFailed, TuneryError
+from tunery.models.catalog import ModelCatalog
+from tunery.queue.states import IllegalTransition, JobStatus, transition
+from tunery.settings import Settings
+from tunery.storage import BlobStore
+from tunery.store import jobs as store
+from tunery.store.base_models import registered_models
+from tunery.store.db import Database
+from tunery.store.files import get_file_any_owner
+from tunery.store.models import File, Job
+from tunery.training.config import LoraSettings, TrainConfig
+from tunery.worker.packaging import unpack
+from tunery.worker.relay import Relay, upload_parts
+
+log = logging.getLogger("tunery.worker")
+
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    catalog: ModelCatalog
+    worker_id: str
+    scratch: Path
+    stopping: threading.Event
+
+
+class JobLost(Exception):
+    """Another worker owns the job now (this worker was presumed dead)."""
+
+
+class JobCancelled(Exception):
+    """The user cancelled the job while it was being packaged."""
+
+
+def run_job(ctx: WorkerContext, job_id: str) -> None:
+    """Take a claimed (``running``) job to ``completed``, ``cancelled``, ``error``/``user_error``,
+    or back to ``queued`` when this worker shuts down."""
+    scratch = ctx.scratch / job_id
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        with ExitStack() as stack:
+            config = stage(ctx, job_id, scratch, stack)
+            relay, code, stop_reason = train(ctx, job_id, config, scratch)
+            finish(ctx, job_id, relay, code, stop_reason, scratch)
+    except JobLost:
+        log.warning("job %s was taken over by another worker; abandoning it", job_id)
+    except JobCancelled:
+        pass
+    except TrainingFailed as e:
+        fail(ctx, job_id, e.message, user_error=e.user_error)
+    except TuneryError as e:
+        fail(ctx, job_id, e.message, user_error=e.status_code < 500)
+    except Exception as e:  # a bug or an environment problem; the job must not stay running
+        log.exception("job %s failed", job_id)
+        fail(ctx, job_id, f"internal error: {type(e).__name__}: {e}", user_error=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fail(ctx: WorkerContext, job_id: str, message: str, *, user_error: bool) -> None:
+    to = JobStatus.USER_ERROR if user_error else JobStatus.ERROR
+    try:
+        with ctx.db.session() as s:
+            transition(s, job_id, to, event_type="job_error", level="error", message=message, error=message,
+                       worker_id=None)
+    except IllegalTransition:
+        _cancel_if_requested(ctx, job_id)
+
+
+# -- staging --------------------------------------------------------------------------------------
+
+def _event(ctx: WorkerContext, job_id: str, type_: str, message: str) -> None:
+    with ctx.db.session() as s:
+        store.add_event(s, job_id, type_, message)
+
+
+def stage(ctx: WorkerContext, job_id: str, scratch: Path, stack: ExitStack) -> TrainConfig:
+    """Resolve the base model, training data, parent checkpoint and resume state to local paths,
+    and write the training config."""
+    with ctx.db.session() as s:
+        job = store.get_job(s, job_id)
+        registered = registered_models(s)
+        train_file = _file(s, job.training_file)
+        val_file = _file(s, job.validation_file) if job.validation_file else None
+        parent = store.find_checkpoint(s, job.params["parent_job_id"],
+                                       "adapter" if _is_lora(job) else "model",
+                                       job.params["parent_step"]) if job.params.get("parent_job_id") else None
+        resume = store.latest_state_checkpoint(s, job.id)
+        secrets = dict(job.secrets or {})
+    p = job.params
+    source = p.get("from_hf_model") or job.model
+    _event(ctx, job_id, "model_downloading", f"Loading base model {source}")
+    model = ctx.catalog.resolve(source, registered, revision=p.get("hf_model_revision"),
+                                token=secrets.get("hf_api_token"))
+    _event(ctx, job_id, "model_download_complete", f"Base model {source} ready")
+    _event(ctx, job_id, "training_data_downloading", f"Fetching training file {train_file.id}")
+    train_path = stack.enter_context(ctx.blobs.local_copy(train_file.blob_key))
+    _event(ctx, job_id, "training_data_download_complete", f"Training file {train_file.id} ready")
+    val_path = None
+    if val_file is not None:
+        _event(ctx, job_id, "validation_data_downloading", f"Fetching validation file {val_file.id}")
+        val_path = stack.enter_context(ctx.blobs.local_copy(val_file.blob_key))
+        _event(ctx, job_id, "validation_data_download_complete", f"Validation file {val_file.id} ready")
+    init_from = None
+    if parent is not None:
+        init_from = str(_fetch_archive(ctx, parent.blob_key, scratch / "init"))
+    resume_from = None
+    if resume is not None:
+        resume_from = str(_fetch_checkpoint(ctx, job, resume.step, scratch / "resume"))
+        _event(ctx, job_id, "job_restarted", f"Resuming from the checkpoint at step {resume.step}")
+    config = _train_config(job, model.path, train_path, train_file.file_type, val_path, init_from, resume_from,
+                           scratch / "out", secrets)
+    path = scratch / "config.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a W&B key
+    with os.fdopen(fd, "w") as f:
+        f.write(config.model_dump_json())
+    return config
+
+
+def _file(s: Session, file_id: str) -> File:
+    f = get_file_any_owner(s, file_id)
+    if f is None:
+        raise TrainingFailed(f"file {file_id} was deleted before the job started", user_error=True)
+    return f
+
+
+def _is_lora(job: Job) -> bool:
+    return bool(job.params["training_type"]["type"] == "Lora")
+
+
+def _fetch_archive(ctx: WorkerContext, key: str, dest: Path) -> Path:
+    with ctx.blobs.local_copy(key) as archive:
+        return unpack(archive, dest)
+
+
+def _fetch_checkpoint(ctx: WorkerContext, job: Job, step: int, dest: Path) -> Path:
+    """Rebuild ``checkpoints/step-N/`` (state plus weights) of this job from the store."""
+    root = dest / f"step-{step}"
+    with ctx.db.session() as s:
+        parts = [c for c in store.list_checkpoints(s, job.id) if c.step == step and not c.final]
+    for c in parts:
+        _fetch_archive(ctx, c.blob_key, root)
+    return root
+
+
+def _train_config(job: Job, model_dir: Path, train_path: Path, file_type: str, val_path: Path | None,
+                  init_from: str | None, resume_from: str | None, out: Path, secrets: dict[str, Any]) -> TrainConfig:
+    p = job.params
+    tt, tm, sched = p["training_type"], p["training_method"], p["lr_scheduler"]
+    lora = None
+    if tt["type"] == "Lora":
+        modules = tt["lora_trainable_modules"]
+        lora = LoraSettings(r=tt["lora_r"], alpha=tt["lora_alpha"], dropout=tt["lora_dropout"],
+                            target_modules="all-linear" if modules == "all-linear"
+                            else [m.strip() for m in modules.split(",")])
+    dpo = {k: tm[k] for k in ("dpo_beta", "rpo_alpha", "simpo_gamma", "dpo_normalize_logratios_by_length",
+                              "dpo_reference_free") if k in tm}
+    return TrainConfig(
+        job_id=job.id, method=tm["method"], base_model_dir=str(model_dir), base_model_name=job.model,
+        init_from=init_from, resume_from=resume_from, train_file=str(train_path),
+        validation_file=str(val_path) if val_path else None, file_type=file_type, output_dir=str(out), lora=lora,
+        n_epochs=p["n_epochs"], learning_rate=p["learning_rate"], lr_scheduler_type=sched["lr_scheduler_type"],
+        min_lr_ratio=sched["lr_scheduler_args"].get("min_lr_ratio", 0.0),
+        num_cycles=sched["lr_scheduler_args"].get("num_cycles", 0.5), warmup_ratio=p["warmup_ratio"],
+        max_grad_norm=p["max_grad_norm"], weight_decay=p["weight_decay"], batch_size=p["batch_size"],
+        gradient_accumulation_steps=p["gradient_accumulation_steps"], max_seq_length=p["max_seq_length"],
+        packing=p["packing"], train_on_inputs=tm.get("train_on_inputs", "auto"), n_checkpoints=p["n_checkpoints"],
+        n_evals=p["n_evals"], seed=p["random_seed"],
+        early_stopping_enabled=p["early_stopping_enabled"], early_stopping_patience=p["early_stopping_patience"],
+        early_stopping_min_delta=p["early_stopping_min_delta"],
+        early_stopping_warmup_evals=p["early_stopping_warmup_evals"], **dpo,
+        wandb_api_key=secrets.get("wandb_key"), wandb_base_url=p.get("wandb_base_url"),
+        wandb_project_name=p.get("wandb_project_name"), wandb_name=p.get("wandb_name"),
+        wandb_entity=p.get("wandb_entity"), hf_api_token=secrets.get("hf_api_token"),
+        hf_output_repo_name=p.get("hf_output_repo_name"),
+    )
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def training_command(config: TrainConfig, config_path: Path, report_path: Path, processes: int) -> list[str]:
+    module = f"tunery.training.recipes.{config.method}"
+    args = ["--config", str(config_path), "--report", str(report_path)]
+    if processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                "-m", module, *args]
+    return [sys.executable, "-m", module, *args]
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNERY_")}
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not settings.allow_hub_downloads:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
+
+
+def train(ctx: WorkerContext, job_id: str, config: TrainConfig, scratch: Path) -> tuple[Relay, int, str | None]:
+    """Run the training child to its exit, relaying reports and heartbeating. Returns the relay,
+    the exit code and why it was asked to stop ("cancel", "shutdown" or None)."""
+    report = scratch / "report.jsonl"
+    relay = Relay(ctx.db, ctx.blobs, job_id, report)
+    cmd = training_command(config, scratch / "config.json", report, ctx.settings.processes_per_job)
+    with open(scratch / "train.log", "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env(ctx.settings),
+                                start_new_session=True)
+    stop_reason: str | None = None
+    next_beat = 0.0
+    try:
+        while proc.poll() is None:
+            relay.pump()
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + ctx.settings.heartbeat_interval_s
+                with ctx.db.session() as s:
+                    status = store.heartbeat(s, job_id, ctx.worker_id)
+                if status is None:
+                    raise JobLost(job_id)
+                if status == JobStatus.CANCEL_REQUESTED and stop_reason is None:
+                    stop_reason = "cancel"
+                    proc.send_signal(signal.SIGTERM)
+            if ctx.stopping.is_set() and stop_reason is None:
+                stop_reason = "shutdown"
+                proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+        relay.pump()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    (scratch / "config.json").unlink(missing_ok=True)
+    return relay, proc.returncode, stop_reason
+
+
+# -- finishing ------------------------------------------------------------------------------------
+
+def _cancel_if_requested(ctx: WorkerContext, job_id: str, step: int | None = None) -> bool:
+    with ctx.db.session() as s:
+        if store.get_job(s, job_id).status != JobStatus.CANCEL_REQUESTED:
+            return False
+        where = f" at step {step}" if step else ""
+        transition(s, job_id, JobStatus.CANCELLED, event_type="job_stopped", message=f"Job cancelled{where}",
+                   worker_id=None)
+    return True
+
+
+def _advance(ctx: WorkerContext, job_id: str, to: JobStatus, event_type: str, message: str,
+             **columns: Any) -> None:
+    """Move on to the next packaging stage, unless the user cancelled meanwhile."""
+    try:
+        with ctx.db.session() as s:
+            transition(s, job_id, to, event_type=event_type, message=message, **columns)
+    except IllegalTransition:
+        if _cancel_if_requested(ctx, job_id):
+            raise JobCancelled(job_id) from None
+        raise
+
+
+def finish(ctx: WorkerContext, job_id: str, relay: Relay, code: int, stop_reason: str | None, scratch: Path) -> None:
+    if code == EXIT_STOPPED or (stop_reason and code != EXIT_OK):
+        if stop_reason == "shutdown":
+            with ctx.db.session() as s:
+                transition(s, job_id, JobStatus.QUEUED, event_type="job_restarted", level="warning",
+                           message=f"Worker {ctx.worker_id} shut down at step {relay.last_step}; the job was "
+                                   "requeued and resumes from its last checkpoint", worker_id=None, heartbeat_at=None)
+        elif not _cancel_if_requested(ctx, job_id, relay.last_step):
+            raise TrainingFailed(f"training stopped unexpectedly at step {relay.last_step}")
+        return
+    if code != EXIT_OK:
+        message = relay.error_message or _log_tail(scratch / "train.log")
+        raise TrainingFailed(message, user_error=code == EXIT_USER_ERROR)
+    if relay.final_path is None:
+        raise TrainingFailed("training ended without writing a final model")
+    package_and_complete(ctx, job_id, relay)
+
+
+def package_and_complete(ctx: WorkerContext, job_id: str, relay: Relay) -> None:
+    assert relay.final_path is not None
+    _advance(ctx, job_id, JobStatus.COMPRESSING, "model_compressing", "Compressing the trained model")
+    _event(ctx, job_id, "model_compression_complete", "Model compressed")
+    _advance(ctx, job_id, JobStatus.UPLOADING, "model_uploading", "Uploading the trained model")
+    parts = upload_parts(ctx.db, ctx.blobs, job_id, relay.final_step, relay.final_path, final=True,
+                         parts=("model", "adapter"))
+    with ctx.db.session() as s:
+        job = store.get_job(s, job_id)
+        price = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)  # nanodollars
+        job.params = {**job.params, "total_price_nanodollars": price}
+        store.add_event(s, job_id, "model_upload_complete", f"Model uploaded ({', '.join(parts)})",
+                        fields={"model_path": f"jobs/{job_id}/final"})
+    _advance(ctx, job_id, JobStatus.COMPLETED, "job_complete", "Fine-tuning job completed", worker_id=None)
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        tail = path.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        tail = []
+    return "training process failed" + (":\n" + "\n".join(tail) if tail else "")
