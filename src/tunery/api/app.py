@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tunery import __version__
 from tunery.api.deps import AppContext
 from tunery.api.errors import install_error_handlers
-from tunery.api.routes import download, fine_tunes, health, models
+from tunery.api.routes import download, files, fine_tunes, health, models, uploads
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import open_blob_store
@@ -36,6 +36,8 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
                                catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads))
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(files.router)
+    app.include_router(uploads.router)
     app.include_router(fine_tunes.router)
     app.include_router(download.router)
     app.include_router(models.router)

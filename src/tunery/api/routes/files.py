@@ -1,0 +1,370 @@
+"""``/v1/files``: upload, validate, list, read and delete dataset files (contract §3).
+
+The SDK's upload is three calls: ``POST /v1/files`` (metadata) → 302 to a signed URL;
+``PUT <url>`` (bytes, see ``routes/uploads.py``); ``POST /v1/files/{id}/preprocess`` (validate).
+Files over 5 GiB go through ``/v1/files/multipart/{initiate,complete,abort}`` instead, and
+``complete`` validates because the SDK does not call preprocess after it. ``POST
+/v1/files/upload`` is the one-request form for curl users. Validation streams the stored blob
+through ``tunery.datasets.validate_stream``; an invalid dataset is a 400 naming the line, and the
+file stays listed with ``processing_status: INVALID_FORMAT`` and its report.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from tunery.api.deps import AppContext, Ctx, CurrentUser
+from tunery.api.errors import error_body
+from tunery.api.routes.uploads import (
+    check_announced_length,
+    file_upload_url,
+    part_upload_url,
+    receive_form,
+)
+from tunery.api.schemas.files import (
+    FileCreateRequest,
+    FileDeleteResponse,
+    FileList,
+    FileResponse,
+    FileUploadUrl,
+    MultipartAbortRequest,
+    MultipartAbortResponse,
+    MultipartCompleteRequest,
+    MultipartCompleteResponse,
+    MultipartInitiateRequest,
+    MultipartInitiateResponse,
+    MultipartPart,
+)
+from tunery.api.streaming import blob_response
+from tunery.datasets import validate_stream
+from tunery.errors import Conflict, InvalidRequest, NotFound, TuneryError
+from tunery.storage.staging import PartDir, StagedFile, too_large
+from tunery.store import files as store
+from tunery.store.models import File, User
+
+log = logging.getLogger("tunery.api.files")
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+_ERRORS = {400: {}, 404: {}, 409: {}, 413: {}}
+
+
+# ---- responses shared by several routes ----------------------------------------------------------
+
+
+def _exists_response(file_id: str) -> JSONResponse:
+    """The SDK's "already exists" answer: 409 with a top-level ``file_id``, and no retries."""
+    body = error_body(
+        f"a file with the same name and checksum was already uploaded and validated: {file_id}",
+        "conflict_error", "checksum", "file_exists",
+    )
+    return JSONResponse({**body, "file_id": file_id}, status_code=409, headers={"x-should-retry": "false"})
+
+
+def _invalid_response(row: File) -> JSONResponse:
+    """400 for a file whose dataset is invalid; the message names the line."""
+    report = row.report or {}
+    message = report.get("error") or "the dataset is invalid"
+    body = error_body(message, "invalid_request_error", None, "invalid_format")
+    return JSONResponse({**body, "file_id": row.id}, status_code=400)
+
+
+def _validated(row: File, wrap: bool = False) -> JSONResponse:
+    """The file after validation: 200 with the FileResponse, or 400 when the dataset is invalid."""
+    if row.processing_status == store.INVALID_FORMAT:
+        return _invalid_response(row)
+    if row.processing_status == store.FAILED:
+        report = row.report or {}
+        raise TuneryError(f"validating file {row.id} failed: {report.get('error', 'unknown error')}")
+    wire = FileResponse.from_row(row).wire()
+    return JSONResponse({"file": wire} if wrap else wire)
+
+
+# ---- validation ----------------------------------------------------------------------------------
+
+
+def validate_file(ctx: AppContext, row: File) -> File:
+    """Stream the stored blob through the dataset validator and record the verdict on the row."""
+    with ctx.db.session() as s:
+        store.mark_validating(s, row.id)
+    try:
+        with ctx.blobs.local_copy(row.blob_key) as path, open(path, "rb", buffering=1024 * 1024) as f:
+            report = validate_stream(f, row.file_type, row.purpose)
+    except Exception as error:
+        log.exception("validating %s failed", row.id)
+        with ctx.db.session() as s:
+            store.record_validation_failure(s, row.id, f"{type(error).__name__}: {error}")
+        raise TuneryError(f"validating file {row.id} failed; the server log has the details") from error
+    with ctx.db.session() as s:
+        updated = store.record_validation(
+            s, row.id, valid=report.valid, report=report.to_json(),
+            dataset_format=report.dataset_format.value if report.dataset_format else None,
+            num_samples=report.num_samples,
+        )
+    if updated is None:
+        raise NotFound(f"file {row.id} was deleted during validation", param="id")
+    return updated
+
+
+def _validate_if_needed(ctx: AppContext, row: File) -> File:
+    if row.processing_status in (store.COMPLETED, store.INVALID_FORMAT):
+        return row  # already validated: preprocess is idempotent
+    return validate_file(ctx, row)
+
+
+# ---- the SDK's single-request upload -------------------------------------------------------------
+
+
+@router.post(
+    "", status_code=302, response_model=FileUploadUrl, responses={**_ERRORS, 302: {
+        "description": "Created; PUT the bytes to `Location` (signed, expiring, single use).",
+        "headers": {"Location": {"schema": {"type": "string"}}, "X-Together-File-Id": {"schema": {"type": "string"}}},
+    }},
+)
+def create_file(
+    request: Request, form: Annotated[FileCreateRequest, Form()], user: CurrentUser, ctx: Ctx,
+) -> Response:
+    """Register a file and answer 302 with the signed URL to PUT its bytes to."""
+    with ctx.db.session() as s:
+        dup = store.find_duplicate(s, user_id=user.id, checksum=form.checksum, filename=form.file_name)
+        if dup is not None:
+            return _exists_response(dup.id)
+        row = store.create_file(
+            s, user_id=user.id, filename=form.file_name, purpose=form.purpose, file_type=form.file_type,
+            checksum=form.checksum,
+        )
+    url, expires = file_upload_url(request, row.id)
+    body = FileUploadUrl(id=row.id, upload_url=url, expires_at=expires)
+    return JSONResponse(body.model_dump(), status_code=302, headers={"Location": url, "X-Together-File-Id": row.id})
+
+
+@router.post("/{file_id}/preprocess", response_model=FileResponse, responses=_ERRORS)
+def preprocess(file_id: str, user: CurrentUser, ctx: Ctx) -> Response:
+    """Validate an uploaded file's dataset (idempotent): 200 when valid, 400 naming the bad line."""
+    with ctx.db.session() as s:
+        row = store.get_file(s, user.id, file_id)
+    if row.upload_state != store.UPLOADED:
+        raise Conflict(
+            f"file {file_id} has no content yet: PUT its bytes to the upload URL from POST /v1/files, "
+            "then call preprocess", param="id",
+        )
+    return _validated(_validate_if_needed(ctx, row))
+
+
+# ---- one-request upload for curl users -----------------------------------------------------------
+
+_FORM_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "file_name": {"type": "string"},
+        "purpose": {"type": "string", "enum": ["fine-tune", "calibration", "eval", "batch-api"]},
+        "file_type": {"type": "string", "enum": ["jsonl", "csv", "parquet"]},
+    },
+}}}}}
+
+
+@router.post("/upload", response_model=FileResponse, openapi_extra=_FORM_BODY, responses=_ERRORS)
+async def upload_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response:
+    """Upload and validate a file in one multipart request (``file``, ``purpose``, ``file_name``,
+    ``file_type``); 400 naming the line when the dataset is invalid (the file stays listed)."""
+    # async: the body is streamed to disk in constant memory (see routes/uploads.py).
+    limit = ctx.settings.max_upload_bytes
+    check_announced_length(request, limit, slack=1024 * 1024)
+    staged = StagedFile(ctx.blobs.staging_dir(), limit)
+    form = await receive_form(request, staged)
+    try:
+        file_name = form.text("file_name") or form.filename or ""
+        suffix = PurePosixPath(file_name).suffix.lstrip(".").lower()
+        meta = FileCreateRequest.model_validate({
+            "purpose": form.text("purpose"), "file_name": file_name, "checksum": "",
+            "file_type": form.text("file_type") or (suffix if suffix in ("jsonl", "csv", "parquet") else "jsonl"),
+        })
+    except ValidationError as error:
+        staged.discard()
+        raise RequestValidationError(error.errors()) from None
+    row = await run_in_threadpool(_store_one_shot, ctx, user, meta, staged)
+    return _validated(await run_in_threadpool(validate_file, ctx, row))
+
+
+def _store_one_shot(ctx: AppContext, user: User, meta: FileCreateRequest, staged: StagedFile) -> File:
+    key = ""
+    try:
+        with ctx.db.session() as s:
+            row = store.create_file(
+                s, user_id=user.id, filename=meta.file_name, purpose=meta.purpose, file_type=meta.file_type,
+            )
+            store.claim_upload(s, row.id)
+            key = store.blob_key(row.id)
+            ctx.blobs.put(key, staged.path)
+            store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256)
+            s.flush()
+            s.refresh(row)
+        return row
+    except BaseException:
+        staged.discard()
+        if key:
+            ctx.blobs.delete(key)
+        raise
+
+
+# ---- multipart upload (files over 5 GiB) ---------------------------------------------------------
+
+
+@router.post("/multipart/initiate", response_model=MultipartInitiateResponse, responses=_ERRORS)
+def multipart_initiate(request: Request, body: MultipartInitiateRequest, user: CurrentUser, ctx: Ctx) -> Response:
+    """Start a multipart upload: one signed part URL per part (PUT each, keep the ``ETag``)."""
+    if body.file_size > ctx.settings.max_upload_bytes:
+        raise too_large(ctx.settings.max_upload_bytes)
+    with ctx.db.session() as s:
+        dup = store.find_duplicate(s, user_id=user.id, checksum=body.checksum, filename=body.file_name)
+        if dup is not None:
+            return _exists_response(dup.id)
+        row = store.create_file(
+            s, user_id=user.id, filename=body.file_name, purpose=body.purpose, file_type=body.file_type,
+            checksum=body.checksum,
+        )
+        mp = store.create_multipart(s, row.id, body.num_parts)
+    parts = [
+        MultipartPart(PartNumber=n, URL=part_upload_url(request, mp.id, n), Headers={})
+        for n in range(1, body.num_parts + 1)
+    ]
+    out = MultipartInitiateResponse(upload_id=mp.id, file_id=row.id, parts=parts)
+    return JSONResponse(out.model_dump())
+
+
+@router.post("/multipart/complete", response_model=MultipartCompleteResponse, responses=_ERRORS)
+def multipart_complete(body: MultipartCompleteRequest, user: CurrentUser, ctx: Ctx) -> Response:
+    """Assemble the parts in order, check the checksum, validate, and return ``{"file": …}``."""
+    with ctx.db.session() as s:
+        mp = store.get_user_multipart(s, user.id, body.upload_id, body.file_id)
+        row = store.get_file(s, user.id, body.file_id)
+        if not store.set_multipart_state(s, mp.id, (store.MP_OPEN,), store.MP_COMPLETING):
+            if mp.state == store.MP_COMPLETED:
+                return _validated(row, wrap=True)  # a repeated complete: answer as the first did
+            raise Conflict(f"multipart upload {mp.id} is {mp.state}; it cannot be completed", param="upload_id")
+        store.claim_upload(s, row.id)
+    staging = ctx.blobs.staging_dir()
+    parts = PartDir(staging, mp.id)
+    try:
+        paths = _checked_parts(parts, body, mp.num_parts)
+        staged = StagedFile(staging, ctx.settings.max_upload_bytes)
+        try:
+            staged.copy_from(paths)
+            staged.close()
+            if row.checksum and staged.sha256 != row.checksum:
+                raise InvalidRequest(
+                    f"the assembled file does not match the announced checksum: sha256 {staged.sha256}, "
+                    f"expected {row.checksum}", param="checksum",
+                )
+            key = store.blob_key(row.id)
+            ctx.blobs.put(key, staged.path)
+        except BaseException:
+            staged.discard()
+            raise
+        with ctx.db.session() as s:
+            if not store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256):
+                ctx.blobs.delete(key)
+                raise NotFound(f"file {row.id} was deleted during the upload", param="file_id")
+            store.set_multipart_state(s, mp.id, (store.MP_COMPLETING,), store.MP_COMPLETED)
+            row = store.get_file(s, user.id, row.id)
+    except BaseException:
+        with ctx.db.session() as s:
+            store.set_multipart_state(s, mp.id, (store.MP_COMPLETING,), store.MP_OPEN)
+            store.release_upload(s, row.id)
+        raise
+    parts.remove()
+    return _validated(validate_file(ctx, row), wrap=True)
+
+
+def _checked_parts(parts: PartDir, body: MultipartCompleteRequest, num_parts: int) -> list:
+    """The part files in order; 400 unless every part 1..num_parts is listed once with its ETag."""
+    numbers = [p.part_number for p in body.parts]
+    if numbers != list(range(1, num_parts + 1)):
+        raise InvalidRequest(
+            f"parts must list every part number from 1 to {num_parts} once, in order; got {numbers[:20]}",
+            param="parts",
+        )
+    paths = []
+    for p in body.parts:
+        stored = parts.etag(p.part_number)
+        if stored is None:
+            raise InvalidRequest(f"part {p.part_number} was never uploaded", param="parts")
+        if p.etag.strip().strip('"') != stored:
+            raise InvalidRequest(
+                f"part {p.part_number}: etag {p.etag!r} does not match the uploaded part ({stored!r})",
+                param="parts",
+            )
+        paths.append(parts.part(p.part_number))
+    return paths
+
+
+@router.post("/multipart/abort", response_model=MultipartAbortResponse, responses=_ERRORS)
+def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, ctx: Ctx) -> MultipartAbortResponse:
+    """Abandon a multipart upload: its parts and its (never completed) file are removed.
+
+    Aborting a completed upload is a no-op: the SDK calls abort after *any* failed complete,
+    including one that failed only because the dataset is invalid, and that file must stay listed.
+    """
+    with ctx.db.session() as s:
+        mp = store.get_user_multipart(s, user.id, body.upload_id, body.file_id)
+        if mp.state == store.MP_COMPLETED:
+            return MultipartAbortResponse(upload_id=mp.id, file_id=mp.file_id, aborted=False)
+        if not store.set_multipart_state(s, mp.id, (store.MP_OPEN, store.MP_ABORTED), store.MP_ABORTED):
+            raise Conflict(f"multipart upload {mp.id} is {mp.state}; try again", param="upload_id")
+        row = store.get_file(s, user.id, mp.file_id)
+        if row.upload_state == store.AWAITING_UPLOAD:
+            store.delete_file(s, user.id, row.id)
+    PartDir(ctx.blobs.staging_dir(), mp.id).remove()
+    return MultipartAbortResponse(upload_id=mp.id, file_id=mp.file_id, aborted=True)
+
+
+# ---- reading and deleting ------------------------------------------------------------------------
+
+
+@router.get("", response_model=FileList)
+def list_files(user: CurrentUser, ctx: Ctx) -> FileList:
+    """The caller's files, newest first."""
+    with ctx.db.session() as s:
+        rows = store.list_files(s, user.id)
+    return FileList(data=[FileResponse.from_row(r) for r in rows])
+
+
+@router.get("/{file_id}", response_model=FileResponse, responses={404: {}})
+def retrieve_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileResponse:
+    with ctx.db.session() as s:
+        return FileResponse.from_row(store.get_file(s, user.id, file_id))
+
+
+@router.get(
+    "/{file_id}/content", responses={200: {"content": {"application/octet-stream": {}}}, 206: {}, 404: {},
+                                     409: {}, 416: {}},
+)
+def file_content(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) -> Response:
+    """The file's bytes, streamed; honours a single ``Range: bytes=…`` (206, or 416)."""
+    with ctx.db.session() as s:
+        row = store.get_file(s, user.id, file_id)
+    if row.upload_state != store.UPLOADED:
+        raise Conflict(f"file {file_id} has no content yet; finish its upload first", param="id")
+    return blob_response(request, ctx.blobs, row.blob_key, row.bytes, filename=row.filename)
+
+
+@router.delete("/{file_id}", response_model=FileDeleteResponse, responses={404: {}, 409: {}})
+def delete_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileDeleteResponse:
+    """Delete a file and its bytes; 409 while an unfinished fine-tuning job uses it."""
+    with ctx.db.session() as s:
+        upload_ids = store.multipart_ids(s, file_id)
+        row = store.delete_file(s, user.id, file_id)
+    if row.blob_key:
+        ctx.blobs.delete(row.blob_key)
+    for upload_id in upload_ids:
+        PartDir(ctx.blobs.staging_dir(), upload_id).remove()
+    return FileDeleteResponse(id=file_id)
