@@ -7,11 +7,13 @@ import re
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
 from tunery.api.deps import Ctx, CurrentUser, DbSession
 from tunery.api.streaming import blob_response
 from tunery.errors import InvalidRequest, NotFound
 from tunery.store import jobs as store
+from tunery.store.models import Checkpoint
 
 router = APIRouter(tags=["fine-tunes"])
 
@@ -24,10 +26,18 @@ def download(
     request: Request, ctx: Ctx, s: DbSession, user: CurrentUser, ft_id: str,
     checkpoint: str | None = None, checkpoint_step: int | None = None,
 ) -> Response:
+    ckpt, filename = find_download(s, user.id, ft_id, checkpoint, checkpoint_step)
+    return blob_response(request, ctx.blobs, ckpt.blob_key, ckpt.size, filename=filename)
+
+
+def find_download(s: Session, user_id: str, ft_id: str, checkpoint: str | None,
+                  checkpoint_step: int | None) -> tuple[Checkpoint, str]:
+    """The user's stored artifact that a download request names, and its download file name.
+    Shared with the dashboard's download links; raises NotFound / InvalidRequest."""
     m = COMPOUND_ID.match(ft_id)
     if m:
         ft_id, checkpoint_step = m.group(1), int(m.group(2))
-    job = store.get_job(s, ft_id, user.id)
+    job = store.get_job(s, ft_id, user_id)
     lora = job.params["training_type"]["type"] == "Lora"
     choice = checkpoint or "default"
     if choice not in VARIANTS:
@@ -47,4 +57,4 @@ def download(
     name = job.model_output_name.replace("/", "--")
     suffix = f"-step-{ckpt.step}" if not ckpt.final else ""
     kind = "-adapter" if variant == "adapter" else ""
-    return blob_response(request, ctx.blobs, ckpt.blob_key, ckpt.size, filename=f"{name}{suffix}{kind}.tar.zst")
+    return ckpt, f"{name}{suffix}{kind}.tar.zst"
