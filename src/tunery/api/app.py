@@ -13,6 +13,7 @@ from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import open_blob_store
 from tunery.store.db import Database
+from tunery.web import routes as web
 
 
 class DoubleV1Alias:
@@ -41,5 +42,6 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     app.include_router(fine_tunes.router)
     app.include_router(download.router)
     app.include_router(models.router)
+    app.include_router(web.router)
     app.add_middleware(DoubleV1Alias)
     return app

@@ -1,0 +1,271 @@
+"""The dashboard's pages: sign-in, jobs list (``/``), job page, files page, and the small POSTs
+behind their buttons. Every page reads the same store functions the API uses, scoped to the
+signed-in user, so another user's job is a 404 here exactly as it is in the API.
+
+Pages work without JavaScript; ``static/live.js`` only refreshes the ``data-live-url`` region of
+a page (the ``/partials/...`` routes render those regions alone) while something can still change.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+
+from tunery.api.deps import AppContext, Ctx
+from tunery.api.routes.download import find_download
+from tunery.api.routes.fine_tunes import request_cancel
+from tunery.api.streaming import blob_response
+from tunery.errors import InvalidRequest, NotFound
+from tunery.queue.states import TERMINAL
+from tunery.store import files as file_store
+from tunery.store import jobs as store
+from tunery.web import views
+from tunery.web.auth import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    SessionSigner,
+    WebSession,
+    check_login_csrf,
+    key_id_for_secret,
+    load_session,
+    new_login_csrf,
+)
+
+router = APIRouter(include_in_schema=False)
+env = views.make_env()
+
+# No inline script or style anywhere, so the policy can forbid both.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+STATIC_FILES = {"style.css": "text/css", "live.js": "text/javascript"}
+Str = Annotated[str, Form()]
+
+
+# -- plumbing -------------------------------------------------------------------------------------
+
+def _signer(ctx: AppContext, request: Request) -> SessionSigner:
+    # Built once per app: signing_key() reads the key file.
+    signer: SessionSigner | None = getattr(request.app.state, "web_signer", None)
+    if signer is None:
+        signer = request.app.state.web_signer = SessionSigner(ctx.settings.signing_key())
+    return signer
+
+
+def _session(ctx: AppContext, request: Request) -> WebSession | None:
+    with ctx.db.session() as s:
+        return load_session(s, _signer(ctx, request), request.cookies.get(SESSION_COOKIE))
+
+
+def render(name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
+    html = env.get_template(name).render(**context)
+    return HTMLResponse(html, status_code=status_code, headers={**SECURITY_HEADERS, **(headers or {})})
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+
+def _safe_next(target: str | None) -> str:
+    """Only same-site paths: ``/x`` yes, ``//evil.example`` or ``https://…`` no."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+def _error(sess: WebSession | None, status_code: int, message: str) -> HTMLResponse:
+    titles = {403: "Forbidden", 404: "Not found", 400: "Cannot do that"}
+    return render("error.html", status_code, session=sess, title=titles.get(status_code, "Error"), message=message)
+
+
+def _forged(ctx: AppContext, request: Request, sess: WebSession | None, token: str) -> HTMLResponse | None:
+    """The 403 page unless this POST carries this session's CSRF token and is not cross-site."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return _error(sess, 403, "Cross-site form submissions are refused.")
+    if sess is None or not _signer(ctx, request).check_csrf(sess.token, token):
+        return _error(sess, 403, "This form has expired or did not come from this site. Reload the page and try again.")
+    return None
+
+
+def _secure(ctx: AppContext, request: Request) -> bool:
+    return request.url.scheme == "https" or ctx.settings.public_url.startswith("https://")
+
+
+# -- sign-in --------------------------------------------------------------------------------------
+
+@router.get("/login")
+def login_form(ctx: Ctx, request: Request, next: str = "/") -> Response:
+    if _session(ctx, request) is not None:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _login_page(ctx, request, next)
+
+
+def _login_page(ctx: AppContext, request: Request, next: str, error: str | None = None,
+                status_code: int = 200) -> HTMLResponse:
+    token = new_login_csrf()
+    response = render("login.html", status_code, session=None, csrf=token, next=_safe_next(next), error=error)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, httponly=True, samesite="strict",
+                        secure=_secure(ctx, request), path="/login")
+    return response
+
+
+@router.post("/login")
+def login(ctx: Ctx, request: Request, api_key: Str = "", csrf: Str = "", next: Str = "/") -> Response:
+    if request.headers.get("sec-fetch-site") == "cross-site" or not check_login_csrf(
+            request.cookies.get(LOGIN_CSRF_COOKIE), csrf):
+        return _login_page(ctx, request, next, "The sign-in form expired. Please try again.", 403)
+    with ctx.db.session() as s:
+        key_id = key_id_for_secret(s, api_key) if api_key.strip() else None
+    if key_id is None:
+        return _login_page(ctx, request, next, "That API key is not valid (or was revoked).", 401)
+    signer = _signer(ctx, request)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(SESSION_COOKIE, signer.sign(key_id), max_age=signer.ttl_s, httponly=True, samesite="lax",
+                        secure=_secure(ctx, request), path="/")
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+@router.post("/logout")
+def logout(ctx: Ctx, request: Request, csrf: Str = "") -> Response:
+    sess = _session(ctx, request)
+    if sess is not None and (forged := _forged(ctx, request, sess, csrf)):
+        return forged
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+
+@router.get("/")
+def jobs_list(ctx: Ctx, request: Request, status: str | None = None, page: int = 1) -> Response:
+    sess = _session(ctx, request)
+    if sess is None:
+        return _to_login(request)
+    with ctx.db.session() as s:
+        listing = views.job_page(s, sess.user.id, status, page)
+    return render("jobs.html", session=sess, listing=listing, query=_list_query(listing.status, listing.page))
+
+
+@router.get("/partials/jobs")
+def jobs_table(ctx: Ctx, request: Request, status: str | None = None, page: int = 1) -> Response:
+    sess = _session(ctx, request)
+    if sess is None:
+        return Response(status_code=401)
+    with ctx.db.session() as s:
+        listing = views.job_page(s, sess.user.id, status, page)
+    return render("_jobs_table.html", session=sess, listing=listing,
+                  headers={"X-Live-Done": "0" if listing.live else "1"})
+
+
+def _list_query(status: str | None, page: int) -> str:
+    return urlencode({k: v for k, v in (("status", status), ("page", page)) if v})
+
+
+@router.get("/jobs/{job_id}")
+def job_detail(ctx: Ctx, request: Request, job_id: str) -> Response:
+    sess = _session(ctx, request)
+    if sess is None:
+        return _to_login(request)
+    with ctx.db.session() as s:
+        try:
+            job = store.get_job(s, job_id, sess.user.id)
+        except NotFound:
+            return _error(sess, 404, f"There is no fine-tuning job {job_id} in your account.")
+        view = views.job_view(s, job)
+    return render("job.html", session=sess, v=view, job=view.job)
+
+
+@router.get("/partials/jobs/{job_id}")
+def job_live(ctx: Ctx, request: Request, job_id: str) -> Response:
+    sess = _session(ctx, request)
+    if sess is None:
+        return Response(status_code=401)
+    with ctx.db.session() as s:
+        try:
+            job = store.get_job(s, job_id, sess.user.id)
+        except NotFound:
+            return Response(status_code=404)
+        view = views.job_view(s, job)
+    return render("_job_live.html", session=sess, v=view, job=view.job,
+                  headers={"X-Live-Done": "1" if view.terminal else "0"})
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(ctx: Ctx, request: Request, job_id: str, csrf: Str = "") -> Response:
+    sess = _session(ctx, request)
+    if forged := _forged(ctx, request, sess, csrf):
+        return forged
+    assert sess is not None
+    try:
+        with ctx.db.session() as s:
+            job = store.get_job(s, job_id, sess.user.id)
+            request_cancel(s, job, sess.user)
+    except NotFound:
+        return _error(sess, 404, f"There is no fine-tuning job {job_id} in your account.")
+    except InvalidRequest:
+        pass  # it finished meanwhile; the job page shows how
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/delete")
+def delete(ctx: Ctx, request: Request, job_id: str, csrf: Str = "") -> Response:
+    sess = _session(ctx, request)
+    if forged := _forged(ctx, request, sess, csrf):
+        return forged
+    assert sess is not None
+    with ctx.db.session() as s:
+        try:
+            job = store.get_job(s, job_id, sess.user.id)
+        except NotFound:
+            return _error(sess, 404, f"There is no fine-tuning job {job_id} in your account.")
+        if job.status not in {t.value for t in TERMINAL}:
+            return _error(sess, 400, f"Job {job_id} is {job.status}; cancel it and wait until it ends first.")
+        keys = store.delete_job(s, job)
+    for key in keys:
+        ctx.blobs.delete(key)
+    return RedirectResponse("/", status_code=303)
+
+
+@router.get("/jobs/{job_id}/download")
+def download(ctx: Ctx, request: Request, job_id: str, checkpoint: str = "merged", step: int | None = None) -> Response:
+    sess = _session(ctx, request)
+    if sess is None:
+        return _to_login(request)
+    with ctx.db.session() as s:
+        try:
+            ckpt, filename = find_download(s, sess.user.id, job_id, checkpoint, step)
+        except (NotFound, InvalidRequest) as e:
+            return _error(sess, 404 if isinstance(e, NotFound) else 400, e.message)
+    return blob_response(request, ctx.blobs, ckpt.blob_key, ckpt.size, filename=filename)
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+@router.get("/files")
+def files_page(ctx: Ctx, request: Request) -> Response:
+    sess = _session(ctx, request)
+    if sess is None:
+        return _to_login(request)
+    with ctx.db.session() as s:
+        rows = views.file_rows(file_store.list_files(s, sess.user.id))
+    return render("files.html", session=sess, rows=rows)
+
+
+# -- static ---------------------------------------------------------------------------------------
+
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    if name not in STATIC_FILES:
+        return Response(status_code=404)
+    return FileResponse(views.STATIC_DIR / name, media_type=STATIC_FILES[name],
+                        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
