@@ -63,14 +63,15 @@ def create_file(
     return row
 
 
-def find_duplicate(s: Session, *, user_id: str, checksum: str, filename: str) -> File | None:
-    """The caller's newest completed, valid file with this checksum and name (the SDK's 409 case)."""
+def find_duplicate(s: Session, *, user_id: str, checksum: str, filename: str, purpose: str) -> File | None:
+    """The caller's newest completed, valid file with this checksum, name and purpose (the SDK's
+    409 case; a file validated for one purpose says nothing about another)."""
     if not checksum:
         return None
     return s.scalar(
         select(File)
         .where(
-            File.user_id == user_id, File.checksum == checksum, File.filename == filename,
+            File.user_id == user_id, File.checksum == checksum, File.filename == filename, File.purpose == purpose,
             File.upload_state == UPLOADED, File.processing_status == COMPLETED,
         )
         .order_by(File.created_at.desc())

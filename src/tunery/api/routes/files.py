@@ -44,7 +44,7 @@ from tunery.api.schemas.files import (
     MultipartPart,
 )
 from tunery.api.streaming import blob_response
-from tunery.datasets import validate_stream
+from tunery.api.validation import FileValidator, file_validator
 from tunery.errors import Conflict, InvalidRequest, NotFound, TuneryError
 from tunery.storage.staging import PartDir, StagedFile, too_large
 from tunery.store import files as store
@@ -91,13 +91,13 @@ def _validated(row: File, wrap: bool = False) -> JSONResponse:
 # ---- validation ----------------------------------------------------------------------------------
 
 
-def validate_file(ctx: AppContext, row: File) -> File:
+def validate_file(ctx: AppContext, validator: FileValidator, row: File) -> File:
     """Stream the stored blob through the dataset validator and record the verdict on the row."""
     with ctx.db.session() as s:
         store.mark_validating(s, row.id)
     try:
-        with ctx.blobs.local_copy(row.blob_key) as path, open(path, "rb", buffering=1024 * 1024) as f:
-            report = validate_stream(f, row.file_type, row.purpose)
+        with ctx.blobs.local_copy(row.blob_key) as path:
+            report = validator.validate(path, row.file_type, row.purpose)
     except Exception as error:
         log.exception("validating %s failed", row.id)
         with ctx.db.session() as s:
@@ -114,10 +114,10 @@ def validate_file(ctx: AppContext, row: File) -> File:
     return updated
 
 
-def _validate_if_needed(ctx: AppContext, row: File) -> File:
+def _validate_if_needed(ctx: AppContext, validator: FileValidator, row: File) -> File:
     if row.processing_status in (store.COMPLETED, store.INVALID_FORMAT):
         return row  # already validated: preprocess is idempotent
-    return validate_file(ctx, row)
+    return validate_file(ctx, validator, row)
 
 
 # ---- the SDK's single-request upload -------------------------------------------------------------
@@ -134,7 +134,9 @@ def create_file(
 ) -> Response:
     """Register a file and answer 302 with the signed URL to PUT its bytes to."""
     with ctx.db.session() as s:
-        dup = store.find_duplicate(s, user_id=user.id, checksum=form.checksum, filename=form.file_name)
+        dup = store.find_duplicate(
+            s, user_id=user.id, checksum=form.checksum, filename=form.file_name, purpose=form.purpose,
+        )
         if dup is not None:
             return _exists_response(dup.id)
         row = store.create_file(
@@ -147,7 +149,7 @@ def create_file(
 
 
 @router.post("/{file_id}/preprocess", response_model=FileResponse, responses=_ERRORS)
-def preprocess(file_id: str, user: CurrentUser, ctx: Ctx) -> Response:
+def preprocess(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) -> Response:
     """Validate an uploaded file's dataset (idempotent): 200 when valid, 400 naming the bad line."""
     with ctx.db.session() as s:
         row = store.get_file(s, user.id, file_id)
@@ -156,7 +158,7 @@ def preprocess(file_id: str, user: CurrentUser, ctx: Ctx) -> Response:
             f"file {file_id} has no content yet: PUT its bytes to the upload URL from POST /v1/files, "
             "then call preprocess", param="id",
         )
-    return _validated(_validate_if_needed(ctx, row))
+    return _validated(_validate_if_needed(ctx, file_validator(request), row))
 
 
 # ---- one-request upload for curl users -----------------------------------------------------------
@@ -192,7 +194,7 @@ async def upload_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
         staged.discard()
         raise RequestValidationError(error.errors()) from None
     row = await run_in_threadpool(_store_one_shot, ctx, user, meta, staged)
-    return _validated(await run_in_threadpool(validate_file, ctx, row))
+    return _validated(await run_in_threadpool(validate_file, ctx, file_validator(request), row))
 
 
 def _store_one_shot(ctx: AppContext, user: User, meta: FileCreateRequest, staged: StagedFile) -> File:
@@ -225,7 +227,9 @@ def multipart_initiate(request: Request, body: MultipartInitiateRequest, user: C
     if body.file_size > ctx.settings.max_upload_bytes:
         raise too_large(ctx.settings.max_upload_bytes)
     with ctx.db.session() as s:
-        dup = store.find_duplicate(s, user_id=user.id, checksum=body.checksum, filename=body.file_name)
+        dup = store.find_duplicate(
+            s, user_id=user.id, checksum=body.checksum, filename=body.file_name, purpose=body.purpose,
+        )
         if dup is not None:
             return _exists_response(dup.id)
         row = store.create_file(
@@ -242,7 +246,7 @@ def multipart_initiate(request: Request, body: MultipartInitiateRequest, user: C
 
 
 @router.post("/multipart/complete", response_model=MultipartCompleteResponse, responses=_ERRORS)
-def multipart_complete(body: MultipartCompleteRequest, user: CurrentUser, ctx: Ctx) -> Response:
+def multipart_complete(request: Request, body: MultipartCompleteRequest, user: CurrentUser, ctx: Ctx) -> Response:
     """Assemble the parts in order, check the checksum, validate, and return ``{"file": …}``."""
     with ctx.db.session() as s:
         mp = store.get_user_multipart(s, user.id, body.upload_id, body.file_id)
@@ -282,7 +286,7 @@ def multipart_complete(body: MultipartCompleteRequest, user: CurrentUser, ctx: C
             store.release_upload(s, row.id)
         raise
     parts.remove()
-    return _validated(validate_file(ctx, row), wrap=True)
+    return _validated(validate_file(ctx, file_validator(request), row), wrap=True)
 
 
 def _checked_parts(parts: PartDir, body: MultipartCompleteRequest, num_parts: int) -> list:

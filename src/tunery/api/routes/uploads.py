@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from tunery.api.deps import AppContext, get_ctx, public_base_url
 from tunery.api.errors import error_response
 from tunery.api.signing import FILE, PART, UploadSigner
+from tunery.api.validation import PARALLEL_MIN_BYTES, file_validator
 from tunery.errors import Forbidden, InvalidRequest, NotFound
 from tunery.storage.staging import BodyPump, PartDir, StagedFile, too_large
 from tunery.store import files as store
@@ -62,10 +63,14 @@ def part_upload_url(request: Request, upload_id: str, part_number: int) -> str:
     return f"{base}/uploads/parts/{upload_id}/{part_number}?token={token}"
 
 
+def _announced_length(request: Request) -> int:
+    announced = request.headers.get("content-length", "")
+    return int(announced) if announced.isascii() and announced.isdigit() else 0
+
+
 def check_announced_length(request: Request, limit: int, slack: int = 0) -> None:
     """413 before reading anything when ``Content-Length`` already says the body is too big."""
-    announced = request.headers.get("content-length", "")
-    if announced.isascii() and announced.isdigit() and int(announced) > limit + slack:
+    if _announced_length(request) > limit + slack:
         raise too_large(limit)
 
 
@@ -200,6 +205,8 @@ async def put_file(request: Request, file_id: Annotated[str, Path(max_length=64)
     limit = ctx.settings.max_upload_bytes
     check_announced_length(request, limit)
     row = await run_in_threadpool(_claim_file, ctx, file_id)
+    if _announced_length(request) >= PARALLEL_MIN_BYTES and row.file_type == "jsonl":
+        file_validator(request).warm()  # start the validation workers while the bytes arrive
     try:
         staged = await receive(request.stream(), StagedFile(ctx.blobs.staging_dir(), limit))
         try:
