@@ -71,10 +71,15 @@ def show(value: Any) -> str:
     return str(value)
 
 
+def breakable(name: str) -> Markup:
+    """``name`` with line-break opportunities after ``_`` and ``.`` (long parameter names on phones)."""
+    return Markup(str(Markup.escape(name)).replace("_", "_<wbr>").replace(".", ".<wbr>"))
+
+
 def make_env() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=when, duration=duration, filesize=filesize, show=show)
+    env.filters.update(when=when, duration=duration, filesize=filesize, show=show, breakable=breakable)
     env.globals.update(statuses=STATUSES, terminal={s.value for s in TERMINAL})
     return env
 
