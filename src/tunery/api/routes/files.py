@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,7 +54,7 @@ log = logging.getLogger("tunery.api.files")
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-_ERRORS = {400: {}, 404: {}, 409: {}, 413: {}}
+_ERRORS: dict[int | str, dict[str, Any]] = {400: {}, 404: {}, 409: {}, 413: {}}
 
 
 # ---- responses shared by several routes ----------------------------------------------------------

@@ -5,6 +5,10 @@ These are the URLs ``POST /v1/files`` (``Location``) and ``POST /v1/files/multip
 and no Content-Type, so the credential is the signed ``token`` in the query string
 (``tunery.api.signing``). They live outside ``/v1`` because they are ours, not Together's API.
 
+``receive`` and ``receive_form`` are the two ways a request body reaches the staging directory
+(raw bytes, or the ``file`` part of a multipart form for ``POST /v1/files/upload``), both in
+constant memory through ``tunery.storage.staging``.
+
 Whole-file URLs are single use: the file row's upload state is claimed with a compare-and-set
 before any byte is stored, so a second or concurrent PUT gets 403 and stores nothing (a failed
 upload releases the claim, so the client may retry the same URL). Part URLs may be re-sent while

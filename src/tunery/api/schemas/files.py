@@ -76,7 +76,7 @@ class FileResponse(BaseModel):
             report = ValidationReport.model_validate({**row.report, "file_id": row.id})
         return cls(
             id=row.id, bytes=row.bytes, created_at=unix(row.created_at), filename=row.filename,
-            file_type=row.file_type,  # type: ignore[arg-type]
+            FileType=row.file_type,  # type: ignore[arg-type]
             purpose=row.purpose,  # type: ignore[arg-type]
             processing_status=row.processing_status,  # type: ignore[arg-type]
             validation_report=report, line_count=row.num_samples,
