@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,3 +73,15 @@ def test_formats_that_differ_between_ranges_are_caught(tmp_path: Path, validator
     report = validator.validate(path, "jsonl", "fine-tune")
     assert not report.valid and report.line == 101
     assert merge_reports([]) is None
+
+
+def test_idle_workers_exit_and_are_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "good.jsonl"
+    path.write_text("".join(conversation(i) + "\n" for i in range(50)))
+    v = FileValidator(workers=2, min_parallel_bytes=1, worker_idle_exit_s=0.3)
+    try:
+        assert v.validate(path, "jsonl", "fine-tune").num_samples == 50
+        time.sleep(1.5)  # both workers give up and exit
+        assert v.validate(path, "jsonl", "fine-tune").num_samples == 50
+    finally:
+        v.close()

@@ -14,7 +14,8 @@ receiving uploads. The workers are ``python -m tunery.api.validation`` children 
 lines on stdin/stdout rather than a multiprocessing pool, because multiprocessing re-imports the
 parent's ``__main__`` (the ``tunery`` CLI, and with it the whole server and torch) in every
 worker; these import only ``tunery.datasets``. They start on first use (``warm()`` starts them
-while a big upload is still arriving) and exit when the server does (their stdin closes).
+while a big upload is still arriving), and exit when the server does (their stdin closes) or
+after two idle minutes, so a server that validated one big file does not keep their memory.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import io
 import json
 import os
 import queue
+import select
 import subprocess
 import sys
 import threading
@@ -41,6 +43,8 @@ PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 # A line that runs on this far past a cut point makes the split unsafe; go sequential.
 MAX_BOUNDARY_SEARCH = 64 * 1024 * 1024
 READ_BUFFER = 1024 * 1024
+# Idle workers exit after this long; the next big file starts new ones (about a second each).
+WORKER_IDLE_EXIT_S = 120.0
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -135,10 +139,10 @@ def merge_reports(reports: list[ValidationReport]) -> ValidationReport | None:
 class _Worker:
     """One ``python -m tunery.api.validation`` child: a JSON request per line in, a JSON answer out."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_exit_s: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tunery.api.validation"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, bufsize=1,
+            [sys.executable, "-m", "tunery.api.validation", str(idle_exit_s)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
         )
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -164,9 +168,13 @@ class _Worker:
 class FileValidator:
     """Validates stored files; owns the worker processes (one set per server process)."""
 
-    def __init__(self, workers: int | None = None, min_parallel_bytes: int = PARALLEL_MIN_BYTES):
+    def __init__(
+        self, workers: int | None = None, min_parallel_bytes: int = PARALLEL_MIN_BYTES,
+        worker_idle_exit_s: float = WORKER_IDLE_EXIT_S,
+    ):
         self.workers = workers or min(8, os.cpu_count() or 1)
         self.min_parallel_bytes = min_parallel_bytes
+        self.worker_idle_exit_s = worker_idle_exit_s
         self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self._started = 0
         self._lock = threading.Lock()
@@ -177,28 +185,39 @@ class FileValidator:
         with self._lock:
             while self.workers > 1 and self._started < self.workers:
                 self._started += 1
-                self._idle.put(_Worker())
+                self._idle.put(_Worker(self.worker_idle_exit_s))
 
     def _acquire(self) -> _Worker:
+        while True:
+            with self._lock:
+                if self._idle.empty() and self._started < self.workers:
+                    self._started += 1
+                    return _Worker(self.worker_idle_exit_s)
+            worker = self._idle.get()
+            if worker.proc.poll() is None:
+                return worker
+            self._discard(worker)  # it exited after sitting idle; start another
+
+    def _discard(self, worker: _Worker) -> None:
+        worker.close()
         with self._lock:
-            if self._idle.empty() and self._started < self.workers:
-                self._started += 1
-                return _Worker()
-        return self._idle.get()
+            self._started -= 1
 
     def _run(self, request: dict[str, Any]) -> ValidationReport:
-        worker = self._acquire()
-        try:
-            answer = worker.call(request)
-        except BaseException:
-            worker.close()
-            with self._lock:
-                self._started -= 1
-            raise
-        self._idle.put(worker)
-        if "error" in answer:
-            raise RuntimeError(f"validation worker failed: {answer['error']}")
-        return ValidationReport.from_json(answer["report"])
+        for attempt in (1, 2):
+            worker = self._acquire()
+            try:
+                answer = worker.call(request)
+            except Exception:
+                self._discard(worker)
+                if attempt == 2:
+                    raise
+                continue  # it died under us (idle exit or crash): one retry on a fresh worker
+            self._idle.put(worker)
+            if "error" in answer:
+                raise RuntimeError(f"validation worker failed: {answer['error']}")
+            return ValidationReport.from_json(answer["report"])
+        raise AssertionError("unreachable")
 
     def validate(self, path: Path, file_type: str, purpose: str) -> ValidationReport:
         size = path.stat().st_size
@@ -236,9 +255,14 @@ def file_validator(request: Request) -> FileValidator:
         return validator
 
 
-def _serve() -> None:
-    """The worker loop: validate the range each request names, answer with its report."""
-    for line in sys.stdin:
+def _serve(idle_exit_s: float = WORKER_IDLE_EXIT_S) -> None:
+    """The worker loop: validate the range each request names, answer with its report; exit when
+    stdin closes (the server is gone) or after ``idle_exit_s`` without work (to give memory back)."""
+    while True:
+        ready, _, _ = select.select([sys.stdin], [], [], idle_exit_s)
+        line = sys.stdin.readline() if ready else ""
+        if not line:
+            return
         request = json.loads(line)
         try:
             report = validate_range(
@@ -252,4 +276,4 @@ def _serve() -> None:
 
 
 if __name__ == "__main__":
-    _serve()
+    _serve(float(sys.argv[1]) if len(sys.argv) > 1 else WORKER_IDLE_EXIT_S)
