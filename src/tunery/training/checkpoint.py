@@ -1,0 +1,118 @@
+"""Resumable checkpoints, written so that a half-written one is never visible.
+
+    output_dir/checkpoints/step-{N}/   adapter/ (LoRA), model/, state/   intermediate and stop checkpoints
+    output_dir/final/                  adapter/ (LoRA), model/           the final export
+
+``state/`` holds what the weights do not: the optimizer, the loop position (epoch, step within it)
+and counters in ``trainer_state.json``, every random number generator's state, and the best
+weights so far when early stopping is on. The learning rate is a pure function of the step, and
+each epoch's batch order a pure function of the seed and the epoch, so nothing else is needed to
+continue the same loss curve. Every directory is built under a temporary name and renamed into
+place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps completed
+    epoch: int = 0  # current epoch (0-based)
+    step_in_epoch: int = 0  # optimizer steps completed in the current epoch
+    tokens_seen: int = 0
+    evals_done: int = 0
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step-{step}"
+
+
+def final_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "final"
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty temporary sibling of ``target``; on success it becomes ``target``.
+
+    An existing ``target`` (e.g. the same step written again after a resume) is replaced.
+    On error the temporary directory is removed and ``target`` is untouched.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_state(
+    state_dir: Path,
+    state: TrainState,
+    optimizer: torch.optim.Optimizer,
+    best_weights: dict[str, torch.Tensor] | None = None,
+) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+    torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
+    torch.save(_rng_states(), state_dir / "rng.pt")
+    if best_weights is not None:
+        save_file({k: v.contiguous() for k, v in best_weights.items()}, state_dir / "best.safetensors")
+
+
+def load_state(
+    state_dir: Path, optimizer: torch.optim.Optimizer
+) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+    """Restore the optimizer and the RNGs in place; return the loop state and any best weights."""
+    state = TrainState(**json.loads((state_dir / STATE_FILE).read_text()))
+    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
+    _restore_rng_states(torch.load(state_dir / "rng.pt", weights_only=False))
+    best = state_dir / "best.safetensors"
+    return state, (load_file(best) if best.exists() else None)
+
+
+def _rng_states() -> dict[str, Any]:
+    import numpy as np
+
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _restore_rng_states(states: dict[str, Any]) -> None:
+    import numpy as np
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,1 @@
+"""Pure data path: render records to tokens, pack them into rows, collate rows into tensors."""

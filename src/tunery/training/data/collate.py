@@ -1,0 +1,78 @@
+"""Turn rows of examples into tensors, keeping every example to itself.
+
+A row holds one example (padded batches) or several (packed batches). Each example gets
+``position_ids`` from 0 and a *segment id*; the attention bias lets a token see only earlier
+tokens of its own segment (a block-diagonal causal mask), so packed examples never attend to one
+another. Padding is one more segment whose targets are ignored.
+
+Targets are pre-shifted per example: ``targets[t]`` is the label of token ``t + 1`` when that token
+belongs to the same example, else ``-100`` — so the last token of one example is never trained to
+predict the first token of the next, and the loss is a plain token-level cross-entropy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from tunery.training.data.render import IGNORE, Example
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, L] long
+    position_ids: torch.Tensor  # [B, L] long
+    segment_ids: torch.Tensor  # [B, L] long; padding is its own segment
+    targets: torch.Tensor  # [B, L] long, IGNORE where not trained
+    num_tokens: int  # real (non-padding) tokens
+    num_targets: int  # trained targets
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.position_ids.to(device),
+            self.segment_ids.to(device),
+            self.targets.to(device),
+            self.num_tokens,
+            self.num_targets,
+        )
+
+
+def collate(rows: Sequence[Sequence[Example]], pad_id: int) -> Batch:
+    width = max(sum(len(e) for e in row) for row in rows)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    segment_ids = torch.zeros(shape, dtype=torch.long)
+    targets = torch.full(shape, IGNORE, dtype=torch.long)
+    num_tokens = 0
+    for b, row in enumerate(rows):
+        at = 0
+        for s, example in enumerate(row):
+            n = len(example)
+            input_ids[b, at : at + n] = torch.tensor(example.input_ids)
+            position_ids[b, at : at + n] = torch.arange(n)
+            segment_ids[b, at : at + n] = s
+            targets[b, at : at + n - 1] = torch.tensor(example.labels[1:])
+            at += n
+        num_tokens += at
+        position_ids[b, at:] = torch.arange(width - at)
+        segment_ids[b, at:] = len(row)
+    num_targets = int((targets != IGNORE).sum())
+    return Batch(input_ids, position_ids, segment_ids, targets, num_tokens, num_targets)
+
+
+def attention_bias(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive 4-D mask ``[B, 1, L, L]``: 0 where query ``i`` may see key ``j``, else the dtype's minimum.
+
+    ``j`` is visible from ``i`` when ``j <= i`` and both are in the same segment. Transformers
+    models take such a mask as is (eager and SDPA attention alike).
+    """
+    length = segment_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    allowed = (same & causal)[:, None, :, :]
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)

@@ -1,0 +1,92 @@
+"""Read a dataset file and turn every sample into a training example.
+
+JSONL files go through ``tunery.datasets`` (the same reader and format detection the upload
+validator uses) and the renderer; Parquet files are pre-tokenized rows used as given. Samples
+longer than ``max_seq_length`` are cut (and counted, for a warning); samples left with no
+trained token are dropped (and counted). A file from which nothing survives is a user error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunery.datasets import DatasetFormat, detect_format, iter_records
+from tunery.errors import TrainingFailed
+from tunery.training.data.render import Example, Renderer, from_pretokenized, truncate
+
+
+@dataclass
+class TokenizedDataset:
+    examples: list[Example]
+    format: DatasetFormat
+    samples: int = 0  # samples read from the file
+    truncated: int = 0
+    dropped: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(e) for e in self.examples)
+
+
+def load_examples(
+    path: str | Path, file_type: str, renderer: Renderer, max_seq_length: int, *, what: str = "training file"
+) -> TokenizedDataset:
+    """Tokenize every sample of ``path``; raise ``TrainingFailed(user_error=True)`` if none is usable."""
+    data = TokenizedDataset([], DatasetFormat.PRETOKENIZED if file_type == "parquet" else DatasetFormat.GENERAL)
+    for fmt, examples in _rendered(Path(path), file_type, renderer):
+        data.format = fmt
+        data.samples += 1
+        for example in examples:
+            example, cut = truncate(example, max_seq_length)
+            data.truncated += cut
+            if example.num_trained == 0:
+                data.dropped += 1
+                continue
+            data.examples.append(example)
+    data.lengths = [len(e) for e in data.examples]
+    if not data.examples:
+        raise TrainingFailed(_nothing_left(data, what, renderer, max_seq_length), user_error=True)
+    return data
+
+
+def _rendered(path: Path, file_type: str, renderer: Renderer) -> Iterator[tuple[DatasetFormat, list[Example]]]:
+    if file_type == "parquet":
+        for row in _parquet_rows(path):
+            yield DatasetFormat.PRETOKENIZED, from_pretokenized(row)
+        return
+    first: DatasetFormat | None = None
+    with path.open("rb") as stream:
+        for line, record in iter_records(stream):
+            fmt = detect_format(record, line)
+            if first is None:
+                first = fmt
+            elif fmt is not first:
+                raise TrainingFailed(
+                    f"line {line}: sample is in the {fmt.value} format, but the file started in the "
+                    f"{first.value} format; every sample of a file must have the same format",
+                    user_error=True,
+                )
+            yield fmt, [renderer.render(record, fmt)]
+
+
+def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    for batch in parquet.iter_batches(batch_size=4096):
+        yield from batch.to_pylist()
+
+
+def _nothing_left(data: TokenizedDataset, what: str, renderer: Renderer, max_seq_length: int) -> str:
+    if data.samples == 0:
+        return f"the {what} has no samples"
+    cause = "no sample has a token to train on"
+    if data.format is DatasetFormat.CONVERSATION and renderer.train_on_inputs is not True:
+        cause += " (only assistant turns are trained: check roles and weights)"
+    if data.truncated:
+        cause += f"; {data.truncated} samples were cut to max_seq_length={max_seq_length}, which may have removed them"
+    return f"all {data.samples} samples of the {what} were dropped: {cause}"

@@ -1,0 +1,59 @@
+"""Write the weights of a checkpoint or of the final export.
+
+    <dir>/adapter/   LoRA only: peft ``save_pretrained`` + tokenizer + training_config.json
+    <dir>/model/     a complete transformers model dir (LoRA: base with the adapter merged in;
+                     full: the trained model) + tokenizer + training_config.json
+
+``training_config.json`` is the resolved training config without secrets. The merge happens on
+CPU in a fresh copy of the base (loaded from disk), so the model being trained, its device memory
+and the random number streams are left exactly as they were.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunery.training.model import LoadedModel, load_causal_lm
+
+CONFIG_FILE = "training_config.json"
+
+
+def write_weights(out: Path, loaded: LoadedModel, config: dict[str, Any]) -> None:
+    """Write ``adapter/`` (LoRA) and ``model/`` under ``out`` (which must exist)."""
+    model_dir = out / "model"
+    if loaded.is_lora:
+        adapter_dir = out / "adapter"
+        loaded.model.save_pretrained(adapter_dir)
+        _finish(adapter_dir, loaded, config)
+        merge_adapter(loaded.base_dir, adapter_dir, model_dir)
+    else:
+        loaded.model.save_pretrained(model_dir)
+    _finish(model_dir, loaded, config)
+
+
+def merge_adapter(base_dir: Path, adapter_dir: Path, out: Path) -> None:
+    """Save ``base + adapter`` merged as a plain model in ``out``, in the base's stored dtype."""
+    from peft import PeftModel
+
+    with torch.random.fork_rng(devices=[]):  # peft initialises LoRA weights before loading them
+        base = load_causal_lm(base_dir, torch.float32)
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    stored = _stored_dtype(base_dir)
+    if stored is not None:
+        merged.to(stored)
+    merged.save_pretrained(out)
+
+
+def _stored_dtype(model_dir: Path) -> torch.dtype | None:
+    config = json.loads((model_dir / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(name))
+
+
+def _finish(directory: Path, loaded: LoadedModel, config: dict[str, Any]) -> None:
+    loaded.tokenizer.save_pretrained(directory)
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,1 @@
+"""One module per training method; each is runnable with ``python -m``."""
