@@ -18,9 +18,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.conftest import LiveServer, start_server
 from tests.sample_data import conversation_file
+
+from tunery.store.db import Database
+from tunery.store.users import create_key
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,11 +42,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def browser():  # type: ignore[no-untyped-def]
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
+    from playwright.sync_api import sync_playwright  # a dev dependency: missing means a broken install
+
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+def new_key(server: LiveServer, user: str) -> str:
+    """Like ``tunery keys create`` but in-process (the CLI's start-up costs seconds on a busy box)."""
+    db = Database(f"sqlite:///{server.data_dir / 'tunery.db'}")
+    try:
+        with db.session() as s:
+            return create_key(s, user)
+    finally:
+        db.engine.dispose()
 
 
 def sign_in(page, base: str, key: str) -> None:  # type: ignore[no-untyped-def]
@@ -147,7 +160,7 @@ def test_follow_download_cancel_and_isolation(server: LiveServer, browser, tmp_p
     # Another user sees none of it.
     other = browser.new_context()
     opage = other.new_page()
-    sign_in(opage, base, server.create_key("mallory"))
+    sign_in(opage, base, new_key(server, "mallory"))
     assert opage.locator("tr[data-job]").count() == 0
     response = opage.goto(f"{base}/jobs/{watched.id}")
     assert response is not None and response.status == 404

@@ -146,7 +146,8 @@ def test_job_page_shows_params_progress_chart_checkpoints_and_events(world: Worl
     html = c.get(f"/jobs/{job_id}").text
     assert 'class="badge s-running"' in html
     assert "4 / 10</strong> steps" in html and "ETA <strong" in html and "1 min 15 s" in html
-    assert re.search(r'<tr class="changed"><th scope="row" class="mono">batch_<wbr>size</th><td>max</td><td>8</td>', html)
+    changed = r'<tr class="changed"><th scope="row" class="mono">batch_<wbr>size</th><td>max</td><td>8</td>'
+    assert re.search(changed, html)
     assert html.count("<polyline") == 2 and "<circle" in html  # train loss + lr lines, eval dot
     assert "Checkpoint &lt;saved&gt; at step 4" in html  # escaped
     link = re.search(r'href="(/jobs/[^"]+/download\?checkpoint=merged&amp;step=4)"', html)

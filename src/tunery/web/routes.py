@@ -8,17 +8,19 @@ a page (the ``/partials/...`` routes render those regions alone) while something
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
 
 from tunery.api.deps import AppContext, Ctx
 from tunery.api.routes.download import find_download
 from tunery.api.routes.fine_tunes import request_cancel
 from tunery.api.streaming import blob_response
-from tunery.errors import InvalidRequest, NotFound
+from tunery.errors import Conflict, InvalidRequest, NotFound
 from tunery.queue.states import TERMINAL
 from tunery.store import files as file_store
 from tunery.store import jobs as store
@@ -45,6 +47,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+TERMINAL_VALUES = frozenset(t.value for t in TERMINAL)
 STATIC_FILES = {"style.css": "text/css", "live.js": "text/javascript"}
 Str = Annotated[str, Form()]
 
@@ -59,9 +62,8 @@ def _signer(ctx: AppContext, request: Request) -> SessionSigner:
     return signer
 
 
-def _session(ctx: AppContext, request: Request) -> WebSession | None:
-    with ctx.db.session() as s:
-        return load_session(s, _signer(ctx, request), request.cookies.get(SESSION_COOKIE))
+def _session(ctx: AppContext, request: Request, s: Session) -> WebSession | None:
+    return load_session(s, _signer(ctx, request), request.cookies.get(SESSION_COOKIE))
 
 
 def render(name: str, status_code: int = 200, headers: dict[str, str] | None = None, **context: Any) -> HTMLResponse:
@@ -86,6 +88,10 @@ def _error(sess: WebSession | None, status_code: int, message: str) -> HTMLRespo
     return render("error.html", status_code, session=sess, title=titles.get(status_code, "Error"), message=message)
 
 
+def _no_job(sess: WebSession, job_id: str) -> HTMLResponse:
+    return _error(sess, 404, f"There is no fine-tuning job {job_id} in your account.")
+
+
 def _forged(ctx: AppContext, request: Request, sess: WebSession | None, token: str) -> HTMLResponse | None:
     """The 403 page unless this POST carries this session's CSRF token and is not cross-site."""
     if request.headers.get("sec-fetch-site") == "cross-site":
@@ -103,8 +109,9 @@ def _secure(ctx: AppContext, request: Request) -> bool:
 
 @router.get("/login")
 def login_form(ctx: Ctx, request: Request, next: str = "/") -> Response:
-    if _session(ctx, request) is not None:
-        return RedirectResponse(_safe_next(next), status_code=303)
+    with ctx.db.session() as s:
+        if _session(ctx, request, s) is not None:
+            return RedirectResponse(_safe_next(next), status_code=303)
     return _login_page(ctx, request, next)
 
 
@@ -136,7 +143,8 @@ def login(ctx: Ctx, request: Request, api_key: Str = "", csrf: Str = "", next: S
 
 @router.post("/logout")
 def logout(ctx: Ctx, request: Request, csrf: Str = "") -> Response:
-    sess = _session(ctx, request)
+    with ctx.db.session() as s:
+        sess = _session(ctx, request, s)
     if sess is not None and (forged := _forged(ctx, request, sess, csrf)):
         return forged
     response = RedirectResponse("/login", status_code=303)
@@ -145,23 +153,22 @@ def logout(ctx: Ctx, request: Request, csrf: Str = "") -> Response:
 
 
 # -- jobs -----------------------------------------------------------------------------------------
+# Each request reads its session and its page in one transaction.
 
 @router.get("/")
 def jobs_list(ctx: Ctx, request: Request, status: str | None = None, page: int = 1) -> Response:
-    sess = _session(ctx, request)
-    if sess is None:
-        return _to_login(request)
     with ctx.db.session() as s:
+        if (sess := _session(ctx, request, s)) is None:
+            return _to_login(request)
         listing = views.job_page(s, sess.user.id, status, page)
     return render("jobs.html", session=sess, listing=listing, query=_list_query(listing.status, listing.page))
 
 
 @router.get("/partials/jobs")
 def jobs_table(ctx: Ctx, request: Request, status: str | None = None, page: int = 1) -> Response:
-    sess = _session(ctx, request)
-    if sess is None:
-        return Response(status_code=401)
     with ctx.db.session() as s:
+        if (sess := _session(ctx, request, s)) is None:
+            return Response(status_code=401)
         listing = views.job_page(s, sess.user.id, status, page)
     return render("_jobs_table.html", session=sess, listing=listing,
                   headers={"X-Live-Done": "0" if listing.live else "1"})
@@ -173,62 +180,58 @@ def _list_query(status: str | None, page: int) -> str:
 
 @router.get("/jobs/{job_id}")
 def job_detail(ctx: Ctx, request: Request, job_id: str) -> Response:
-    sess = _session(ctx, request)
-    if sess is None:
-        return _to_login(request)
     with ctx.db.session() as s:
+        if (sess := _session(ctx, request, s)) is None:
+            return _to_login(request)
         try:
-            job = store.get_job(s, job_id, sess.user.id)
+            view = views.job_view(s, store.get_job(s, job_id, sess.user.id))
         except NotFound:
-            return _error(sess, 404, f"There is no fine-tuning job {job_id} in your account.")
-        view = views.job_view(s, job)
+            return _no_job(sess, job_id)
     return render("job.html", session=sess, v=view, job=view.job)
 
 
 @router.get("/partials/jobs/{job_id}")
 def job_live(ctx: Ctx, request: Request, job_id: str) -> Response:
-    sess = _session(ctx, request)
-    if sess is None:
-        return Response(status_code=401)
     with ctx.db.session() as s:
+        if (sess := _session(ctx, request, s)) is None:
+            return Response(status_code=401)
         try:
-            job = store.get_job(s, job_id, sess.user.id)
+            view = views.job_view(s, store.get_job(s, job_id, sess.user.id))
         except NotFound:
             return Response(status_code=404)
-        view = views.job_view(s, job)
     return render("_job_live.html", session=sess, v=view, job=view.job,
                   headers={"X-Live-Done": "1" if view.terminal else "0"})
 
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel(ctx: Ctx, request: Request, job_id: str, csrf: Str = "") -> Response:
-    sess = _session(ctx, request)
-    if forged := _forged(ctx, request, sess, csrf):
-        return forged
-    assert sess is not None
-    try:
-        with ctx.db.session() as s:
+    with ctx.db.session() as s:
+        sess = _session(ctx, request, s)
+        if forged := _forged(ctx, request, sess, csrf):
+            return forged
+        assert sess is not None
+        try:
             job = store.get_job(s, job_id, sess.user.id)
+        except NotFound:
+            return _no_job(sess, job_id)
+        # Already ended, or ended meanwhile (the compare-and-set lost): the job page shows how.
+        with suppress(InvalidRequest, Conflict):
             request_cancel(s, job, sess.user)
-    except NotFound:
-        return _error(sess, 404, f"There is no fine-tuning job {job_id} in your account.")
-    except InvalidRequest:
-        pass  # it finished meanwhile; the job page shows how
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
 @router.post("/jobs/{job_id}/delete")
 def delete(ctx: Ctx, request: Request, job_id: str, csrf: Str = "") -> Response:
-    sess = _session(ctx, request)
-    if forged := _forged(ctx, request, sess, csrf):
-        return forged
-    assert sess is not None
     with ctx.db.session() as s:
+        sess = _session(ctx, request, s)
+        if forged := _forged(ctx, request, sess, csrf):
+            return forged
+        assert sess is not None
         try:
             job = store.get_job(s, job_id, sess.user.id)
         except NotFound:
-            return _error(sess, 404, f"There is no fine-tuning job {job_id} in your account.")
-        if job.status not in {t.value for t in TERMINAL}:
+            return _no_job(sess, job_id)
+        if job.status not in TERMINAL_VALUES:
             return _error(sess, 400, f"Job {job_id} is {job.status}; cancel it and wait until it ends first.")
         keys = store.delete_job(s, job)
     for key in keys:
@@ -238,10 +241,9 @@ def delete(ctx: Ctx, request: Request, job_id: str, csrf: Str = "") -> Response:
 
 @router.get("/jobs/{job_id}/download")
 def download(ctx: Ctx, request: Request, job_id: str, checkpoint: str = "merged", step: int | None = None) -> Response:
-    sess = _session(ctx, request)
-    if sess is None:
-        return _to_login(request)
     with ctx.db.session() as s:
+        if (sess := _session(ctx, request, s)) is None:
+            return _to_login(request)
         try:
             ckpt, filename = find_download(s, sess.user.id, job_id, checkpoint, step)
         except (NotFound, InvalidRequest) as e:
@@ -253,10 +255,9 @@ def download(ctx: Ctx, request: Request, job_id: str, checkpoint: str = "merged"
 
 @router.get("/files")
 def files_page(ctx: Ctx, request: Request) -> Response:
-    sess = _session(ctx, request)
-    if sess is None:
-        return _to_login(request)
     with ctx.db.session() as s:
+        if (sess := _session(ctx, request, s)) is None:
+            return _to_login(request)
         rows = views.file_rows(file_store.list_files(s, sess.user.id))
     return render("files.html", session=sess, rows=rows)
 
