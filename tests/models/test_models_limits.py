@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tunery.models.limits import model_limits
+
+# Together's FinetuneModelLimits (together-sdk-contract.md §4.1): every field, always present.
+TOP_LEVEL = {
+    "model_name", "default_gradient_accumulation_steps", "lora_training", "full_training", "max_learning_rate",
+    "min_learning_rate", "max_num_checkpoints", "max_num_epochs", "max_num_evals", "max_seq_length_sft",
+    "max_seq_length_dpo", "min_max_seq_length", "merge_output_lora", "supports_full_training",
+    "supports_reasoning", "supports_tools", "supports_vision",
+}
+LORA = {"default_rank", "max_batch_size", "max_batch_size_dpo", "max_rank", "min_batch_size", "target_modules"}
+FULL = {"max_batch_size", "max_batch_size_dpo", "min_batch_size"}
+
+
+def test_limits_have_together_shape_and_come_from_the_model(tiny_llama: Path) -> None:
+    limits = model_limits("tunery/tiny-llama", tiny_llama)
+    assert set(limits) == TOP_LEVEL
+    assert set(limits["lora_training"]) == LORA and set(limits["full_training"]) == FULL
+    assert limits["model_name"] == "tunery/tiny-llama"
+    assert limits["max_seq_length_sft"] == limits["max_seq_length_dpo"] == 1024
+    assert limits["min_max_seq_length"] == 128
+    assert limits["lora_training"]["target_modules"] == [
+        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    lora = limits["lora_training"]
+    assert lora["min_batch_size"] <= lora["max_batch_size_dpo"] <= lora["max_batch_size"]
+    assert lora["default_rank"] <= lora["max_rank"] <= 128
+    assert limits["supports_full_training"] and limits["supports_tools"] and not limits["supports_vision"]
+    json.dumps(limits)  # plain JSON types only
+
+
+def test_min_max_seq_length_never_exceeds_a_short_context(tiny_llama: Path, tmp_path: Path) -> None:
+    short = tmp_path / "short"
+    shutil.copytree(tiny_llama, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
+    limits = model_limits("short", short)
+    assert limits["max_seq_length_sft"] == 64 and limits["min_max_seq_length"] == 64
