@@ -135,7 +135,7 @@ def build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
 
 def _build(spec: BuiltinSpec, out: Path) -> None:
     tokenizer = build_tokenizer(spec.max_position_embeddings)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids = {t: tokenizer.get_vocab()[t] for t in SPECIAL_TOKENS}
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
@@ -144,7 +144,6 @@ def _build(spec: BuiltinSpec, out: Path) -> None:
         num_attention_heads=spec.num_attention_heads,
         num_key_value_heads=spec.num_attention_heads,
         max_position_embeddings=spec.max_position_embeddings,
-        rope_theta=10000.0,
         tie_word_embeddings=True,
         # 1/sqrt(hidden), not Llama's 0.02: with a frozen tied head that small, logits could never
         # exceed a few units and LoRA alone could not make the model confident (it plateaus near

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 MAX_LORA_RANK = 64
-DEFAULT_LORA_RANK = 8
 MIN_MAX_SEQ_LENGTH = 128
 MAX_SEQ_LENGTH_CAP = 131072
 
@@ -33,7 +32,9 @@ def model_limits(model_name: str, model_dir: str | os.PathLike[str]) -> dict[str
         "model_name": model_name,
         "default_gradient_accumulation_steps": 1,
         "lora_training": {
-            "default_rank": min(DEFAULT_LORA_RANK, max_rank),
+            # The v1 SDK defaults lora_r to max_rank and v2 to default_rank; equal, both give one result.
+            # At rank 64 the built-in tiny model learns the quickstart set; at rank 8 it falls short.
+            "default_rank": max_rank,
             "max_batch_size": max_batch,
             "max_batch_size_dpo": max_batch_dpo,
             "max_rank": max_rank,
@@ -93,7 +94,8 @@ def _model_facts(model_dir: str, _mtime: float) -> dict[str, Any]:
 
 def linear_module_names(model: nn.Module) -> list[str]:
     """Distinct leaf names of the linear layers, without the output head (LoRA's "all-linear")."""
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
     names = {
         name.rsplit(".", 1)[-1]
         for name, module in model.named_modules()

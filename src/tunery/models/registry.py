@@ -86,7 +86,7 @@ def _from_hub(
             repo_id,
             revision=revision,
             token=token,
-            cache_dir=hf_cache_dir,
+            cache_dir=Path(hf_cache_dir) if hf_cache_dir is not None else None,
             local_files_only=not allow_network,
             allow_patterns=HF_ALLOW_PATTERNS,
         )

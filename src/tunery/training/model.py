@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ ATTN_IMPLEMENTATION = "sdpa"
 
 @dataclass
 class LoadedModel:
-    model: nn.Module  # a PeftModel for LoRA, else the transformers model
+    model: Any  # a PeftModel for LoRA, else the transformers model
     tokenizer: Any
     base_dir: Path  # the weights LoRA adapts (what an adapter is merged into)
     is_lora: bool
@@ -55,7 +55,7 @@ def load_tokenizer(model_dir: str | Path) -> Any:
     return tokenizer
 
 
-def load_causal_lm(model_dir: str | Path, dtype: torch.dtype) -> nn.Module:
+def load_causal_lm(model_dir: str | Path, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
@@ -102,7 +102,7 @@ def _adapter_to_continue(cfg: TrainConfig, init_adapter: bool) -> Path | None:
     return None
 
 
-def _with_lora(model: nn.Module, cfg: TrainConfig, adapter: Path | None) -> nn.Module:
+def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None) -> Any:
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if adapter is not None:
@@ -110,7 +110,7 @@ def _with_lora(model: nn.Module, cfg: TrainConfig, adapter: Path | None) -> nn.M
     assert cfg.lora is not None
     lora = LoraConfig(
         r=cfg.lora.r,
-        lora_alpha=cfg.lora.lora_alpha,
+        lora_alpha=cast(int, cfg.lora.lora_alpha),  # annotated int; any positive number works
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
         task_type="CAUSAL_LM",
