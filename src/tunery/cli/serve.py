@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
-import sys
+import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +16,7 @@ from tunery.cli.options import DataDir, load_settings, open_db
 from tunery.settings import Settings
 from tunery.store.db import Database
 from tunery.store.users import create_key, has_any_key
+from tunery.worker.pool import WorkerPool
 
 DEFAULT_USER = "default"
 
@@ -53,29 +54,25 @@ def serve(
         typer.echo(f"API key for user '{DEFAULT_USER}': {settings.api_key_path}")
     app = create_app(settings, db)
     count = 0 if no_worker else (settings.workers if workers is None else workers)
-    procs = start_workers(settings, count)
+    pool = WorkerPool(settings, count)
     typer.echo(f"tunery serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}, "
                f"{count} worker{'s' if count != 1 else ''})")
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=5)
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=5)
+        ServerWithWorkers(config, pool).run()
     finally:
-        stop_workers(procs)
+        pool.stop()
 
 
-def start_workers(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
-    """Embedded workers are separate processes, so training never competes with the API's GIL."""
-    env = {**os.environ, "TUNERY_DATA_DIR": str(settings.data_dir)}
-    if settings.database_url:
-        env["TUNERY_DATABASE_URL"] = settings.database_url
-    return [subprocess.Popen([sys.executable, "-m", "tunery.cli.main", "worker"], env=env) for _ in range(count)]
+class ServerWithWorkers(uvicorn.Server):
+    """Stops the embedded workers as part of uvicorn's shutdown: uvicorn re-raises SIGTERM/SIGINT
+    once it has shut down, so code after ``run()`` would never get to stop them gracefully."""
 
+    def __init__(self, config: uvicorn.Config, pool: WorkerPool):
+        super().__init__(config)
+        self.pool = pool
 
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM: each worker checkpoints and requeues its job, then exits."""
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(60)
-        except subprocess.TimeoutExpired:
-            p.kill()
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        await asyncio.to_thread(self.pool.stop)

@@ -96,8 +96,11 @@ class Relay:
         elif type_ == "epoch_complete" and "epoch" in r:
             progress = {"epochs_completed": int(r["epoch"])}
         elif type_ == "early_stopped":
-            progress = {"early_stopped": True, "early_stopping_best_step": r.get("early_stopping_best_step"),
-                        "early_stopping_best_metric": r.get("early_stopping_best_metric_value")}
+            # Together's event fields are early_stopping_best_step / early_stopping_best_metric_value.
+            r["early_stopping_best_step"] = r.pop("best_step", None)
+            r["early_stopping_best_metric_value"] = r.pop("best_metric", None)
+            progress = {"early_stopped": True, "early_stopping_best_step": r["early_stopping_best_step"],
+                        "early_stopping_best_metric": r["early_stopping_best_metric_value"]}
         elif type_ == "wandb_init" and r.get("wandb_url"):
             progress = {"wandb_url": r["wandb_url"]}
         with self.db.session() as s:

@@ -3,6 +3,7 @@ reports and heartbeating, then package and upload the model and finish the job."
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -35,6 +36,7 @@ from tunery.worker.relay import Relay, upload_parts
 log = logging.getLogger("tunery.worker")
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -132,7 +134,7 @@ def stage(ctx: WorkerContext, job_id: str, scratch: Path, stack: ExitStack) -> T
     resume_from = None
     if resume is not None:
         resume_from = str(_fetch_checkpoint(ctx, job, resume.step, scratch / "resume"))
-        _event(ctx, job_id, "job_restarted", f"Resuming from the checkpoint at step {resume.step}")
+        _event(ctx, job_id, "job_start", f"Resuming from the checkpoint at step {resume.step}")
     config = _train_config(job, model.path, train_path, train_file.file_type, val_path, init_from, resume_from,
                            scratch / "out", secrets)
     path = scratch / "config.json"
@@ -220,6 +222,13 @@ def child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the worker dies, however it dies, so a killed
+    worker never leaves an orphan training on (Linux; elsewhere the heartbeat still requeues)."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def train(ctx: WorkerContext, job_id: str, config: TrainConfig, scratch: Path) -> tuple[Relay, int, str | None]:
     """Run the training child to its exit, relaying reports and heartbeating. Returns the relay,
     the exit code and why it was asked to stop ("cancel", "shutdown" or None)."""
@@ -228,7 +237,7 @@ def train(ctx: WorkerContext, job_id: str, config: TrainConfig, scratch: Path) -
     cmd = training_command(config, scratch / "config.json", report, ctx.settings.processes_per_job)
     with open(scratch / "train.log", "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env(ctx.settings),
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
     stop_reason: str | None = None
     next_beat = 0.0
     try:
