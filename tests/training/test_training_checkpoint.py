@@ -34,13 +34,14 @@ def test_state_round_trip_restores_optimizer_rngs_and_best_weights(tmp_path: Pat
     state = TrainState(step=5, epoch=1, step_in_epoch=2, tokens_seen=99, evals_done=1, best_eval_loss=1.25,
                        best_step=4)
     best = {"w": torch.arange(3.0)}
-    save_state(tmp_path / "state", state, optimizer, best)
+    save_state(tmp_path / "state", state, optimizer, best, {"ref": torch.ones(2)})
     expected = (torch.rand(2), random.random())
 
     fresh = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=0.1)
     torch.rand(7)
     random.random()
-    loaded, loaded_best = load_state(tmp_path / "state", fresh)
+    loaded, loaded_best, extra = load_state(tmp_path / "state", fresh)
+    assert extra is not None and torch.equal(extra["ref"], torch.ones(2))
     assert loaded == state
     assert loaded_best is not None and torch.equal(loaded_best["w"], best["w"])
     assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])

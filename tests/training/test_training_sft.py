@@ -22,6 +22,7 @@ from tests.training.samples import write_jsonl
 from tunery.training.config import TrainConfig
 from tunery.training.recipes import sft
 from tunery.training.reporter import ListReporter
+from tunery.training.session import MIN_BATCHES_PER_EPOCH
 
 pytestmark = pytest.mark.slow
 
@@ -244,13 +245,13 @@ def test_batch_size_max_keeps_several_steps_per_epoch(tiny_llama: Path, qa_files
     reporter = ListReporter(stop_when=lambda r: True)  # only the plan is of interest
     sft.run(config(tiny_llama, qa_files, tmp_path / "out", batch_size="max"), reporter)
     start = reporter.events("training_start")[0]
-    assert start["batch_size"] == 1 and start["total_steps"] >= 2 * sft.MIN_BATCHES_PER_EPOCH
+    assert start["batch_size"] == 1 and start["total_steps"] >= 2 * MIN_BATCHES_PER_EPOCH
 
 
 def test_early_stopping_promotes_the_best_weights(tiny_llama: Path, qa_files: tuple[Path, Path],
                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     losses = iter([3.0, 1.0, 1.5, 1.6, 0.5, 0.4])  # eval 1 is warmup; best at eval 2; halt after 2 worse
-    monkeypatch.setattr(sft, "_evaluate", lambda r: next(losses))
+    monkeypatch.setattr(sft, "_evaluate", lambda s, data: next(losses))
     out = tmp_path / "out"
     reporter = ListReporter()
     cfg = config(tiny_llama, qa_files, out, n_epochs=3, validation_file=str(qa_files[1]), n_evals=6,

@@ -5,9 +5,10 @@
 
 ``state/`` holds what the weights do not: the optimizer, the loop position (epoch, step within it)
 and counters in ``trainer_state.json``, every random number generator's state, and the best
-weights so far when early stopping is on. The learning rate is a pure function of the step, and
-each epoch's batch order a pure function of the seed and the epoch, so nothing else is needed to
-continue the same loss curve. Every directory is built under a temporary name and renamed into
+weights so far when early stopping is on, and any tensors the recipe keeps (``extra``: DPO's
+reference log-probabilities, computed once from the starting model). The learning rate is a pure
+function of the step, and each epoch's batch order a pure function of the seed and the epoch, so
+nothing else is needed to continue the same loss curve. Every directory is built under a temporary name and renamed into
 place.
 """
 
@@ -77,6 +78,7 @@ def save_state(
     state: TrainState,
     optimizer: torch.optim.Optimizer,
     best_weights: dict[str, torch.Tensor] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
@@ -84,17 +86,19 @@ def save_state(
     torch.save(_rng_states(), state_dir / "rng.pt")
     if best_weights is not None:
         save_file({k: v.contiguous() for k, v in best_weights.items()}, state_dir / "best.safetensors")
+    if extra is not None:
+        save_file({k: v.contiguous() for k, v in extra.items()}, state_dir / "extra.safetensors")
 
 
 def load_state(
     state_dir: Path, optimizer: torch.optim.Optimizer
-) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
-    """Restore the optimizer and the RNGs in place; return the loop state and any best weights."""
+) -> tuple[TrainState, dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+    """Restore the optimizer and the RNGs in place; return the loop state, best weights and extra tensors."""
     state = TrainState(**json.loads((state_dir / STATE_FILE).read_text()))
     optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
     _restore_rng_states(torch.load(state_dir / "rng.pt", weights_only=False))
-    best = state_dir / "best.safetensors"
-    return state, (load_file(best) if best.exists() else None)
+    best, extra = state_dir / "best.safetensors", state_dir / "extra.safetensors"
+    return state, (load_file(best) if best.exists() else None), (load_file(extra) if extra.exists() else None)
 
 
 def _rng_states() -> dict[str, Any]:
