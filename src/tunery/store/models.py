@@ -31,7 +31,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), int: BigInteger()}
+    # none_as_null: a Python None is SQL NULL, not the JSON text "null".
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(none_as_null=True), int: BigInteger()}
 
 
 class User(Base):
