@@ -25,3 +25,14 @@ def qa_conversations(n: int, seed: int = 0) -> list[dict[str, Any]]:
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def preference_pairs(n: int) -> list[dict[str, Any]]:
+    """Varied requests; a helpful reply is always preferred over a curt refusal."""
+    rows = []
+    for i in range(n):
+        right, wrong = "Sure, gladly.", "No."
+        rows.append({"input": {"messages": [{"role": "user", "content": f"Can you help with task {i}?"}]},
+                     "preferred_output": [{"role": "assistant", "content": right}],
+                     "non_preferred_output": [{"role": "assistant", "content": wrong}]})
+    return rows

@@ -17,3 +17,40 @@ def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
+
+
+def sequence_logps(
+    logits: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor, segments: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-segment sums of ``log p(target)`` and counts of trained targets, each ``[B, segments]``.
+
+    Segments are the examples of a (packed) row, as numbered by ``collate``.
+    """
+    batch, length = targets.shape
+    token_logps = -F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
+    ).view(batch, length)
+    trained = (targets != IGNORE).to(token_logps.dtype)
+    sums = torch.zeros(batch, segments, dtype=token_logps.dtype, device=logits.device)
+    counts = torch.zeros_like(sums)
+    return sums.scatter_add(1, segment_ids, token_logps * trained), counts.scatter_add(1, segment_ids, trained)
+
+
+def dpo_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float,
+    gamma: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pair sigmoid DPO loss ``-log σ(β·((c - c_ref) - (r - r_ref)) - γ)`` and the two implicit
+    rewards ``β·(c - c_ref)``, ``β·(r - r_ref)``.
+
+    With zero reference log-probs this is reference-free; with length-averaged log-probs and
+    ``γ > 0`` it is SimPO's loss.
+    """
+    chosen_rewards = beta * (chosen - ref_chosen)
+    rejected_rewards = beta * (rejected - ref_rejected)
+    return -F.logsigmoid(chosen_rewards - rejected_rewards - gamma), chosen_rewards, rejected_rewards

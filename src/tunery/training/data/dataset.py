@@ -4,6 +4,7 @@ JSONL files go through ``tunery.datasets`` (the same reader and format detection
 validator uses) and the renderer; Parquet files are pre-tokenized rows used as given. Samples
 longer than ``max_seq_length`` are cut (and counted, for a warning); samples left with no
 trained token are dropped (and counted). A file from which nothing survives is a user error.
+``load_pairs`` does the same for DPO's preference data, one ``(chosen, rejected)`` pair per sample.
 """
 
 from __future__ import annotations
@@ -50,6 +51,56 @@ def load_examples(
     data.lengths = [len(e) for e in data.examples]
     if not data.examples:
         raise TrainingFailed(_nothing_left(data, what, renderer, max_seq_length), user_error=True)
+    return data
+
+
+@dataclass
+class PairDataset:
+    """Preference pairs for DPO: ``pairs[i] = (chosen, rejected)``."""
+
+    pairs: list[tuple[Example, Example]]
+    samples: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    lengths: list[int] = field(default_factory=list)  # chosen + rejected tokens
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.lengths)
+
+
+def load_pairs(
+    path: str | Path, file_type: str, renderer: Renderer, max_seq_length: int, *, what: str = "training file"
+) -> PairDataset:
+    """Tokenize every preference sample of ``path``; each sequence is cut to ``max_seq_length``.
+
+    A pair is dropped when either side is left with no trained token. Raises
+    ``TrainingFailed(user_error=True)`` for data in another format or when no pair is usable.
+    """
+    if file_type != "jsonl":
+        raise TrainingFailed(f"DPO trains on preference data in JSONL; the {what} is {file_type}", user_error=True)
+    data = PairDataset([])
+    with Path(path).open("rb") as stream:
+        for line, record in iter_records(stream):
+            fmt = detect_format(record, line)
+            if fmt is not DatasetFormat.PREFERENCE:
+                raise TrainingFailed(
+                    f"line {line}: DPO trains on preference samples (input, preferred_output, "
+                    f"non_preferred_output); the {what} has a {fmt.value} sample", user_error=True)
+            data.samples += 1
+            (chosen, cut_chosen), (rejected, cut_rejected) = (
+                truncate(e, max_seq_length) for e in renderer.preference(record))
+            data.truncated += cut_chosen or cut_rejected
+            if chosen.num_trained == 0 or rejected.num_trained == 0:
+                data.dropped += 1
+                continue
+            data.pairs.append((chosen, rejected))
+    data.lengths = [len(c) + len(r) for c, r in data.pairs]
+    if not data.pairs:
+        cause = f"; {data.truncated} were cut to max_seq_length={max_seq_length}" if data.truncated else ""
+        raise TrainingFailed(f"all {data.samples} samples of the {what} were dropped: no pair has a reply "
+                             f"left to train on{cause}" if data.samples else f"the {what} has no samples",
+                             user_error=True)
     return data
 
 

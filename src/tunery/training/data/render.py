@@ -16,6 +16,9 @@ Conversations go through the tokenizer's chat template. Turn boundaries are foun
 each prefix of the conversation to text, then mapping characters to tokens with the fast
 tokenizer's offsets — exact for any template that renders earlier turns the same way when later
 ones are added.
+
+Preference (DPO) records become a ``(chosen, rejected)`` pair of examples that share the prompt and
+train only the final assistant turn.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class Renderer:
             return self.instruction(record["prompt"], record["completion"])
         if fmt is DatasetFormat.CONVERSATION:
             return self.conversation(record["messages"], record.get("tools"))
-        raise TrainingFailed(f"the SFT recipe cannot train on {fmt.value} data", user_error=True)
+        raise TrainingFailed(f"supervised fine-tuning cannot train on {fmt.value} data; preference data "
+                             "trains with the DPO method", user_error=True)
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -103,6 +107,16 @@ class Renderer:
             for token, (begin, _) in zip(ids, enc["offset_mapping"], strict=True)
         ]
         return Example(ids, labels)
+
+    def preference(self, record: dict[str, Any]) -> tuple[Example, Example]:
+        """``(chosen, rejected)``: the input conversation followed by each output, where only the
+        output turn (its content and end-of-turn marker) is trained."""
+        prompt = [{**m, "weight": 0} for m in record["input"]["messages"]]
+        tools = record["input"].get("tools")
+        replies = (record["preferred_output"][0], record["non_preferred_output"][0])
+        only_replies = Renderer(self.tokenizer, False)
+        chosen, rejected = (only_replies.conversation([*prompt, {**r, "weight": 1}], tools) for r in replies)
+        return chosen, rejected
 
     def _template(self, messages: Sequence[dict[str, Any]], tools: list[Any] | None, generation_prompt: bool) -> str:
         return str(
