@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 from tests.training.samples import write_jsonl
 
+from tunery.errors import TrainingFailed
 from tunery.training.config import TrainConfig
 from tunery.training.recipes import sft
 from tunery.training.reporter import ListReporter
@@ -291,3 +293,48 @@ def test_bad_data_exits_2_and_other_failures_exit_1(tiny_llama: Path, tmp_path: 
     assert sft.main(["--config", str(tmp_path / "job.json"), "--report", str(tmp_path / "r3.jsonl")]) == 2
     [error] = [json.loads(line) for line in (tmp_path / "r3.jsonl").read_text().splitlines()]
     assert "learning_rate must be in (0, 1]; got 7" in error["message"]
+
+
+def test_init_from_an_adapter_continues_training_it(lora_run: dict, tiny_llama: Path, qa_files: tuple[Path, Path],
+                                                    tmp_path: Path) -> None:
+    parent = lora_run["out"] / "final" / "adapter"
+    first_of_parent = next(r for r in lora_run["records"] if r["kind"] == "metrics")["values"]["train/loss"]
+    reporter = ListReporter()
+    sft.run(config(tiny_llama, qa_files, tmp_path / "out", init_from=str(parent), n_epochs=1,
+                   lora={"r": 4}), reporter)
+    assert curve(reporter)[0][1] < 0.7 * first_of_parent  # starts where the parent ended
+    adapter = load_file(tmp_path / "out" / "final" / "adapter" / "adapter_model.safetensors")
+    assert next(t for n, t in adapter.items() if "lora_A" in n).shape[0] == 8  # the parent's rank, not 4
+
+
+def test_init_from_a_model_dir_puts_a_fresh_adapter_on_it(lora_run: dict, tiny_llama: Path,
+                                                          qa_files: tuple[Path, Path], tmp_path: Path) -> None:
+    parent = lora_run["out"] / "final" / "model"
+    reporter = ListReporter()
+    sft.run(config(tiny_llama, qa_files, tmp_path / "out", init_from=str(parent), n_epochs=1, lora={"r": 4}),
+            reporter)
+    first_of_parent = next(r for r in lora_run["records"] if r["kind"] == "metrics")["values"]["train/loss"]
+    assert curve(reporter)[0][1] < 0.7 * first_of_parent
+    merged = load_file(tmp_path / "out" / "final" / "model" / "model.safetensors")
+    parent_weights = load_file(parent / "model.safetensors")
+    assert torch.equal(merged["model.embed_tokens.weight"], parent_weights["model.embed_tokens.weight"])
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
+                           parent_weights["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_a_model_without_chat_template_trains_on_conversations(tiny_llama: Path, qa_files: tuple[Path, Path],
+                                                               tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_llama, bare)
+    (bare / "chat_template.jinja").unlink()
+    reporter = ListReporter()
+    result = sft.run(config(bare, qa_files, tmp_path / "out", n_epochs=1), reporter)
+    assert result.status == "completed"
+    assert (Path(str(result.path)) / "model" / "chat_template.jinja").read_text().startswith("{{- bos_token -}}")
+
+
+def test_torchrun_ranks_are_refused_rather_than_each_training_the_job(
+        tiny_llama: Path, qa_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TrainingFailed, match="multi-process training is not supported yet"):
+        sft.run(config(tiny_llama, qa_files, tmp_path / "out"), ListReporter())

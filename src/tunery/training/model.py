@@ -50,6 +50,12 @@ def load_tokenizer(model_dir: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.chat_template:
+        # A base model without one still trains on conversations, with the built-in models'
+        # ChatML-like template; the exported tokenizer carries it, so inference renders the same.
+        from tunery.models.builtin import CHAT_TEMPLATE
+
+        tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is never attended to nor trained
     return tokenizer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import traceback
 from collections.abc import Callable
@@ -76,6 +77,14 @@ class Session:
     best: dict[str, torch.Tensor] | None = None  # trainable weights at the best eval (early stopping)
     extra: dict[str, torch.Tensor] | None = None  # recipe state kept in checkpoints (DPO reference log-probs)
     last_checkpoint: int = -1
+
+
+def require_single_process() -> None:
+    """The recipes train in one process; under torchrun every rank would train the whole job."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise TrainingFailed(f"multi-process training is not supported yet (WORLD_SIZE={world}); "
+                             "run one training process per job")
 
 
 def start_session(cfg: TrainConfig, reporter: Reporter, loaded: LoadedModel, plan: Plan) -> Session:

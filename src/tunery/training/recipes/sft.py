@@ -45,6 +45,7 @@ from tunery.training.session import (
     maybe_checkpoint,
     optimizer_step,
     report_start,
+    require_single_process,
     seed_everything,
     set_learning_rate,
     start_session,
@@ -85,6 +86,7 @@ def run(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
 def _setup(cfg: TrainConfig, reporter: Reporter) -> tuple[Session, Data]:
     if cfg.method != "sft":
         raise TrainingFailed(f"the SFT recipe cannot run method {cfg.method!r}", user_error=True)
+    require_single_process()
     seed_everything(cfg.seed)
     loaded = load_for_training(cfg)
     max_len = max_seq_length_for(cfg, loaded)
