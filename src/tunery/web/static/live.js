@@ -7,6 +7,7 @@
   if (!region || region.getAttribute("data-live-done") === "1") return;
   var url = region.getAttribute("data-live-url");
   var every = 1500;
+  var last = null;
 
   // Show the cancel / delete forms that fit the job's new status.
   function syncActions() {
@@ -26,8 +27,8 @@
         if (!r.ok) throw new Error("HTTP " + r.status);
         var done = r.headers.get("X-Live-Done") === "1";
         return r.text().then(function (html) {
-          region.innerHTML = html;
-          syncActions();
+          // Only touch the DOM on a change: keeps scroll position, focus and screen readers calm.
+          if (html !== last) { region.innerHTML = html; last = html; syncActions(); }
           if (done) region.setAttribute("data-live-done", "1");
           else setTimeout(tick, every);
         });
