@@ -101,3 +101,18 @@ def test_lora_sft_lifecycle_and_download(client, server: LiveServer, tmp_path: P
     r = httpx.get(f"{server.base_url}/v1/finetune/download", params={"ft_id": job.id, "checkpoint": "merged"},
                   headers={"Authorization": f"Bearer {server.api_key}", "Range": "bytes=0-1"})
     assert r.status_code == 206 and r.headers["content-range"] == f"bytes 0-1/{merged.stat().st_size}"
+
+
+def test_data_the_model_cannot_train_on_ends_in_user_error(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.sample_data import write_jsonl
+
+    long_prompt = "word " * 400  # far past max_seq_length: truncation leaves no assistant token to learn
+    path = write_jsonl(tmp_path / "long.jsonl", [
+        {"messages": [{"role": "user", "content": long_prompt}, {"role": "assistant", "content": "ok"}]}
+    ] * 4)
+    f = client.files.upload(path)
+    job = client.fine_tuning.create(training_file=f.id, model=MODEL, lora=True, max_seq_length=128)
+    done = wait_for(client, job.id, {"completed", "error", "user_error", "cancelled"})
+    assert done.status == "user_error"
+    events = client.fine_tuning.list_events(job.id).data
+    assert events[-1].type == "job_error" and "max_seq_length" in events[-1].message, events[-1].message
