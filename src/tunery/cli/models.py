@@ -1,0 +1,73 @@
+"""`tunery models list|add|remove`: the base models this server can fine-tune, managed directly in the
+data dir's database (like `tunery keys`). Built-in models are always there; `add` registers a
+local Hugging Face model directory under a name that jobs can then use as ``model``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunery.cli.client import CliError
+from tunery.cli.options import DataDir, load_settings, open_db
+from tunery.cli.output import Json, print_json, print_table
+from tunery.errors import NotFound
+from tunery.store.base_models import register_model, registered_models, unregister_model
+
+app = typer.Typer(no_args_is_help=True, help="Manage the base models available for fine-tuning.")
+
+
+@app.command("list")
+def list_(data_dir: DataDir = None, json: Json = False) -> None:
+    """List the built-in and registered base models."""
+    from tunery.models.builtin import BUILTINS
+    from tunery.models.catalog import ModelCatalog
+
+    settings = load_settings(data_dir)
+    with open_db(settings).session() as s:
+        registered = registered_models(s)
+    names = ModelCatalog(settings.models_dir).supported(registered)
+    rows = [{"name": n, "source": "built-in" if n in BUILTINS else "registered", "path": registered.get(n)}
+            for n in names]
+    if json:
+        print_json(rows)
+        return
+    print_table(["Name", "Source", "Path"], ([r["name"], r["source"], r["path"] or ""] for r in rows))
+
+
+@app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="The name jobs will use, e.g. acme/llama-3-8b.")],
+    path: Annotated[Path, typer.Argument(help="A local Hugging Face model directory (with config.json).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Register a local Hugging Face model directory as a base model (re-adding a name repoints it)."""
+    if name in builtin_names():
+        raise CliError(f'"{name}" is a built-in model; choose another name')
+    directory = path.expanduser().resolve()
+    if not (directory / "config.json").is_file():
+        raise CliError(f"{path} is not a Hugging Face model directory (no config.json)")
+    with open_db(load_settings(data_dir)).session() as s:
+        register_model(s, name, str(directory))
+    typer.echo(f"Registered {name} → {directory}")
+
+
+@app.command("remove")
+def remove(name: Annotated[str, typer.Argument(help="A registered model name.")], data_dir: DataDir = None) -> None:
+    """Unregister a base model (its files are left alone)."""
+    if name in builtin_names():
+        raise CliError(f'"{name}" is a built-in model; it cannot be removed')
+    try:
+        with open_db(load_settings(data_dir)).session() as s:
+            unregister_model(s, name)
+    except NotFound as e:
+        raise CliError(e.message) from None
+    typer.echo(f"Removed {name}")
+
+
+def builtin_names() -> set[str]:
+    # Imported here: tunery.models pulls in torch, seconds that `add`/`remove` need not always pay.
+    from tunery.models.builtin import BUILTINS
+
+    return set(BUILTINS)

@@ -1,0 +1,1 @@
+"""The quickstart's bundled dataset and its before/after evaluation (``tunery quickstart``)."""
