@@ -1,10 +1,9 @@
-"""store/files.py on a real SQLite: compare-and-set upload states, duplicates, ownership, deletes."""
+"""store/files.py on real SQLite and PostgreSQL: compare-and-set upload states, duplicates, ownership, deletes."""
 
 from __future__ import annotations
 
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +15,8 @@ from tunery.store.users import get_or_create_user
 
 
 @pytest.fixture()
-def db(tmp_path: Path) -> Database:
-    database = Database(f"sqlite:///{tmp_path / 'tunery.db'}")
-    database.migrate()
+def db(database: Database) -> Database:
+    """A fresh store, once on SQLite and once on PostgreSQL (tests/backends.py)."""
     return database
 
 
