@@ -14,6 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+# Database and object-store fixtures (SQLite/PostgreSQL, local/S3): see tests/backends.py.
+from tests.backends import (  # noqa: F401 - fixtures
+    _drop_server_databases,
+    backend_url,
+    database,
+    moto_server,
+    postgres_url,
+    server_database_env,
+)
+
 TUNERY = str(Path(sys.executable).parent / "tunery")
 
 
@@ -88,6 +98,11 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def database_url(self) -> str:
+        """The server's database: its SQLite file, or the PostgreSQL database it was given."""
+        return self.env.get("TUNERY_DATABASE_URL") or f"sqlite:///{self.data_dir / 'tunery.db'}"
+
 
 def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNERY_", "TOGETHER_"))}
@@ -97,6 +112,10 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def start_server(tmp: Path, **env: str) -> LiveServer:
+    """A live server on its own data dir; ``env`` overrides settings (``TUNERY_WORKERS="0"`` …).
+    Its database is SQLite unless ``TUNERY_TEST_DATABASE=postgresql`` (see tests/backends.py)."""
+    if "TUNERY_DATABASE_URL" not in env:
+        env = {**server_database_env(), **env}
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     server = LiveServer(data_dir=data_dir, port=free_port(), env=server_env(data_dir, **env))

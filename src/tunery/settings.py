@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,8 +25,18 @@ class Settings(BaseSettings):
     port: int = 8000
     # SQLAlchemy URL; empty means SQLite at <data_dir>/tunery.db.
     database_url: str = ""
-    # Where blobs live: empty means <data_dir>/blobs; s3://bucket/prefix selects S3.
+    # Where blobs live: empty means <data_dir>/blobs; s3://bucket/prefix selects S3 (see s3_*).
     blob_url: str = ""
+    # S3-compatible object storage. Empty endpoint means AWS; empty keys mean boto3's own chain
+    # (environment, ~/.aws, instance role). Presigned URLs given to clients use
+    # s3_public_endpoint_url when the servers reach the store under a different name.
+    s3_endpoint_url: str = ""
+    s3_public_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    # "path" (MinIO, moto, most self-hosted stores), "virtual" or "auto" (boto3 decides).
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     # The externally reachable base URL used in signed upload/download links; empty means the
     # URL the request came in on.
     public_url: str = ""
@@ -37,6 +48,12 @@ class Settings(BaseSettings):
     workers: int = 1
     # Training child processes per job (>1 launches torchrun).
     processes_per_job: int = 1
+    # What a worker serves: base models (comma-separated; empty = any), accelerator devices
+    # (comma-separated CUDA indices handed out processes_per_job at a time; empty = no pinning)
+    # and jobs at once (0 = one per group of processes_per_job devices, or 1 without devices).
+    worker_models: str = ""
+    worker_devices: str = ""
+    worker_jobs: int = 0
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
     max_restarts: int = 3
@@ -45,6 +62,16 @@ class Settings(BaseSettings):
     # Price in USD per million trained tokens (0 = free); per-user quota in tokens (0 = none).
     price_per_million_tokens: float = 0.0
     token_quota: int = 0
+    # "text" or "json" (one JSON object per log line, plus one per HTTP request).
+    log_format: Literal["text", "json"] = "text"
+    # Python module run as the training child instead of tunery.training.recipes.<method>; for
+    # benchmarks that measure the queue rather than training (bench/fleet.py). Empty in production.
+    recipe_module: str = ""
+    # Test seam (tests/fleet): the first worker to reach this phase (staging, training,
+    # checkpoint, compressing, uploading) writes <test_pause_dir>/<phase> with its pid and sleeps
+    # there until it is killed. Empty in production.
+    test_pause_at: Literal["", "staging", "training", "checkpoint", "compressing", "uploading"] = ""
+    test_pause_dir: Path | None = None
 
     @property
     def sqlite_path(self) -> Path:
@@ -53,6 +80,22 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def worker_model_list(self) -> list[str]:
+        return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+    @property
+    def worker_device_list(self) -> list[str]:
+        return [d.strip() for d in self.worker_devices.split(",") if d.strip()]
+
+    @property
+    def worker_job_slots(self) -> int:
+        """How many jobs one worker runs at once."""
+        if self.worker_jobs > 0:
+            return self.worker_jobs
+        devices = self.worker_device_list
+        return max(1, len(devices) // max(1, self.processes_per_job)) if devices else 1
 
     @property
     def blob_dir(self) -> Path:

@@ -1,11 +1,12 @@
-"""Claiming takes each queued job exactly once, fairly; stale jobs are requeued or failed."""
+"""Claiming takes each queued job exactly once, fairly; stale jobs are requeued or failed — on SQLite
+and on PostgreSQL (where claiming is FOR UPDATE SKIP LOCKED)."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from datetime import timedelta
-from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from tunery.queue.claim import claim_next, requeue_stale
@@ -13,12 +14,12 @@ from tunery.store.db import Database
 from tunery.store.models import Job, JobEvent, User, utcnow
 
 
-def _db(tmp_path: Path) -> Database:
-    db = Database(f"sqlite:///{tmp_path / 't.db'}")
-    db.migrate()
-    with db.session() as s:
+@pytest.fixture()
+def db(database: Database) -> Database:
+    """An empty store with two users, on SQLite and on PostgreSQL (tests/backends.py)."""
+    with database.session() as s:
         s.add_all([User(id="u1", name="u1"), User(id="u2", name="u2")])
-    return db
+    return database
 
 
 def _queue(db: Database, job_id: str, user: str = "u1", priority: int = 0, status: str = "queued") -> None:
@@ -39,8 +40,7 @@ def _claimer(url: str, worker: str, out: mp.Queue) -> None:
     out.put(got)
 
 
-def test_concurrent_claimers_take_each_job_once(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_concurrent_claimers_take_each_job_once(db: Database) -> None:
     for i in range(40):
         _queue(db, f"ft-{i:03d}")
     ctx = mp.get_context("spawn")
@@ -56,8 +56,7 @@ def test_concurrent_claimers_take_each_job_once(tmp_path: Path) -> None:
         assert {j.status for j in s.scalars(select(Job))} == {"running"}
 
 
-def test_fair_order_round_robins_users_then_priority_then_age(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_fair_order_round_robins_users_then_priority_then_age(db: Database) -> None:
     _queue(db, "ft-a1")
     _queue(db, "ft-a2")
     _queue(db, "ft-b1", user="u2")
@@ -70,8 +69,7 @@ def test_fair_order_round_robins_users_then_priority_then_age(tmp_path: Path) ->
     assert order == ["ft-a3", "ft-b1", "ft-a1", "ft-a2"]
 
 
-def test_stale_jobs_are_requeued_then_failed_after_max_restarts(tmp_path: Path) -> None:
-    db = _db(tmp_path)
+def test_stale_jobs_are_requeued_then_failed_after_max_restarts(db: Database) -> None:
     _queue(db, "ft-x")
     with db.session() as s:
         claim_next(s, "w1")

@@ -1,9 +1,12 @@
-"""The state machine: every (from, to) pair behaves as the table says, status and event together."""
+"""The state machine: every (from, to) pair behaves as the table says, status and event together,
+on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Iterator
+
 import pytest
 from sqlalchemy import select
 
@@ -24,12 +27,14 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Database:
-    db = Database(f"sqlite:///{tmp_path_factory.mktemp('db') / 't.db'}")
+def db(backend_url: str) -> Iterator[Database]:
+    """One store per module, on SQLite and on PostgreSQL (tests/backends.py); jobs get unique ids."""
+    db = Database(backend_url)
     db.migrate()
     with db.session() as s:
         s.add(User(id="u1", name="u1"))
-    return db
+    yield db
+    db.dispose()
 
 
 def _job(db: Database, status: JobStatus) -> str:

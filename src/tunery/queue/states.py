@@ -72,27 +72,34 @@ def transition(
     message: str,
     level: str = "info",
     only_from: frozenset[JobStatus] | None = None,
+    owned_by: str | None = None,
     event_fields: dict[str, Any] | None = None,
     **columns: Any,
 ) -> None:
     """Move ``job_id`` to ``to`` if its current status allows it (optionally narrowed to
-    ``only_from``), set ``columns`` on the row, and record one event — all in the caller's
-    transaction. Raises ``IllegalTransition`` when the job is not in an allowed status."""
+    ``only_from``) and — with ``owned_by`` — it is still that worker's, set ``columns`` on the row,
+    and record one event, all in the caller's transaction. Raises ``IllegalTransition`` when the
+    job is not in an allowed status (or belongs to another worker by now)."""
     allowed = ALLOWED_FROM[to] if only_from is None else ALLOWED_FROM[to] & only_from
     now = utcnow()
     if to in TERMINAL:
         columns.setdefault("finished_at", now)
         columns.setdefault("secrets", None)  # secrets never outlive the job
         columns.setdefault("seconds_remaining", None)
+    where = [Job.id == job_id, Job.status.in_([a.value for a in allowed])]
+    if owned_by is not None:
+        where.append(Job.worker_id == owned_by)
     result = s.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status.in_([a.value for a in allowed]))
+        .where(*where)
         .values(status=to.value, updated_at=now, **columns)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         current = s.get(Job, job_id)
         status = current.status if current else "missing"
+        if current is not None and owned_by is not None and current.worker_id != owned_by:
+            raise IllegalTransition(f"job {job_id} is no longer run by worker {owned_by}")
         raise IllegalTransition(f"job {job_id} cannot go from {status} to {to.value}")
     s.execute(
         insert(JobEvent).values(

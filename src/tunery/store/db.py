@@ -1,6 +1,7 @@
 """Engine, sessions and migrations.
 
-SQLite (WAL) is the embedded default; PostgreSQL is the same code with a different URL.
+SQLite (WAL) is the embedded default; PostgreSQL (psycopg 3) is the same code with a different
+URL, e.g. ``TUNERY_DATABASE_URL=postgresql://tunery:secret@db.internal/tunery``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,24 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+# Any constant: the advisory lock that serialises concurrent `migrate()` calls on PostgreSQL
+# (an API node and N workers starting together would otherwise race to create the tables).
+MIGRATION_LOCK_ID = 0x7475_6E65  # "tune"
+
+
+def normalize_url(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` mean psycopg 3 (SQLAlchemy's default driver is
+    psycopg2, which we do not ship)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
 
 
 def make_engine(url: str) -> Engine:
@@ -24,7 +39,9 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # READ COMMITTED (PostgreSQL's default) is what compare-and-set and SKIP LOCKED claiming
+    # assume: a blocked UPDATE re-checks its WHERE clause against the row it waited for.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -48,8 +65,8 @@ class Database:
     """An engine plus a session factory; ``session()`` is one transaction."""
 
     def __init__(self, url: str):
-        self.url = url
-        self.engine = make_engine(url)
+        self.url = normalize_url(url)
+        self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -58,11 +75,18 @@ class Database:
         with self._sessions() as s, s.begin():
             yield s
 
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
     def migrate(self) -> None:
-        """Apply every Alembic migration (idempotent)."""
+        """Apply every Alembic migration (idempotent, and safe to call from many processes at
+        once: SQLite's BEGIN IMMEDIATE or a PostgreSQL advisory lock lets one migrate at a time)."""
         if self.url.startswith("sqlite:///"):
             Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID})
             cfg = alembic_config(self.url)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

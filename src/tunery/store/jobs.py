@@ -7,10 +7,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from tunery.errors import NotFound
+from tunery.queue.claim import queue_position
 from tunery.queue.states import WORKING, JobStatus
 from tunery.store.models import Checkpoint, Job, JobEvent, JobMetric, utcnow
 
@@ -59,17 +60,9 @@ def count_jobs(s: Session, user_id: str, status: str | None = None) -> int:
 
 
 def queue_depth(s: Session, job: Job) -> int:
-    """How many queued jobs are ahead of ``job`` (0 unless it is queued)."""
-    if job.status not in (JobStatus.QUEUED, JobStatus.PENDING):
-        return 0
-    ahead = s.scalar(
-        select(func.count()).select_from(Job).where(
-            Job.status == JobStatus.QUEUED.value,
-            or_(Job.priority > job.priority,
-                (Job.priority == job.priority) & (Job.created_at < job.created_at)),
-        )
-    )
-    return int(ahead or 0)
+    """How many queued jobs a worker would take before ``job`` (0 unless it is queued or pending);
+    the fair order itself lives with the claim query in ``tunery.queue.claim``."""
+    return queue_position(s, job)
 
 
 def delete_job(s: Session, job: Job) -> list[str]:
