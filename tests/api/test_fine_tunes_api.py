@@ -159,3 +159,18 @@ def test_models_endpoints(http: httpx.Client) -> None:
     assert MODEL in http.get("/v1/fine-tunes/models/supported").json()["models"]
     ids = [m["id"] for m in http.get("/v1/models").json()["data"]]
     assert MODEL in ids
+
+
+def test_preview_shows_which_tokens_are_trained(together_client, train_id: str) -> None:  # type: ignore[no-untyped-def]
+    masked = together_client.fine_tuning.preview(model=MODEL, training_file=train_id, top_k=2)
+    assert masked.dataset_format == "conversation" and len(masked.rows) == 2
+    row = masked.rows[0]
+    assert row.num_tokens == len(row.input_ids) == len(row.tokens) == len(row.labels)
+    # Only the assistant answer is trained by default: one span, at the end, smaller than the row.
+    assert len(row.trained_spans) == 1 and 0 < row.num_trained_tokens < row.num_tokens
+    start, end = row.trained_spans[0]
+    assert all(label == -100 for label in row.labels[:start])
+    assert row.labels[start:end] == row.input_ids[start:end]
+    everything = together_client.fine_tuning.preview(model=MODEL, training_file=train_id, top_k=1,
+                                                     train_on_inputs=True)
+    assert everything.rows[0].num_trained_tokens == everything.rows[0].num_tokens

@@ -21,7 +21,7 @@ from tunery.store.models import File, Job, User
 
 
 @lru_cache(maxsize=32)
-def _tokenizer(model_dir: str) -> Any:
+def tokenizer_for(model_dir: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
@@ -30,7 +30,7 @@ def _tokenizer(model_dir: str) -> Any:
 @lru_cache(maxsize=256)
 def _file_tokens(path: str, file_type: str, dataset_format: str | None, model_dir: str) -> int:
     """Tokens in one pass over a dataset file (cached: files are immutable)."""
-    tok = _tokenizer(model_dir)
+    tok = tokenizer_for(model_dir)
     if dataset_format == "preference":
         from tunery.datasets import iter_records
 

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from tunery.api.deps import Ctx, CurrentUser, DbSession
 from tunery.api.estimates import estimate_price as estimate
 from tunery.api.job_requests import base_model_of, output_name, resolve_job_request
-from tunery.api.schemas.fine_tunes import FinetuneRequest, PriceEstimateRequest, wire_job
+from tunery.api.preview import preview
+from tunery.api.schemas.fine_tunes import FinetuneRequest, PreviewRequest, PriceEstimateRequest, wire_job
 from tunery.api.schemas.timefmt import iso
 from tunery.errors import Conflict, InvalidRequest
 from tunery.queue.states import TERMINAL, JobStatus, transition
@@ -46,6 +47,11 @@ def model_limits(ctx: Ctx, s: DbSession, user: CurrentUser, model_name: str = Qu
 @router.post("/estimate-price")
 def estimate_price(ctx: Ctx, s: DbSession, user: CurrentUser, body: PriceEstimateRequest) -> dict[str, Any]:
     return estimate(ctx, s, user, body)
+
+
+@router.post("/preview")
+def preview_tokenization(ctx: Ctx, s: DbSession, user: CurrentUser, body: PreviewRequest) -> dict[str, Any]:
+    return preview(ctx, s, user, body)
 
 
 @router.post("")

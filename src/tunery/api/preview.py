@@ -1,0 +1,69 @@
+"""``POST /v1/fine-tunes/preview``: how the first rows of a training file are tokenized and masked,
+so users can check which tokens are trained before paying for a job."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tunery.api.deps import AppContext
+from tunery.api.estimates import tokenizer_for
+from tunery.api.schemas.fine_tunes import PreviewRequest
+from tunery.datasets import DatasetFormat, detect_format, iter_records
+from tunery.errors import InvalidRequest
+from tunery.store.base_models import registered_models
+from tunery.store.files import get_file
+from tunery.store.models import User
+from tunery.training.data.render import IGNORE, Example, Renderer, truncate
+
+DEFAULT_ROWS = 5
+MAX_ROWS = 50
+
+
+def trained_spans(labels: list[int]) -> list[list[int]]:
+    """Half-open ``[start, end)`` token ranges whose labels are trained."""
+    spans: list[list[int]] = []
+    for i, label in enumerate(labels):
+        if label == IGNORE:
+            continue
+        if spans and spans[-1][1] == i:
+            spans[-1][1] = i + 1
+        else:
+            spans.append([i, i + 1])
+    return spans
+
+
+def preview_row(example: Example, tokenizer: Any, max_seq_length: int) -> dict[str, Any]:
+    example, cut = truncate(example, max_seq_length)
+    return {"input_ids": example.input_ids, "labels": example.labels,
+            "tokens": tokenizer.convert_ids_to_tokens(example.input_ids), "num_tokens": len(example),
+            "num_trained_tokens": sum(1 for t in example.labels if t != IGNORE),
+            "trained_spans": trained_spans(example.labels), "truncated": cut}
+
+
+def preview(ctx: AppContext, s: Session, user: User, req: PreviewRequest) -> dict[str, Any]:
+    if (req.training_method or "sft") != "sft":
+        raise InvalidRequest("preview supports training_method sft", param="training_method")
+    f = get_file(s, user.id, req.training_file)
+    if f.processing_status != "COMPLETED" or f.file_type != "jsonl":
+        raise InvalidRequest(f'training_file "{f.id}" must be a validated JSONL dataset to preview',
+                             param="training_file")
+    if f.dataset_format == DatasetFormat.PREFERENCE:
+        raise InvalidRequest("preview shows SFT masking; this is a preference (DPO) dataset", param="training_file")
+    limits = ctx.catalog.limits(req.model, registered_models(s))
+    model_dir = str(ctx.catalog.resolve(req.model, registered_models(s)).path)
+    tokenizer = tokenizer_for(model_dir)
+    train_on_inputs = "auto" if req.train_on_inputs is None else req.train_on_inputs
+    renderer = Renderer(tokenizer, train_on_inputs)
+    top_k = min(MAX_ROWS, max(1, req.top_k or DEFAULT_ROWS))
+    max_len = limits["max_seq_length_sft"]
+    rows = []
+    fmt = DatasetFormat.GENERAL
+    with ctx.blobs.local_copy(f.blob_key) as path, open(path, "rb") as stream:
+        for line, record in itertools.islice(iter_records(stream), top_k):
+            fmt = detect_format(record, line)
+            rows.append(preview_row(renderer.render(record, fmt), tokenizer, max_len))
+    return {"dataset_format": fmt.value, "max_seq_length": max_len, "model": req.model,
+            "train_on_inputs": train_on_inputs, "rows": rows}
