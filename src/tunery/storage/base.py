@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 CHUNK = 1024 * 1024
 
@@ -34,3 +34,30 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
 
     def size(self, key: str) -> int: ...
+
+
+@runtime_checkable
+class DirectUploads(Protocol):
+    """A store that clients upload to directly, with presigned URLs (S3), so that file bytes never
+    pass through the API node. Uploads land under a temporary key; ``promote`` moves them to their
+    final key once their size and checksum were checked."""
+
+    def presigned_put(self, key: str, ttl_s: int) -> str: ...
+
+    def start_multipart(self, key: str) -> str:
+        """Begin a multipart upload to ``key``; returns the store's upload id."""
+        ...
+
+    def presigned_part(self, key: str, upload_id: str, part_number: int, ttl_s: int) -> str: ...
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None: ...
+
+    def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+    def head(self, key: str) -> tuple[str, int] | None:
+        """``(etag, size)``, or None when ``key`` does not exist."""
+        ...
+
+    def promote(self, src: str, dest: str, etag: str) -> None:
+        """Move ``src`` to ``dest`` if it still has ``etag``; ``Conflict`` otherwise."""
+        ...

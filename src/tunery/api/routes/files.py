@@ -12,7 +12,7 @@ file stays listed with ``processing_status: INVALID_FORMAT`` and its report.
 from __future__ import annotations
 
 import logging
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunery.api.deps import AppContext, Ctx, CurrentUser
 from tunery.api.errors import error_body
+from tunery.api.object_uploads import adopt_upload, direct, file_url, part_urls, upload_key
 from tunery.api.routes.uploads import (
     check_announced_length,
     file_upload_url,
@@ -46,9 +47,10 @@ from tunery.api.schemas.files import (
 from tunery.api.streaming import blob_response
 from tunery.api.validation import FileValidator, file_validator
 from tunery.errors import Conflict, InvalidRequest, NotFound, TuneryError
+from tunery.storage import DirectUploads
 from tunery.storage.staging import PartDir, StagedFile, too_large
 from tunery.store import files as store
-from tunery.store.models import File, User
+from tunery.store.models import File, MultipartUpload, User
 
 log = logging.getLogger("tunery.api.files")
 
@@ -91,13 +93,17 @@ def _validated(row: File, wrap: bool = False) -> JSONResponse:
 # ---- validation ----------------------------------------------------------------------------------
 
 
-def validate_file(ctx: AppContext, validator: FileValidator, row: File) -> File:
-    """Stream the stored blob through the dataset validator and record the verdict on the row."""
+def validate_file(ctx: AppContext, validator: FileValidator, row: File, path: Path | None = None) -> File:
+    """Stream the stored blob (or ``path``, a local copy of it) through the dataset validator and
+    record the verdict on the row."""
     with ctx.db.session() as s:
         store.mark_validating(s, row.id)
     try:
-        with ctx.blobs.local_copy(row.blob_key) as path:
+        if path is not None:
             report = validator.validate(path, row.file_type, row.purpose)
+        else:
+            with ctx.blobs.local_copy(row.blob_key) as copy:
+                report = validator.validate(copy, row.file_type, row.purpose)
     except Exception as error:
         log.exception("validating %s failed", row.id)
         with ctx.db.session() as s:
@@ -143,7 +149,9 @@ def create_file(
             s, user_id=user.id, filename=form.file_name, purpose=form.purpose, file_type=form.file_type,
             checksum=form.checksum,
         )
-    url, expires = file_upload_url(request, row.id)
+    # With an object store the bytes go straight to it (presigned S3 PUT); else to routes/uploads.py.
+    objects = direct(ctx)
+    url, expires = file_url(objects, ctx, row.id) if objects else file_upload_url(request, row.id)
     body = FileUploadUrl(id=row.id, upload_url=url, expires_at=expires)
     return JSONResponse(body.model_dump(), status_code=302, headers={"Location": url, "X-Together-File-Id": row.id})
 
@@ -153,6 +161,10 @@ def preprocess(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) -> R
     """Validate an uploaded file's dataset (idempotent): 200 when valid, 400 naming the bad line."""
     with ctx.db.session() as s:
         row = store.get_file(s, user.id, file_id)
+    objects = direct(ctx)
+    if objects is not None and row.upload_state == store.AWAITING_UPLOAD:
+        validator = file_validator(request)
+        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, validator, r, p)))
     if row.upload_state != store.UPLOADED:
         raise Conflict(
             f"file {file_id} has no content yet: PUT its bytes to the upload URL from POST /v1/files, "
@@ -237,10 +249,13 @@ def multipart_initiate(request: Request, body: MultipartInitiateRequest, user: C
             checksum=body.checksum,
         )
         mp = store.create_multipart(s, row.id, body.num_parts)
-    parts = [
-        MultipartPart(PartNumber=n, URL=part_upload_url(request, mp.id, n), Headers={})
-        for n in range(1, body.num_parts + 1)
-    ]
+        objects = direct(ctx)
+        if objects is not None:  # parts go straight to an S3 multipart upload
+            mp.backend_id = objects.start_multipart(upload_key(row.id))
+            urls = part_urls(objects, ctx, row.id, mp.backend_id, body.num_parts)
+        else:
+            urls = [part_upload_url(request, mp.id, n) for n in range(1, body.num_parts + 1)]
+    parts = [MultipartPart(PartNumber=n, URL=url, Headers={}) for n, url in enumerate(urls, start=1)]
     out = MultipartInitiateResponse(upload_id=mp.id, file_id=row.id, parts=parts)
     return JSONResponse(out.model_dump())
 
@@ -255,7 +270,11 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
             if mp.state == store.MP_COMPLETED:
                 return _validated(row, wrap=True)  # a repeated complete: answer as the first did
             raise Conflict(f"multipart upload {mp.id} is {mp.state}; it cannot be completed", param="upload_id")
-        store.claim_upload(s, row.id)
+        objects = direct(ctx)
+        if objects is None:
+            store.claim_upload(s, row.id)
+    if objects is not None:
+        return _complete_in_object_store(ctx, objects, file_validator(request), body, mp, row)
     staging = ctx.blobs.staging_dir()
     parts = PartDir(staging, mp.id)
     try:
@@ -287,6 +306,30 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
         raise
     parts.remove()
     return _validated(validate_file(ctx, file_validator(request), row), wrap=True)
+
+
+def _complete_in_object_store(ctx: AppContext, objects: DirectUploads, validator: FileValidator,
+                              body: MultipartCompleteRequest, mp: MultipartUpload, row: File) -> Response:
+    """Complete the S3 multipart upload (S3 checks the parts' ETags), then adopt it like a PUT."""
+    try:
+        numbers = [p.part_number for p in body.parts]
+        if numbers != list(range(1, mp.num_parts + 1)):
+            raise InvalidRequest(
+                f"parts must list every part number from 1 to {mp.num_parts} once, in order; got {numbers[:20]}",
+                param="parts",
+            )
+        key = upload_key(row.id)
+        if objects.head(key) is None:  # else an earlier complete assembled it and then failed
+            objects.complete_multipart(key, mp.backend_id, [(p.part_number, p.etag.strip().strip('"'))
+                                                           for p in body.parts])
+        row = adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, validator, r, p))
+    except BaseException:
+        with ctx.db.session() as s:
+            store.set_multipart_state(s, mp.id, (store.MP_COMPLETING,), store.MP_OPEN)
+        raise
+    with ctx.db.session() as s:
+        store.set_multipart_state(s, mp.id, (store.MP_COMPLETING,), store.MP_COMPLETED)
+    return _validated(row, wrap=True)
 
 
 def _checked_parts(parts: PartDir, body: MultipartCompleteRequest, num_parts: int) -> list:
@@ -327,6 +370,10 @@ def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, ctx: Ctx) ->
         row = store.get_file(s, user.id, mp.file_id)
         if row.upload_state == store.AWAITING_UPLOAD:
             store.delete_file(s, user.id, row.id)
+    objects = direct(ctx)
+    if objects is not None and mp.backend_id:
+        objects.abort_multipart(upload_key(mp.file_id), mp.backend_id)
+        ctx.blobs.delete(upload_key(mp.file_id))
     PartDir(ctx.blobs.staging_dir(), mp.id).remove()
     return MultipartAbortResponse(upload_id=mp.id, file_id=mp.file_id, aborted=True)
 
@@ -356,6 +403,10 @@ def file_content(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) ->
     """The file's bytes, streamed; honours a single ``Range: bytes=…`` (206, or 416)."""
     with ctx.db.session() as s:
         row = store.get_file(s, user.id, file_id)
+    objects = direct(ctx)
+    if objects is not None and row.upload_state == store.AWAITING_UPLOAD:
+        validator = file_validator(request)
+        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, validator, r, p)))
     if row.upload_state != store.UPLOADED:
         raise Conflict(f"file {file_id} has no content yet; finish its upload first", param="id")
     return blob_response(request, ctx.blobs, row.blob_key, row.bytes, filename=row.filename)
@@ -369,6 +420,8 @@ def delete_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileDeleteResponse
         row = store.delete_file(s, user.id, file_id)
     if row.blob_key:
         ctx.blobs.delete(row.blob_key)
+    if direct(ctx) is not None:
+        ctx.blobs.delete(upload_key(file_id))  # bytes PUT to the store but never preprocessed
     for upload_id in upload_ids:
         PartDir(ctx.blobs.staging_dir(), upload_id).remove()
     return FileDeleteResponse(id=file_id)
