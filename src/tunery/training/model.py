@@ -30,6 +30,7 @@ class LoadedModel:
     device: torch.device
     autocast_dtype: torch.dtype | None
     param_count: int  # parameters of the underlying model, adapters excluded
+    ddp: Any = None  # DistributedDataParallel over ``model`` when training in several processes
 
     @property
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -127,10 +128,12 @@ def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None) -> Any:
 def forward_logits(
     loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, bias: torch.Tensor
 ) -> torch.Tensor:
-    """Logits ``[B, L, V]`` in fp32, under autocast where configured."""
+    """Logits ``[B, L, V]`` in fp32, under autocast where configured. Passes that build a graph go
+    through ``ddp`` when there is one, so their backward averages gradients across ranks."""
+    module = loaded.ddp if loaded.ddp is not None and torch.is_grad_enabled() else loaded.model
     with torch.autocast(loaded.device.type, dtype=loaded.autocast_dtype or torch.float32,
                         enabled=loaded.autocast_dtype is not None):
-        out = loaded.model(input_ids=input_ids, position_ids=position_ids, attention_mask=bias, use_cache=False)
+        out = module(input_ids=input_ids, position_ids=position_ids, attention_mask=bias, use_cache=False)
     return out.logits.float()
 
 
