@@ -20,6 +20,13 @@ app = typer.Typer(no_args_is_help=True, help="Upload, validate and manage datase
 
 Purpose = Annotated[str, typer.Option("--purpose", help="fine-tune, eval, calibration or batch-api.")]
 FileId = Annotated[str, typer.Argument(help="File id (file-…).")]
+PURPOSES = ("fine-tune", "eval", "calibration", "batch-api")
+
+
+def checked_purpose(purpose: str) -> str:
+    if purpose not in PURPOSES:
+        raise CliError(f"--purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}")
+    return purpose
 
 
 def describe_file(f: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +46,7 @@ def upload(
 ) -> None:
     """Upload a dataset (with a progress bar) and show the server's validation result."""
     client = Client.connect(base_url, api_key)
-    result = upload_file(client, file, purpose, show_progress=not json)
+    result = upload_file(client, file, checked_purpose(purpose), show_progress=not json)
     if json:
         print_json(result.file)
         return
@@ -58,7 +65,7 @@ def check(file: Annotated[Path, typer.Argument(help="The dataset to validate.")]
 
     check_local_file(file)
     with open(file, "rb") as f:
-        report = validate_stream(f, file_type_of(file), purpose)
+        report = validate_stream(f, file_type_of(file), checked_purpose(purpose))
     if json:
         print_json(report.to_json())
     elif report.valid:

@@ -18,6 +18,7 @@ from tunery.cli.client import OneLineErrors
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve"),
     "worker": ("worker", "worker"),
+    "db": ("db", "app"),
     "keys": ("keys", "app"),
     "models": ("models", "app"),
     "files": ("files", "app"),

@@ -43,11 +43,11 @@ def add(
     data_dir: DataDir = None,
 ) -> None:
     """Register a local Hugging Face model directory as a base model (re-adding a name repoints it)."""
-    if name in builtin_names():
-        raise CliError(f'"{name}" is a built-in model; choose another name')
     directory = path.expanduser().resolve()
     if not (directory / "config.json").is_file():
         raise CliError(f"{path} is not a Hugging Face model directory (no config.json)")
+    if name in builtin_names():
+        raise CliError(f'"{name}" is a built-in model; choose another name')
     with open_db(load_settings(data_dir)).session() as s:
         register_model(s, name, str(directory))
     typer.echo(f"Registered {name} → {directory}")
@@ -56,13 +56,12 @@ def add(
 @app.command("remove")
 def remove(name: Annotated[str, typer.Argument(help="A registered model name.")], data_dir: DataDir = None) -> None:
     """Unregister a base model (its files are left alone)."""
-    if name in builtin_names():
-        raise CliError(f'"{name}" is a built-in model; it cannot be removed')
     try:
         with open_db(load_settings(data_dir)).session() as s:
             unregister_model(s, name)
     except NotFound as e:
-        raise CliError(e.message) from None
+        message = f'"{name}" is a built-in model; it cannot be removed' if name in builtin_names() else e.message
+        raise CliError(message) from None
     typer.echo(f"Removed {name}")
 
 

@@ -106,15 +106,19 @@ def _job_request(file_id: str, epochs: int | None) -> dict[str, Any]:
 
 
 def _extract(archive: Path, dest: Path) -> Path:
+    """Unpack the archive's one top folder as ``dest`` (replacing an older one)."""
     import shutil
+    import tempfile
 
     from tunery.worker.packaging import unpack
 
-    shutil.rmtree(dest, ignore_errors=True)
-    top = unpack(archive, dest)
-    if not (top / "config.json").is_file():
-        raise CliError(f"{archive} does not hold a model directory")
-    return top
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".unpack-") as tmp:
+        top = unpack(archive, Path(tmp))
+        if not (top / "config.json").is_file():
+            raise CliError(f"{archive} does not hold a model directory")
+        shutil.rmtree(dest, ignore_errors=True)
+        top.rename(dest)
+    return dest
 
 
 def _evaluate(out: Any, pairs: list[tuple[str, str]], data_dir: Path, model_dir: Path) -> tuple[Any, Any]:
@@ -135,9 +139,14 @@ def _print_results(out: Any, job: dict[str, Any], before: Any, after: Any) -> No
     out.print(table)
     examples = Table("Question", "Expected", "Before", "After", title="Examples", title_justify="left")
     for b, a in list(zip(before.samples, after.samples, strict=True))[:EXAMPLES]:
-        examples.add_row(escape(a.question), escape(a.expected), escape(b.got[:24]),
-                         ("[green]" if a.correct else "[red]") + escape(a.got[:24]) + "[/]")
+        examples.add_row(escape(a.question), escape(a.expected), escape(_printable(b.got)),
+                         ("[green]" if a.correct else "[red]") + escape(_printable(a.got)) + "[/]")
     out.print(examples)
+
+
+def _printable(text: str, width: int = 24) -> str:
+    """An untrained model's answer is byte soup: keep it to one short, printable line."""
+    return "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)[:width]
 
 
 def _print_summary(out: Any, server: LocalServer, server_state: str, job: dict[str, Any], file_id: str,

@@ -135,16 +135,16 @@ def download_model(client: Client, ft_id: str, checkpoint: str | None, step: int
     path = output if output is not None and not output.is_dir() else (output or Path.cwd()) / remote.filename
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    resumed_from = have if 0 < have < remote.total else 0
+    resumed_from: int | None = None
     with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"Downloading {path.name}", total=remote.total, completed=resumed_from)
+        task = bar.add_task(f"Downloading {path.name}", total=remote.total)
         for attempt in range(DOWNLOAD_RETRIES + 1):
             have = part.stat().st_size if part.exists() else 0
             if have == remote.total:
                 break
             try:
-                _fetch(client, params, part, have, remote.total, bar, task)
+                offset = _fetch(client, params, part, have, remote.total, bar, task)
+                resumed_from = offset if resumed_from is None else resumed_from
                 break
             except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout):
                 if attempt == DOWNLOAD_RETRIES:
@@ -154,7 +154,7 @@ def download_model(client: Client, ft_id: str, checkpoint: str | None, step: int
     if size != remote.total:
         raise CliError(f"downloaded {size} bytes but the server has {remote.total}; run again to resume")
     part.replace(path)
-    return Download(path, size, resumed_from)
+    return Download(path, size, resumed_from or 0)
 
 
 def _probe(client: Client, params: dict[str, Any]) -> _Remote:
@@ -169,15 +169,24 @@ def _probe(client: Client, params: dict[str, Any]) -> _Remote:
 
 
 def _fetch(client: Client, params: dict[str, Any], part: Path, have: int, total: int, bar: Progress,
-           task: Any) -> None:
+           task: Any) -> int:
+    """Append the rest of the archive to ``part`` (which holds ``have`` bytes); returns the offset the
+    server actually resumed from (0 when it sent the whole archive)."""
     have = have if have < total else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     with client.stream("GET", "/v1/finetune/download", params=params, headers=headers) as r:
-        if have and r.status_code != 206:
-            have = 0  # the server sent the whole file: start over
+        if have:
+            m = _CONTENT_RANGE.match(r.headers.get("content-range", ""))
+            if r.status_code == 206 and (m is None or int(m.group(1)) != have):
+                part.unlink()
+                raise CliError(f"the server answered bytes={have}- with {r.headers.get('content-range')!r}; "
+                               "removed the partial download, run again")
+            if r.status_code != 206:
+                have = 0  # the server sent the whole archive: start over
         bar.update(task, completed=have)
         with open(part, "r+b" if have else "wb") as f:
             _write_from(f, have, r, bar, task)
+    return have
 
 
 def _write_from(f: BinaryIO, offset: int, response: httpx.Response, bar: Progress, task: Any) -> None:

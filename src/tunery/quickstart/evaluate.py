@@ -40,11 +40,19 @@ class EvalResult:
         return self.correct / len(self.samples) if self.samples else 0.0
 
 
-def exact_match(model_dir: Path, pairs: list[tuple[str, str]]) -> EvalResult:
-    """Answer every question greedily and compare the stripped answer with the expected one."""
+def exact_match(model_dir: Path, pairs: list[tuple[str, str]], threads: int | None = 1) -> EvalResult:
+    """Answer every question greedily and compare the stripped answer with the expected one.
+
+    ``threads`` sets torch's intra-op threads (None: leave as is). One suits tiny models: their ops
+    are too small to split, and on a busy CPU extra threads made generation many times slower.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
+    if threads is not None:
+        torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
