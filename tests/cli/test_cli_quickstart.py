@@ -8,7 +8,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.cli.conftest import tunery
 from tests.conftest import free_port
 

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import httpx
 import typer
 from typer.core import TyperGroup
@@ -38,13 +37,14 @@ ApiKey = Annotated[
 ]
 
 
-class CliError(click.ClickException):
+class CliError(Exception):
     """A failed command, as the one line to show the user: for a failed API call, the server's
     ``error.message``, with ``status`` the HTTP status and ``body`` the parsed JSON error body;
     ``status`` is 0 when the server was not reached or the problem is local."""
 
     def __init__(self, message: str, status: int = 0, body: Mapping[str, Any] | None = None):
         super().__init__(message)
+        self.message = message
         self.status = status
         self.body: Mapping[str, Any] = body or {}
 
@@ -159,7 +159,7 @@ class OneLineErrors(TyperGroup):
     """The top-level command group: an ``CliError`` anywhere below prints ``Error: <message>`` on
     stderr and exits 1 (Typer would otherwise draw a boxed panel)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # Typer's vendored click.Context
         try:
             return super().invoke(ctx)
         except CliError as e:

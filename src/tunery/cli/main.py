@@ -7,8 +7,8 @@ torch and transformers (seconds of start-up), which a `tunery files list` should
 from __future__ import annotations
 
 from importlib import import_module
+from typing import Any
 
-import click
 import typer
 
 from tunery import __version__
@@ -30,10 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 class LazyCommands(OneLineErrors):
     """The top-level group: resolves the commands in ``COMMANDS`` on first use."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:  # ctx: Typer's vendored click.Context
         return [*COMMANDS, *super().list_commands(ctx)]
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
         module, attr = COMMANDS[cmd_name]
