@@ -7,7 +7,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from tests.conftest import LiveServer
 from tests.sample_data import conversation_file, preference_file
 
@@ -137,11 +136,14 @@ def test_secrets_never_come_back(http: httpx.Client, train_id: str, live_server:
     assert not any(SECRET in b for b in bodies)
     assert SECRET not in live_server.log()
     # Cleared from the database once the job has ended.
-    import sqlite3
+    from tunery.store.db import Database
+    from tunery.store.models import Job
 
-    with sqlite3.connect(live_server.data_dir / "tunery.db") as db:
-        (secrets,) = db.execute("SELECT secrets FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    assert secrets is None
+    db = Database(live_server.database_url)
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.secrets is None
+    db.dispose()
 
 
 def test_estimate_price_counts_real_tokens(http: httpx.Client, train_id: str) -> None:

@@ -323,7 +323,7 @@ def test_delete_is_blocked_while_an_unfinished_job_uses_the_file(
     together_client: Together, live_server: LiveServer, tmp_path: Path,
 ) -> None:
     f = together_client.files.upload(write_jsonl(tmp_path / "job.jsonl", VALID["instruction"]))
-    db = Database(f"sqlite:///{live_server.data_dir / 'tunery.db'}")
+    db = Database(live_server.database_url)
     with db.session() as s:
         s.add(Job(id="ft-files-test", user_id=_default_user_id(s), status="running", model="m", model_output_name="o",
                   training_file="file-other", validation_file=f.id, params={}))

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import time
 from collections.abc import Iterator
 
 import pytest
-
 from tests.conftest import LiveServer, start_server
 from tests.e2e.test_jobs_sdk import MODEL, wait_for
 from tests.sample_data import conversation_file
+
+from tunery.store.db import Database
+from tunery.store.models import Job
 
 pytestmark = pytest.mark.slow
 DONE = {"completed", "error", "user_error", "cancelled"}
@@ -60,8 +61,12 @@ def event_types(client, job_id: str) -> list[str]:  # type: ignore[no-untyped-de
 
 
 def worker_pid(server: LiveServer, job_id: str) -> int:
-    with sqlite3.connect(server.data_dir / "tunery.db") as db:
-        (worker_id,) = db.execute("SELECT worker_id FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    db = Database(server.database_url)
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert job is not None and job.worker_id is not None
+        worker_id = job.worker_id
+    db.dispose()
     return int(worker_id.split("-")[-2])
 
 

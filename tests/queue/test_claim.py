@@ -4,12 +4,13 @@ and on PostgreSQL (where claiming is FOR UPDATE SKIP LOCKED)."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
-from tunery.queue.claim import claim_next, requeue_stale
+from tunery.queue.claim import claim_next, queue_position, requeue_stale
 from tunery.store.db import Database
 from tunery.store.models import Job, JobEvent, User, utcnow
 
@@ -90,3 +91,55 @@ def test_stale_jobs_are_requeued_then_failed_after_max_restarts(db: Database) ->
     assert job is not None and "gave up after 1 restarts" in (job.error or "")
     assert types == ["job_start", "job_restarted", "job_start", "job_error"]
     assert job.status == "error"
+
+
+def test_queue_depth_is_the_number_of_jobs_a_worker_takes_first(db: Database) -> None:
+    base = utcnow()
+    with db.session() as s:
+        s.add(User(id="u3", name="u3"))
+        s.add(Job(id="ft-run", user_id="u1", status="running", model="m", model_output_name="o", training_file="f",
+                  params={}, created_at=base - timedelta(hours=1)))
+    specs = [("ft-a1", "u1", 0), ("ft-a2", "u1", 9), ("ft-a3", "u1", 0), ("ft-b1", "u2", 0), ("ft-b2", "u2", 1),
+             ("ft-c1", "u3", 0), ("ft-c2", "u3", 0), ("ft-c3", "u3", 5)]
+    for i, (job_id, user, priority) in enumerate(specs):
+        with db.session() as s:
+            s.add(Job(id=job_id, user_id=user, status="queued", model="m", model_output_name="o",
+                      training_file="f", params={}, priority=priority, created_at=base + timedelta(seconds=i)))
+    with db.session() as s:
+        depth = {j: queue_position(s, s.get(Job, j)) for j, _, _ in specs}  # type: ignore[arg-type]
+    assert sorted(depth.values()) == list(range(len(specs)))
+    order = []
+    for _ in specs:
+        with db.session() as s:
+            order.append(claim_next(s, "w"))
+    assert order == sorted(depth, key=depth.__getitem__)
+    with db.session() as s:
+        assert queue_position(s, s.get(Job, "ft-a1")) == 0  # type: ignore[arg-type]  # running now
+
+
+def test_concurrent_recoveries_requeue_each_stale_job_once(db: Database) -> None:
+    for i in range(6):
+        _queue(db, f"ft-{i}")
+        with db.session() as s:
+            claim_next(s, "dead")
+    with db.session() as s:
+        for job in s.scalars(select(Job)):
+            job.heartbeat_at = utcnow() - timedelta(seconds=100)
+    barrier = threading.Barrier(4)
+    recovered: list[str] = []
+
+    def recover() -> None:
+        barrier.wait()
+        with db.session() as s:
+            recovered.extend(requeue_stale(s, timeout_s=30, max_restarts=3))
+
+    threads = [threading.Thread(target=recover) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(recovered) == [f"ft-{i}" for i in range(6)]
+    with db.session() as s:
+        assert {(j.status, j.restarts) for j in s.scalars(select(Job))} == {("queued", 1)}
+        restarted = s.scalars(select(JobEvent).where(JobEvent.type == "job_restarted")).all()
+    assert len(restarted) == 6

@@ -52,7 +52,7 @@ def browser():  # type: ignore[no-untyped-def]
 
 def new_key(server: LiveServer, user: str) -> str:
     """Like ``tunery keys create`` but in-process (the CLI's start-up costs seconds on a busy box)."""
-    db = Database(f"sqlite:///{server.data_dir / 'tunery.db'}")
+    db = Database(server.database_url)
     try:
         with db.session() as s:
             return create_key(s, user)

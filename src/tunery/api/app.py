@@ -8,7 +8,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tunery import __version__
 from tunery.api.deps import AppContext
 from tunery.api.errors import install_error_handlers
-from tunery.api.routes import download, files, fine_tunes, health, models, uploads
+from tunery.api.routes import download, files, fine_tunes, health, metrics, models, uploads
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import open_blob_store
@@ -42,6 +42,11 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     app.include_router(fine_tunes.router)
     app.include_router(download.router)
     app.include_router(models.router)
+    app.include_router(metrics.router)
     app.include_router(web.router)
     app.add_middleware(DoubleV1Alias)
+    # Outermost, so it times everything (and sees the matched route once the router has run).
+    app.state.request_stats = metrics.RequestStats()
+    app.add_middleware(metrics.RequestMetrics, stats=app.state.request_stats,
+                       json_logs=settings.log_format == "json")
     return app

@@ -10,9 +10,11 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from tunery.api.app import create_app
 from tunery.cli.options import DataDir, load_settings, open_db
+from tunery.logs import configure_logging, uvicorn_log_config
 from tunery.settings import Settings
 from tunery.store.db import Database
 from tunery.store.users import create_key, has_any_key
@@ -57,8 +59,12 @@ def serve(
     pool = WorkerPool(settings, count)
     typer.echo(f"tunery serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}, "
                f"{count} worker{'s' if count != 1 else ''})")
+    json_logs = settings.log_format == "json"
+    if json_logs:
+        configure_logging(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
-                            timeout_graceful_shutdown=5)
+                            timeout_graceful_shutdown=5, access_log=not json_logs,
+                            log_config=uvicorn_log_config(settings) or LOGGING_CONFIG)
     try:
         ServerWithWorkers(config, pool).run()
     finally:

@@ -1,5 +1,11 @@
-"""The worker loop: register, recover stale jobs, claim the next job, run it; repeat until told
-to stop (SIGTERM/SIGINT: the running job is checkpointed and requeued)."""
+"""The worker loop: register, recover stale jobs, claim jobs while it has free slots, run each in
+its own thread (the training itself is a child process); repeat until told to stop (SIGTERM/SIGINT:
+running jobs are checkpointed and requeued).
+
+What a worker serves comes from settings: ``TUNERY_WORKER_MODELS`` (base models it claims jobs
+for), ``TUNERY_WORKER_DEVICES`` (accelerators, handed to jobs ``TUNERY_PROCESSES_PER_JOB`` at a
+time through ``CUDA_VISIBLE_DEVICES``) and ``TUNERY_WORKER_JOBS`` (jobs at once).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 
 from sqlalchemy import update
@@ -18,11 +25,12 @@ from tunery.settings import Settings
 from tunery.storage import open_blob_store
 from tunery.store.db import Database
 from tunery.store.models import Worker, utcnow
+from tunery.worker.pause import PausePoints
 from tunery.worker.run_job import WorkerContext, run_job
 
 log = logging.getLogger("tunery.worker")
 
-POLL_S = 0.5
+POLL_S = 0.25
 
 
 def new_worker_id() -> str:
@@ -37,35 +45,72 @@ def _register(db: Database, worker_id: str) -> None:
         s.execute(update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow()))
 
 
+class Slots:
+    """The worker's capacity: ``count`` jobs at once, each with its own group of devices."""
+
+    def __init__(self, settings: Settings):
+        self.count = settings.worker_job_slots
+        devices, per_job = settings.worker_device_list, max(1, settings.processes_per_job)
+        self.free: list[list[str]] = [devices[i * per_job:(i + 1) * per_job] if devices else []
+                                      for i in range(self.count)]
+        if devices and len(devices) < self.count * per_job:
+            raise ValueError(f"TUNERY_WORKER_DEVICES lists {len(devices)} devices; {self.count} jobs of "
+                             f"{per_job} processes need {self.count * per_job}")
+
+
 def run_worker(settings: Settings, *, stop: threading.Event | None = None, models: list[str] | None = None,
                max_jobs: int | None = None, handle_signals: bool = True) -> None:
-    """Claim and run jobs until ``stop`` is set (or ``max_jobs`` have run)."""
+    """Claim and run jobs until ``stop`` is set (or ``max_jobs`` have been claimed and finished)."""
     stop = stop or threading.Event()
     if handle_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    models = models or settings.worker_model_list or None
     db = Database(settings.resolved_database_url)
     db.migrate()
     worker_id = new_worker_id()
     ctx = WorkerContext(settings=settings, db=db, blobs=open_blob_store(settings),
                         catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads),
-                        worker_id=worker_id, scratch=settings.data_dir / "scratch" / worker_id, stopping=stop)
-    log.info("worker %s started", worker_id)
-    done = 0
-    while not stop.is_set() and (max_jobs is None or done < max_jobs):
+                        worker_id=worker_id, scratch=settings.data_dir / "scratch" / worker_id, stopping=stop,
+                        pause=PausePoints(settings.test_pause_at, settings.test_pause_dir))
+    slots = Slots(settings)
+    running: dict[str, tuple[threading.Thread, list[str]]] = {}
+    log.info("worker %s started: %d job slot(s), models %s, devices %s", worker_id, slots.count,
+             models or "any", settings.worker_device_list or "unpinned")
+    claimed, next_recovery = 0, 0.0
+    while not stop.is_set():
+        for done_id, (thread, devices) in list(running.items()):
+            if not thread.is_alive():
+                del running[done_id]
+                slots.free.append(devices)
+        if max_jobs is not None and claimed >= max_jobs:
+            if not running:
+                break
+            stop.wait(POLL_S)
+            continue
         _register(db, worker_id)
-        with db.session() as s:
-            requeue_stale(s, settings.heartbeat_timeout_s, settings.max_restarts)
-        with db.session() as s:
-            job_id = claim_next(s, worker_id, models)
+        if time.monotonic() >= next_recovery:
+            next_recovery = time.monotonic() + settings.heartbeat_interval_s
+            with db.session() as s:
+                requeue_stale(s, settings.heartbeat_timeout_s, settings.max_restarts)
+        job_id: str | None = None
+        if slots.free:
+            with db.session() as s:
+                job_id = claim_next(s, worker_id, models)
         if job_id is None:
             stop.wait(POLL_S)
             continue
-        log.info("worker %s runs job %s", worker_id, job_id)
-        run_job(ctx, job_id)
-        done += 1
+        devices = slots.free.pop(0)
+        log.info("worker %s runs job %s%s", worker_id, job_id, f" on devices {devices}" if devices else "")
+        thread = threading.Thread(target=run_job, args=(ctx, job_id, devices), name=f"job-{job_id}")
+        thread.start()
+        running[job_id] = (thread, devices)
+        claimed += 1
+    for thread, _ in running.values():  # stopping: each job checkpoints and requeues itself
+        thread.join()
     with db.session() as s:
         row = s.get(Worker, worker_id)
         if row is not None:
             s.delete(row)
+    db.dispose()
     log.info("worker %s stopped", worker_id)

@@ -1,5 +1,7 @@
 """Run one claimed job to its end: stage inputs, train in a child process while relaying its
-reports and heartbeating, then package and upload the model and finish the job."""
+reports, then package and upload the model and finish the job — heartbeating throughout from a
+background thread (``worker/heartbeat.py``). Every status change is guarded by ownership
+(``owned_by``), so a worker that was presumed dead can never touch the job's new run."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +33,9 @@ from tunery.store.db import Database
 from tunery.store.files import get_file_any_owner
 from tunery.store.models import File, Job
 from tunery.training.config import LoraSettings, TrainConfig
+from tunery.worker.heartbeat import JobHeartbeat, JobLost
 from tunery.worker.packaging import unpack
-from tunery.worker.relay import Relay, upload_parts
+from tunery.worker.relay import Relay, discard, list_parts, pack_parts, store_parts
 
 log = logging.getLogger("tunery.worker")
 
@@ -48,27 +52,36 @@ class WorkerContext:
     worker_id: str
     scratch: Path
     stopping: threading.Event
+    # The test seam of worker/pause.py; a no-op in production.
+    pause: Callable[[str], None] = lambda phase: None
 
 
-class JobLost(Exception):
-    """Another worker owns the job now (this worker was presumed dead)."""
+@dataclass
+class Running:
+    """One job on this worker: its heartbeat and the devices it may use."""
+
+    job_id: str
+    heartbeat: JobHeartbeat
+    devices: list[str] = field(default_factory=list)
 
 
 class JobCancelled(Exception):
     """The user cancelled the job while it was being packaged."""
 
 
-def run_job(ctx: WorkerContext, job_id: str) -> None:
+def run_job(ctx: WorkerContext, job_id: str, devices: list[str] | None = None) -> None:
     """Take a claimed (``running``) job to ``completed``, ``cancelled``, ``error``/``user_error``,
     or back to ``queued`` when this worker shuts down."""
     scratch = ctx.scratch / job_id
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        with ExitStack() as stack:
-            config = stage(ctx, job_id, scratch, stack)
-            relay, code, stop_reason = train(ctx, job_id, config, scratch)
-            finish(ctx, job_id, relay, code, stop_reason, scratch)
+        with JobHeartbeat(ctx.db, job_id, ctx.worker_id, ctx.settings.heartbeat_interval_s) as beat, \
+                ExitStack() as stack:
+            job = Running(job_id, beat, devices or [])
+            config = stage(ctx, job, scratch, stack)
+            relay, code, stop_reason = train(ctx, job, config, scratch)
+            finish(ctx, job, relay, code, stop_reason, scratch)
     except JobLost:
         log.warning("job %s was taken over by another worker; abandoning it", job_id)
     except JobCancelled:
@@ -89,9 +102,10 @@ def fail(ctx: WorkerContext, job_id: str, message: str, *, user_error: bool) -> 
     try:
         with ctx.db.session() as s:
             transition(s, job_id, to, event_type="job_error", level="error", message=message, error=message,
-                       worker_id=None)
+                       worker_id=None, owned_by=ctx.worker_id)
     except IllegalTransition:
-        _cancel_if_requested(ctx, job_id)
+        if not _cancel_if_requested(ctx, job_id):
+            log.warning("job %s failed here (%s) but is no longer this worker's", job_id, message)
 
 
 # -- staging --------------------------------------------------------------------------------------
@@ -101,9 +115,10 @@ def _event(ctx: WorkerContext, job_id: str, type_: str, message: str) -> None:
         store.add_event(s, job_id, type_, message)
 
 
-def stage(ctx: WorkerContext, job_id: str, scratch: Path, stack: ExitStack) -> TrainConfig:
-    """Resolve the base model, training data, parent checkpoint and resume state to local paths,
-    and write the training config."""
+def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack) -> TrainConfig:
+    """Resolve the base model, training data, parent checkpoint and resume state to local paths
+    (downloading them from the object store), and write the training config."""
+    job_id = running.job_id
     with ctx.db.session() as s:
         job = store.get_job(s, job_id)
         registered = registered_models(s)
@@ -135,6 +150,8 @@ def stage(ctx: WorkerContext, job_id: str, scratch: Path, stack: ExitStack) -> T
     if resume is not None:
         resume_from = str(_fetch_checkpoint(ctx, job, resume.step, scratch / "resume"))
         _event(ctx, job_id, "job_start", f"Resuming from the checkpoint at step {resume.step}")
+    ctx.pause("staging")
+    running.heartbeat.check()
     config = _train_config(job, model.path, train_path, train_file.file_type, val_path, init_from, resume_from,
                            scratch / "out", secrets)
     path = scratch / "config.json"
@@ -205,8 +222,9 @@ def _train_config(job: Job, model_dir: Path, train_path: Path, file_type: str, v
 
 # -- training -------------------------------------------------------------------------------------
 
-def training_command(config: TrainConfig, config_path: Path, report_path: Path, processes: int) -> list[str]:
-    module = f"tunery.training.recipes.{config.method}"
+def training_command(config: TrainConfig, config_path: Path, report_path: Path, processes: int,
+                     recipe_module: str = "") -> list[str]:
+    module = recipe_module or f"tunery.training.recipes.{config.method}"
     args = ["--config", str(config_path), "--report", str(report_path)]
     if processes > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
@@ -214,47 +232,57 @@ def training_command(config: TrainConfig, config_path: Path, report_path: Path, 
     return [sys.executable, "-m", module, *args]
 
 
-def child_env(settings: Settings) -> dict[str, str]:
+def child_env(settings: Settings, devices: list[str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNERY_")}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if devices:  # this job's share of the worker's accelerators (TUNERY_WORKER_DEVICES)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
     if not settings.allow_hub_downloads:
         env["HF_HUB_OFFLINE"] = "1"
     return env
 
 
+# Resolved up front: between fork and exec (in a threaded worker) the child must not load libraries.
+_prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform == "linux" else None
+
+
 def _die_with_parent() -> None:
     """In the child, before exec: get SIGKILL when the worker dies, however it dies, so a killed
-    worker never leaves an orphan training on (Linux; elsewhere the heartbeat still requeues)."""
-    if sys.platform == "linux":
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    worker never leaves an orphan training on (Linux; elsewhere the heartbeat still requeues).
+    Linux sends it when the forking *thread* ends; that is the job's thread, which outlives the
+    child."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def train(ctx: WorkerContext, job_id: str, config: TrainConfig, scratch: Path) -> tuple[Relay, int, str | None]:
-    """Run the training child to its exit, relaying reports and heartbeating. Returns the relay,
-    the exit code and why it was asked to stop ("cancel", "shutdown" or None)."""
+def train(ctx: WorkerContext, running: Running, config: TrainConfig,
+          scratch: Path) -> tuple[Relay, int, str | None]:
+    """Run the training child to its exit, relaying its reports. Returns the relay, the exit code
+    and why it was asked to stop ("cancel", "shutdown" or None)."""
+    job_id, beat = running.job_id, running.heartbeat
     report = scratch / "report.jsonl"
-    relay = Relay(ctx.db, ctx.blobs, job_id, report)
-    cmd = training_command(config, scratch / "config.json", report, ctx.settings.processes_per_job)
+    relay = Relay(ctx.db, ctx.blobs, job_id, ctx.worker_id, report, ctx.pause)
+    cmd = training_command(config, scratch / "config.json", report, ctx.settings.processes_per_job,
+                           ctx.settings.recipe_module)
     with open(scratch / "train.log", "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env(ctx.settings),
-                                start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                env=child_env(ctx.settings, running.devices), start_new_session=True,
+                                preexec_fn=_die_with_parent)
     stop_reason: str | None = None
-    next_beat = 0.0
+    paused = False
     try:
         while proc.poll() is None:
             relay.pump()
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + ctx.settings.heartbeat_interval_s
-                with ctx.db.session() as s:
-                    status = store.heartbeat(s, job_id, ctx.worker_id)
-                if status is None:
-                    raise JobLost(job_id)
-                if status == JobStatus.CANCEL_REQUESTED and stop_reason is None:
-                    stop_reason = "cancel"
-                    proc.send_signal(signal.SIGTERM)
+            beat.check()
+            if beat.cancel_requested.is_set() and stop_reason is None:
+                stop_reason = "cancel"
+                proc.send_signal(signal.SIGTERM)
             if ctx.stopping.is_set() and stop_reason is None:
                 stop_reason = "shutdown"
                 proc.send_signal(signal.SIGTERM)
+            if not paused and relay.listed_steps:  # the test seam: killed mid-training, resumable
+                paused = True
+                ctx.pause("training")
             time.sleep(0.1)
         relay.pump()
     finally:
@@ -269,11 +297,12 @@ def train(ctx: WorkerContext, job_id: str, config: TrainConfig, scratch: Path) -
 
 def _cancel_if_requested(ctx: WorkerContext, job_id: str, step: int | None = None) -> bool:
     with ctx.db.session() as s:
-        if store.get_job(s, job_id).status != JobStatus.CANCEL_REQUESTED:
+        job = store.get_job(s, job_id)
+        if job.status != JobStatus.CANCEL_REQUESTED or job.worker_id != ctx.worker_id:
             return False
         where = f" at step {step}" if step else ""
         transition(s, job_id, JobStatus.CANCELLED, event_type="job_stopped", message=f"Job cancelled{where}",
-                   worker_id=None)
+                   worker_id=None, owned_by=ctx.worker_id)
     return True
 
 
@@ -282,20 +311,31 @@ def _advance(ctx: WorkerContext, job_id: str, to: JobStatus, event_type: str, me
     """Move on to the next packaging stage, unless the user cancelled meanwhile."""
     try:
         with ctx.db.session() as s:
-            transition(s, job_id, to, event_type=event_type, message=message, **columns)
+            transition(s, job_id, to, event_type=event_type, message=message, owned_by=ctx.worker_id, **columns)
     except IllegalTransition:
         if _cancel_if_requested(ctx, job_id):
             raise JobCancelled(job_id) from None
+        with ctx.db.session() as s:
+            if store.get_job(s, job_id).worker_id != ctx.worker_id:
+                raise JobLost(job_id) from None
         raise
 
 
-def finish(ctx: WorkerContext, job_id: str, relay: Relay, code: int, stop_reason: str | None, scratch: Path) -> None:
+def finish(ctx: WorkerContext, running: Running, relay: Relay, code: int, stop_reason: str | None,
+           scratch: Path) -> None:
+    job_id = running.job_id
+    running.heartbeat.check()
     if code == EXIT_STOPPED or (stop_reason and code != EXIT_OK):
         if stop_reason == "shutdown":
-            with ctx.db.session() as s:
-                transition(s, job_id, JobStatus.QUEUED, event_type="job_restarted", level="warning",
-                           message=f"Worker {ctx.worker_id} shut down at step {relay.last_step}; the job was "
-                                   "requeued and resumes from its last checkpoint", worker_id=None, heartbeat_at=None)
+            try:
+                with ctx.db.session() as s:
+                    transition(s, job_id, JobStatus.QUEUED, event_type="job_restarted", level="warning",
+                               message=f"Worker {ctx.worker_id} shut down at step {relay.last_step}; the job was "
+                                       "requeued and resumes from its last checkpoint", worker_id=None,
+                               heartbeat_at=None, owned_by=ctx.worker_id)
+            except IllegalTransition:  # cancelled meanwhile, or no longer ours
+                if not _cancel_if_requested(ctx, job_id, relay.last_step):
+                    raise JobLost(job_id) from None
         elif not _cancel_if_requested(ctx, job_id, relay.last_step):
             raise TrainingFailed(f"training stopped unexpectedly at step {relay.last_step}")
         return
@@ -304,23 +344,41 @@ def finish(ctx: WorkerContext, job_id: str, relay: Relay, code: int, stop_reason
         raise TrainingFailed(message, user_error=code == EXIT_USER_ERROR)
     if relay.final_path is None:
         raise TrainingFailed("training ended without writing a final model")
-    package_and_complete(ctx, job_id, relay)
+    package_and_complete(ctx, running, relay)
 
 
-def package_and_complete(ctx: WorkerContext, job_id: str, relay: Relay) -> None:
+def package_and_complete(ctx: WorkerContext, running: Running, relay: Relay) -> None:
+    """Pack the final model, upload it, and then — in one transaction — list it and complete the
+    job, so a completed job always has its model and a listed model always belongs to a job that
+    completed (a worker killed before that commit leaves nothing listed; the rerun uploads anew)."""
     assert relay.final_path is not None
+    job_id, beat = running.job_id, running.heartbeat
     _advance(ctx, job_id, JobStatus.COMPRESSING, "model_compressing", "Compressing the trained model")
+    packed = pack_parts(ctx.blobs, job_id, relay.final_step, relay.final_path, ("model", "adapter"),
+                        ctx.pause, "compressing")
     _event(ctx, job_id, "model_compression_complete", "Model compressed")
     _advance(ctx, job_id, JobStatus.UPLOADING, "model_uploading", "Uploading the trained model")
-    parts = upload_parts(ctx.db, ctx.blobs, job_id, relay.final_step, relay.final_path, final=True,
-                         parts=("model", "adapter"))
-    with ctx.db.session() as s:
-        job = store.get_job(s, job_id)
-        price = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)  # nanodollars
-        job.params = {**job.params, "total_price_nanodollars": price}
-        store.add_event(s, job_id, "model_upload_complete", f"Model uploaded ({', '.join(parts)})",
-                        fields={"model_path": f"jobs/{job_id}/final"})
-    _advance(ctx, job_id, JobStatus.COMPLETED, "job_complete", "Fine-tuning job completed", worker_id=None)
+    stored = store_parts(ctx.blobs, job_id, relay.final_step, packed, final=True, pause=ctx.pause, phase="uploading")
+    try:
+        beat.check()
+        with ctx.db.session() as s:
+            list_parts(s, job_id, ctx.worker_id, relay.final_step, stored, final=True)
+            job = store.get_job(s, job_id)
+            price = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)  # nanodollars
+            job.params = {**job.params, "total_price_nanodollars": price}
+            store.add_event(s, job_id, "model_upload_complete",
+                            f"Model uploaded ({', '.join(p.part for p in stored)})",
+                            fields={"model_path": f"jobs/{job_id}/final"})
+            transition(s, job_id, JobStatus.COMPLETED, event_type="job_complete", message="Fine-tuning job completed",
+                       worker_id=None, owned_by=ctx.worker_id)
+    except IllegalTransition:
+        discard(ctx.blobs, stored)
+        if _cancel_if_requested(ctx, job_id):
+            raise JobCancelled(job_id) from None
+        raise JobLost(job_id) from None
+    except BaseException:
+        discard(ctx.blobs, stored)
+        raise
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
