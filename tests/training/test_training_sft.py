@@ -18,15 +18,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.training import wandb_offline
 from tests.training.samples import write_jsonl
 
-from tunery.errors import TrainingFailed
 from tunery.training.config import TrainConfig
 from tunery.training.recipes import sft
 from tunery.training.reporter import ListReporter
 from tunery.training.session import MIN_BATCHES_PER_EPOCH
 
 pytestmark = pytest.mark.slow
+
+WANDB_KEY = "wandb-secret-key-" + "0123456789abcdef" * 3  # W&B wants 40+ characters
 
 
 def config(tiny_llama: Path, qa_files: tuple[Path, Path], out: Path, **overrides: Any) -> TrainConfig:
@@ -60,13 +62,20 @@ def _keep_sigterm() -> Iterator[None]:
 # --- one LoRA run through the module entry point; several tests read its outputs ------------------
 
 
+def offline_wandb_env(root: Path) -> dict[str, str]:
+    """W&B writes its run (and its own logs and caches) under ``root``; no network."""
+    return {"WANDB_MODE": "offline", **{f"WANDB_{d}_DIR": str(root / d.lower()) for d in ("CACHE", "CONFIG", "DATA")},
+            "WANDB_DIR": str(root)}
+
+
 @pytest.fixture(scope="module")
 def lora_run(tiny_llama: Path, qa_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("lora-run")
     cfg = config(tiny_llama, qa_files, root / "out", validation_file=str(qa_files[1]), n_epochs=3, n_evals=2,
-                 n_checkpoints=2, wandb_api_key="wandb-secret-key")
+                 n_checkpoints=2, wandb_api_key=WANDB_KEY, wandb_project_name="tunery-tests", wandb_name="lora-run")
     (root / "job.json").write_text(cfg.model_dump_json())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           **offline_wandb_env(root / "wandb")}
     proc = subprocess.run(
         [sys.executable, "-m", "tunery.training.recipes.sft", "--config", str(root / "job.json"),
          "--report", str(root / "report.jsonl")],
@@ -74,11 +83,13 @@ def lora_run(tiny_llama: Path, qa_files: tuple[Path, Path], tmp_path_factory: py
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     records = [json.loads(line) for line in (root / "report.jsonl").read_text().splitlines()]
-    return {"out": root / "out", "records": records}
+    return {"root": root, "out": root / "out", "records": records, "log": proc.stdout + proc.stderr}
 
 
 def test_lora_run_reports_events_metrics_and_checkpoints_in_order(lora_run: dict) -> None:
     records, out = lora_run["records"], lora_run["out"]
+    assert (records[0]["type"], records[0]["wandb_url"]) == ("wandb_init", None)  # offline: no URL
+    records = records[1:]
     start = records[0]
     assert (start["kind"], start["type"]) == ("event", "training_start")
     total, half = start["total_steps"], start["total_steps"] // 2
@@ -122,6 +133,26 @@ def test_exports_carry_the_config_without_secrets(lora_run: dict) -> None:
         assert "wandb-secret-key" not in text
         saved = json.loads(text)
         assert saved["job_id"] == "ft-test" and saved["batch_size"] == 2 and saved["max_seq_length"] == 128
+
+
+def test_wandb_run_gets_every_metrics_record_and_never_the_key(lora_run: dict) -> None:
+    [run_file] = (lora_run["root"] / "wandb" / "wandb").glob("offline-run-*/run-ft-test.wandb")
+    logged = {row["_step"]: row for row in wandb_offline.history(run_file)}
+    reported = [r for r in lora_run["records"] if r["kind"] == "metrics"]
+    expected: dict[int, dict[str, float]] = {}
+    for r in reported:  # a step's train and eval records arrive as two logs of one W&B step
+        expected.setdefault(r["step"], {}).update(r["values"])
+    assert sorted(logged) == sorted(expected) and len(expected) == 18
+    for step, values in expected.items():
+        assert {k: logged[step][k] for k in values} == pytest.approx(values, rel=1e-12), step
+    run_config = wandb_offline.config(run_file)
+    assert run_config["job_id"] == "ft-test" and run_config["batch_size"] == 2 and run_config["total_steps"] == 18
+    assert "wandb_api_key" not in run_config
+
+    # The key went to W&B, and nowhere else: not the report, the exports, the logs, W&B's own files.
+    leaks = [p for p in lora_run["root"].rglob("*") if p.is_file() and p.name != "job.json"
+             and WANDB_KEY.encode() in p.read_bytes()]
+    assert leaks == [] and WANDB_KEY not in lora_run["log"]
 
 
 def test_final_model_and_adapter_load_generate_and_agree(lora_run: dict, tiny_llama: Path) -> None:
@@ -331,10 +362,3 @@ def test_a_model_without_chat_template_trains_on_conversations(tiny_llama: Path,
     result = sft.run(config(bare, qa_files, tmp_path / "out", n_epochs=1), reporter)
     assert result.status == "completed"
     assert (Path(str(result.path)) / "model" / "chat_template.jinja").read_text().startswith("{{- bos_token -}}")
-
-
-def test_torchrun_ranks_are_refused_rather_than_each_training_the_job(
-        tiny_llama: Path, qa_files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(TrainingFailed, match="multi-process training is not supported yet"):
-        sft.run(config(tiny_llama, qa_files, tmp_path / "out"), ListReporter())

@@ -4,7 +4,8 @@
     output_dir/final/                  adapter/ (LoRA), model/           the final export
 
 ``state/`` holds what the weights do not: the optimizer, the loop position (epoch, step within it)
-and counters in ``trainer_state.json``, every random number generator's state, and the best
+and counters in ``trainer_state.json``, every random number generator's state (one set per rank
+when training in several processes), and the best
 weights so far when early stopping is on, and any tensors the recipe keeps (``extra``: DPO's
 reference log-probabilities, computed once from the starting model). The learning rate is a pure
 function of the step, and each epoch's batch order a pure function of the seed and the epoch, so
@@ -79,11 +80,13 @@ def save_state(
     optimizer: torch.optim.Optimizer,
     best_weights: dict[str, torch.Tensor] | None = None,
     extra: dict[str, torch.Tensor] | None = None,
+    rng: list[dict[str, Any]] | None = None,
 ) -> None:
+    """``rng``: every rank's ``rng_states()`` in rank order (default: this process's)."""
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
     torch.save(optimizer.state_dict(), state_dir / "optimizer.pt")
-    torch.save(_rng_states(), state_dir / "rng.pt")
+    torch.save(rng if rng is not None else [rng_states()], state_dir / "rng.pt")
     if best_weights is not None:
         save_file({k: v.contiguous() for k, v in best_weights.items()}, state_dir / "best.safetensors")
     if extra is not None:
@@ -91,17 +94,21 @@ def save_state(
 
 
 def load_state(
-    state_dir: Path, optimizer: torch.optim.Optimizer
+    state_dir: Path, optimizer: torch.optim.Optimizer, rank: int = 0
 ) -> tuple[TrainState, dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
-    """Restore the optimizer and the RNGs in place; return the loop state, best weights and extra tensors."""
+    """Restore the optimizer and ``rank``'s RNGs in place; return the loop state, best weights and
+    extra tensors. A rank the checkpoint has no RNG states for (more processes than when it was
+    written) takes rank 0's."""
     state = TrainState(**json.loads((state_dir / STATE_FILE).read_text()))
     optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True))
-    _restore_rng_states(torch.load(state_dir / "rng.pt", weights_only=False))
+    rng = torch.load(state_dir / "rng.pt", weights_only=False)
+    rng = rng if isinstance(rng, list) else [rng]
+    _restore_rng_states(rng[rank] if rank < len(rng) else rng[0])
     best, extra = state_dir / "best.safetensors", state_dir / "extra.safetensors"
     return state, (load_file(best) if best.exists() else None), (load_file(extra) if extra.exists() else None)
 
 
-def _rng_states() -> dict[str, Any]:
+def rng_states() -> dict[str, Any]:
     import numpy as np
 
     return {

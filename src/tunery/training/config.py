@@ -35,7 +35,12 @@ class TrainConfig(BaseModel):
     job_id: str
     method: Literal["sft", "dpo"] = "sft"
     base_model_dir: str
-    base_model_name: str | None = None
+    base_model_name: str | None = None  # the job's ``model``: with from_hf_model, the template base
+    # Bring-your-own-model jobs: base_model_dir holds the from_hf_model weights (at hf_model_revision),
+    # which must have the template's architecture; template_model_dir is where the template lives.
+    from_hf_model: str | None = None
+    hf_model_revision: str | None = None
+    template_model_dir: str | None = None
     init_from: str | None = None  # checkpoint export to continue from: an adapter dir (LoRA) or a model dir
     # A checkpoint dir of this same job (holds state/): resume exactly. init_from stays set on a
     # resume, because a LoRA job started from a full model still merges onto that model.

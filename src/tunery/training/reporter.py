@@ -92,6 +92,22 @@ class JsonLinesReporter:
         self.close()
 
 
+class NullReporter:
+    """Says nothing and never asks to stop: the reporter of every rank but rank 0."""
+
+    def event(self, type: str, message: str, level: str = "info", **fields: Any) -> None:
+        pass
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        pass
+
+    def checkpoint(self, step: int, path: str, final: bool) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
 class ListReporter:
     """Keeps every record in ``records`` (same shapes as the JSON lines); the test fake.
 

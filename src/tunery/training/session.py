@@ -2,18 +2,24 @@
 early stopping, checkpoints, stopping, the final export, and the command-line entry point.
 
 A recipe (``recipes/sft.py``, ``recipes/dpo.py``) owns its data, its loss and its loop; it calls
-these for everything else, so LoRA vs full, checkpoint layout and exit codes behave the same
-whatever the method.
+these for everything else, so LoRA vs full, one process or several, checkpoint layout and exit codes
+behave the same whatever the method.
+
+In several processes (``torchrun``, see ``distributed.py``) every rank runs the same loop: each
+step's rows are shared out (``my_share``), sums are added up across ranks before anything is
+reported, and only rank 0 reports and writes files while the others wait for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import os
 import random
+import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,19 +34,24 @@ from tunery.training.checkpoint import (
     checkpoint_dir,
     final_dir,
     load_state,
+    rng_states,
     save_state,
 )
 from tunery.training.config import TrainConfig
+from tunery.training.data.collate import attention_bias
 from tunery.training.data.packing import epoch_batches
+from tunery.training.distributed import Dist, env_rank, ignore_sigterm_off_main, process_group, wrap
 from tunery.training.export import write_weights
-from tunery.training.model import LoadedModel
-from tunery.training.reporter import JsonLinesReporter, Reporter
+from tunery.training.model import LoadedModel, forward_logits, mask_dtype, pick_device
+from tunery.training.reporter import JsonLinesReporter, NullReporter, Reporter
 from tunery.training.schedules import evenly_spaced, lr_at, warmup_steps
+from tunery.training.tracking import wandb_reporting
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
 MIN_BATCHES_PER_EPOCH = 8  # batch_size="max" stays small enough to give this many steps
 
-StepGroup = list[list[list[int]]]  # micro-batches of rows of item indices
+Rows = list[list[int]]  # rows of item indices: one micro-batch
+StepGroup = list[Rows]  # the micro-batches of one optimizer step
 
 
 @dataclass
@@ -77,23 +88,33 @@ class Session:
     best: dict[str, torch.Tensor] | None = None  # trainable weights at the best eval (early stopping)
     extra: dict[str, torch.Tensor] | None = None  # recipe state kept in checkpoints (DPO reference log-probs)
     last_checkpoint: int = -1
+    dist: Dist = field(default_factory=Dist)
 
 
-def require_single_process() -> None:
-    """The recipes train in one process; under torchrun every rank would train the whole job."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        raise TrainingFailed(f"multi-process training is not supported yet (WORLD_SIZE={world}); "
-                             "run one training process per job")
+@contextmanager
+def open_run(cfg: TrainConfig, reporter: Reporter) -> Iterator[tuple[Reporter, Dist]]:
+    """For a recipe's whole run: join the ranks' process group (if any) and give back the reporter
+    this rank reports to: ``reporter`` on rank 0, also logging to W&B when configured; nothing on
+    the other ranks."""
+    with process_group(pick_device(cfg.device)) as dist:
+        if not dist.main:
+            yield NullReporter(), dist
+            return
+        with wandb_reporting(cfg, reporter) as main_reporter:
+            yield main_reporter, dist
 
 
-def start_session(cfg: TrainConfig, reporter: Reporter, loaded: LoadedModel, plan: Plan) -> Session:
-    """Build the optimizer and, when resuming, restore it with the loop state and RNGs."""
+def start_session(cfg: TrainConfig, reporter: Reporter, loaded: LoadedModel, plan: Plan, dist: Dist) -> Session:
+    """Build the optimizer, wrap the model for several processes and, when resuming, restore the
+    optimizer with the loop state and RNGs."""
     export_config = cfg.public_dict(batch_size=plan.batch_size, max_seq_length=plan.max_seq_length)
-    s = Session(cfg, reporter, loaded, plan, build_optimizer(loaded, cfg), export_config)
+    s = Session(cfg, reporter, loaded, plan, build_optimizer(loaded, cfg), export_config, dist=dist)
+    loaded.ddp = wrap(loaded.model, dist)
     if cfg.resume_from:
-        s.state, s.best, s.extra = load_state(Path(cfg.resume_from) / "state", s.optimizer)
+        s.state, s.best, s.extra = load_state(Path(cfg.resume_from) / "state", s.optimizer, dist.rank)
         s.last_checkpoint = s.state.step
+    elif not dist.main:
+        seed_everything(cfg.seed + dist.rank)  # its own dropout masks; rank 0 draws what one process would
     return s
 
 
@@ -131,17 +152,32 @@ def max_seq_length_for(cfg: TrainConfig, loaded: LoadedModel) -> int:
     return cfg.max_seq_length
 
 
-def make_plan(cfg: TrainConfig, rows: int, has_val: bool, max_len: int, row_capacity: int) -> Plan:
-    """Steps, evals and checkpoints for ``rows`` training rows per epoch."""
-    if cfg.batch_size == "max":
-        from tunery.models.limits import model_limits
+def check_architecture(cfg: TrainConfig) -> None:
+    """A bring-your-own model (``from_hf_model``) must be built like the job's template ``model``."""
+    if cfg.template_model_dir is None:
+        return
+    ours, template = _architecture(cfg.base_model_dir), _architecture(cfg.template_model_dir)
+    if ours != template:
+        name = cfg.from_hf_model or cfg.base_model_dir
+        raise TrainingFailed(
+            f"from_hf_model {name} is a {_describe(ours)} model, but the job's model {cfg.base_model_name} is a "
+            f"{_describe(template)} model; choose as model a base with the same architecture as {name}",
+            user_error=True)
 
-        limits = model_limits(cfg.base_model_name or "", cfg.base_model_dir)
-        key = "max_batch_size_dpo" if cfg.method == "dpo" else "max_batch_size"
-        largest = limits["lora_training" if cfg.lora else "full_training"][key]
-        batch_size = max(1, min(largest, rows // MIN_BATCHES_PER_EPOCH))
-    else:
-        batch_size = cfg.batch_size
+
+def _architecture(model_dir: str) -> tuple[str, tuple[str, ...]]:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return str(config.get("model_type")), tuple(config.get("architectures") or ())
+
+
+def _describe(arch: tuple[str, tuple[str, ...]]) -> str:
+    return f"{arch[0]} ({', '.join(arch[1]) or 'no architectures listed'})"
+
+
+def make_plan(cfg: TrainConfig, loaded: LoadedModel, dist: Dist, rows: int, has_val: bool, max_len: int,
+              row_capacity: int) -> Plan:
+    """Steps, evals and checkpoints for ``rows`` training rows per epoch."""
+    batch_size = cfg.batch_size if cfg.batch_size != "max" else max_batch_size(cfg, loaded, dist, rows, row_capacity)
     steps_per_epoch = math.ceil(math.ceil(rows / batch_size) / cfg.gradient_accumulation_steps)
     total = steps_per_epoch * cfg.n_epochs
     return Plan(
@@ -156,6 +192,20 @@ def make_plan(cfg: TrainConfig, rows: int, has_val: bool, max_len: int, row_capa
     )
 
 
+def max_batch_size(cfg: TrainConfig, loaded: LoadedModel, dist: Dist, rows: int, row_capacity: int) -> int:
+    """``batch_size: "max"``: the model's limit, small enough for several steps per epoch, and (on
+    CUDA) halved until full-length rows fit on every rank (see ``batch_size.py``)."""
+    from tunery.models.limits import model_limits
+    from tunery.training.batch_size import largest_fitting, probe_step
+
+    limits = model_limits(cfg.base_model_name or "", cfg.base_model_dir)
+    key = "max_batch_size_dpo" if cfg.method == "dpo" else "max_batch_size"
+    upper = max(1, min(limits["lora_training" if cfg.lora else "full_training"][key], rows // MIN_BATCHES_PER_EPOCH))
+    if loaded.device.type != "cuda":
+        return upper
+    return dist.min(largest_fitting(upper, probe_step(loaded, row_capacity)))
+
+
 def build_optimizer(loaded: LoadedModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; biases and norm weights (all 1-D parameters) get no weight decay."""
     decay = [p for _, p in loaded.trainable_parameters if p.ndim >= 2]
@@ -165,11 +215,44 @@ def build_optimizer(loaded: LoadedModel, cfg: TrainConfig) -> torch.optim.Optimi
 
 
 def step_groups(s: Session, lengths: list[int], epoch: int) -> list[StepGroup]:
-    """This epoch's optimizer steps, each a list of gradient-accumulation micro-batches."""
+    """This epoch's optimizer steps, each a list of gradient-accumulation micro-batches (all ranks')."""
     batches = epoch_batches(lengths, batch_size=s.plan.batch_size, capacity=s.plan.row_capacity,
                             packing=s.cfg.packing, seed=s.cfg.seed, epoch=epoch)
     ga = s.cfg.gradient_accumulation_steps
     return [batches[i : i + ga] for i in range(0, len(batches), ga)]
+
+
+def my_share(s: Session, group: StepGroup) -> StepGroup:
+    """This rank's part of an optimizer step: rows ``rank::world`` of the step, in micro-batches of
+    at most ``batch_size`` rows. One process gets the step as it is; a rank may get nothing."""
+    rows = [row for batch in group for row in batch][s.dist.rank :: s.dist.world]
+    size = s.plan.batch_size
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def my_batches(s: Session, batches: list[Rows]) -> list[Rows]:
+    """This rank's part of a pass that only adds things up (evals, reference log-probs)."""
+    return batches[s.dist.rank :: s.dist.world]
+
+
+def loss_scale(s: Session, total: float) -> float:
+    """What to divide a rank's summed loss by so that, once DDP has averaged the gradients over
+    ranks, they are those of the step's mean loss (``total``: the step's targets or pairs, all ranks)."""
+    return total / s.dist.world
+
+
+def idle_backward(s: Session) -> None:
+    """A rank with no rows in a step still takes part in its gradient averaging: a backward pass of
+    zero through one token, which contributes nothing."""
+    ids = torch.full((1, 1), s.loaded.tokenizer.pad_token_id, dtype=torch.long, device=s.loaded.device)
+    positions = torch.zeros_like(ids)
+    logits = forward_logits(s.loaded, ids, positions, attention_bias(positions, mask_dtype(s.loaded)))
+    (logits.sum() * 0.0).backward()
+
+
+def should_stop(s: Session) -> bool:
+    """Rank 0's reporter decides, for every rank."""
+    return s.dist.main_says(s.reporter.should_stop())
 
 
 def set_learning_rate(s: Session) -> float:
@@ -198,7 +281,12 @@ def optimizer_step(s: Session, loss: float, tokens: int) -> float:
 
 
 def track_eval(s: Session, loss: float, **more: float) -> bool:
-    """Report an eval, track the best; return True when early stopping says halt."""
+    """Report an eval (``loss``: the same on every rank), track the best; return True when early
+    stopping says halt."""
+    return s.dist.main_says(_track_eval(s, loss, **more))
+
+
+def _track_eval(s: Session, loss: float, **more: float) -> bool:
     cfg, state = s.cfg, s.state
     s.reporter.metrics(state.step, {"eval/loss": loss, **more})
     s.reporter.event("eval_complete", f"Evaluation at step {state.step}: loss {loss:.4f}",
@@ -208,7 +296,7 @@ def track_eval(s: Session, loss: float, **more: float) -> bool:
         return False
     if state.best_eval_loss is None or loss < state.best_eval_loss - cfg.early_stopping_min_delta:
         state.best_eval_loss, state.best_step, state.evals_since_best = loss, state.step, 0
-        if cfg.early_stopping_enabled:
+        if cfg.early_stopping_enabled and s.dist.main:
             s.best = {n: p.detach().to("cpu", copy=True) for n, p in s.loaded.trainable_parameters}
         return False
     state.evals_since_best += 1
@@ -231,14 +319,19 @@ def maybe_checkpoint(s: Session) -> None:
 
 
 def write_checkpoint(s: Session) -> str:
+    """Every rank calls this; rank 0 writes (with every rank's RNG states), the others wait."""
     step = s.state.step
     target = checkpoint_dir(s.cfg.output_dir, step)
-    with atomic_dir(target) as tmp:
-        write_weights(tmp, s.loaded, s.export_config)
-        save_state(tmp / "state", s.state, s.optimizer, s.best, s.extra)
+    rngs = s.dist.gather(rng_states())
+    if s.dist.main:
+        with atomic_dir(target) as tmp:
+            write_weights(tmp, s.loaded, s.export_config)
+            save_state(tmp / "state", s.state, s.optimizer, s.best, s.extra, rngs)
+        s.reporter.event("checkpoint_save", f"Checkpoint saved at step {step}", step=step,
+                         checkpoint_path=str(target))
+        s.reporter.checkpoint(step, str(target), final=False)
+    s.dist.barrier()
     s.last_checkpoint = step
-    s.reporter.event("checkpoint_save", f"Checkpoint saved at step {step}", step=step, checkpoint_path=str(target))
-    s.reporter.checkpoint(step, str(target), final=False)
     return str(target)
 
 
@@ -254,6 +347,10 @@ def stop(s: Session) -> TrainResult:
 def finish(s: Session, *, early_stopped: bool) -> TrainResult:
     """Write the final export (the best weights when early stopping halted the run)."""
     state = s.state
+    target = final_dir(s.cfg.output_dir)
+    if not s.dist.main:
+        s.dist.barrier()
+        return TrainResult("completed", state.step, str(target), early_stopped)
     if early_stopped and s.best is not None:
         with torch.no_grad():
             for name, param in s.loaded.trainable_parameters:
@@ -264,13 +361,13 @@ def finish(s: Session, *, early_stopped: bool) -> TrainResult:
             f"{s.cfg.early_stopping_patience} evaluations; the best model (step {state.best_step}) is final",
             step=state.step, best_step=state.best_step, best_metric=state.best_eval_loss,
         )
-    target = final_dir(s.cfg.output_dir)
     with atomic_dir(target) as tmp:
         write_weights(tmp, s.loaded, s.export_config)
     s.reporter.event("checkpoint_save", f"Final model saved at step {state.step}", step=state.step,
                      checkpoint_path=str(target))
     s.reporter.checkpoint(state.step, str(target), final=True)
     s.reporter.event("training_complete", f"Training completed at step {state.step}", step=state.step)
+    s.dist.barrier()
     return TrainResult("completed", state.step, str(target), early_stopped)
 
 
@@ -288,13 +385,18 @@ def warn_about_data(reporter: Reporter, what: str, samples: int, truncated: int,
 
 def entry_point(run: Callable[[TrainConfig, Reporter], TrainResult], argv: list[str] | None, prog: str,
                 description: str) -> int:
-    """Parse ``--config``/``--report``, run, and map the outcome to an exit code (see the recipes)."""
+    """Parse ``--config``/``--report``, run, and map the outcome to an exit code (see the recipes).
+
+    Under ``torchrun`` only rank 0 writes the report; the other ranks' failures reach stderr.
+    """
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="TrainConfig JSON file")
     parser.add_argument("--report", required=True, help="file to append JSON-lines progress records to")
     args = parser.parse_args(argv)
     _quiet_libraries()
-    with JsonLinesReporter(args.report) as reporter:
+    rank = env_rank()
+    ignore_sigterm_off_main(rank)
+    with JsonLinesReporter(args.report) if rank == 0 else _StderrErrors() as reporter:
         try:
             result = run(TrainConfig.from_file(args.config), reporter)
         except (TrainingFailed, DatasetInvalid, ValidationError) as exc:
@@ -306,6 +408,20 @@ def entry_point(run: Callable[[TrainConfig, Reporter], TrainResult], argv: list[
             traceback.print_exc()  # the full story goes to stderr, which the worker keeps
             return EXIT_FAILED
     return EXIT_STOPPED if result.status == "stopped" else EXIT_COMPLETED
+
+
+class _StderrErrors(NullReporter):
+    """A non-zero rank's reporter for the entry point: errors go to stderr, the rest nowhere."""
+
+    def event(self, type: str, message: str, level: str = "info", **fields: Any) -> None:
+        if level == "error":
+            print(f"[rank {env_rank()}] {message}", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _StderrErrors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def _message(exc: Exception) -> str:

@@ -4,7 +4,7 @@ Run it:
 
     python -m tunery.training.recipes.dpo --config job.json --report report.jsonl
 
-Same config, report, outputs and exit codes as ``recipes/sft.py``; the training file holds
+Same config, report, outputs, exit codes and ``torchrun`` use as ``recipes/sft.py``; the training file holds
 preference samples (``input``, ``preferred_output``, ``non_preferred_output``).
 
 Each step pushes the policy's log-probability of the preferred reply up, relative to the
@@ -37,6 +37,7 @@ from tunery.training.data.collate import attention_bias, collate
 from tunery.training.data.dataset import PairDataset, load_pairs
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
+from tunery.training.distributed import Dist, grad_sync
 from tunery.training.losses import dpo_loss, sequence_logps
 from tunery.training.model import forward_logits, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
@@ -44,17 +45,23 @@ from tunery.training.session import (
     Session,
     StepGroup,
     TrainResult,
+    check_architecture,
     end_epoch_if_done,
     entry_point,
     finish,
+    idle_backward,
+    loss_scale,
     make_plan,
     max_seq_length_for,
     maybe_checkpoint,
+    my_batches,
+    my_share,
+    open_run,
     optimizer_step,
     report_start,
-    require_single_process,
     seed_everything,
     set_learning_rate,
+    should_stop,
     start_session,
     step_groups,
     stop,
@@ -97,18 +104,22 @@ class PairScores:
 
 def run(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     """Train as ``cfg`` says, reporting to ``reporter``. Raises ``TrainingFailed`` for bad input."""
-    s, data, objective = _setup(cfg, reporter)
-    state = s.state
+    with open_run(cfg, reporter) as (reporter, dist):
+        return _train(*_setup(cfg, reporter, dist))
+
+
+def _train(s: Session, data: Data, objective: Objective) -> TrainResult:
+    cfg, state = s.cfg, s.state
     val_tokens = data.val.num_tokens if data.val else 0
     report_start(s, cfg.n_epochs * data.train.num_tokens + len(s.plan.eval_steps) * val_tokens)
     while state.epoch < cfg.n_epochs:
         groups = step_groups(s, data.train.lengths, state.epoch)
         for group in groups[state.step_in_epoch :]:
-            if reporter.should_stop():
+            if should_stop(s):
                 return stop(s)
             values = _train_step(s, data, objective, group)
             values["train/epoch"] = state.epoch + state.step_in_epoch / len(groups)
-            reporter.metrics(state.step, values)
+            s.reporter.metrics(state.step, values)
             end_epoch_if_done(s, len(groups))
             if state.step in s.plan.eval_steps:
                 loss, accuracy = _evaluate(s, data, objective)
@@ -118,10 +129,10 @@ def run(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     return finish(s, early_stopped=False)
 
 
-def _setup(cfg: TrainConfig, reporter: Reporter) -> tuple[Session, Data, Objective]:
+def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, Data, Objective]:
     if cfg.method != "dpo":
         raise TrainingFailed(f"the DPO recipe cannot run method {cfg.method!r}", user_error=True)
-    require_single_process()
+    check_architecture(cfg)
     seed_everything(cfg.seed)
     loaded = load_for_training(cfg)
     max_len = max_seq_length_for(cfg, loaded)
@@ -133,8 +144,8 @@ def _setup(cfg: TrainConfig, reporter: Reporter) -> tuple[Session, Data, Objecti
         if d is not None:
             warn_about_data(reporter, what, d.samples, d.truncated, d.dropped, max_len)
     rows = count_rows(train.lengths, 2 * max_len, cfg.packing)
-    plan = make_plan(cfg, rows, val is not None, max_len, row_capacity=2 * max_len)
-    s = start_session(cfg, reporter, loaded, plan)
+    plan = make_plan(cfg, loaded, dist, rows, val is not None, max_len, row_capacity=2 * max_len)
+    s = start_session(cfg, reporter, loaded, plan, dist)
     data, objective = Data(train, val), Objective.of(cfg)
     if s.extra is None and not objective.reference_free:  # a resumed job brings its own
         s.extra = _reference_logps(s, data, objective)
@@ -142,26 +153,32 @@ def _setup(cfg: TrainConfig, reporter: Reporter) -> tuple[Session, Data, Objecti
 
 
 def _train_step(s: Session, data: Data, objective: Objective, group: StepGroup) -> dict[str, float]:
-    """One optimizer step over ``group``: the mean loss over every pair of the step."""
+    """One optimizer step over ``group``: the mean loss over every pair of the step (all ranks')."""
     started = time.perf_counter()
     lr = set_learning_rate(s)
     total_pairs = sum(len(row) for rows in group for row in rows)
+    scale = loss_scale(s, total_pairs)
+    mine = my_share(s, group)
     loss_sum, margin_sum, correct, tokens = 0.0, 0.0, 0, 0
-    for rows in group:
-        losses, margins, scores = _pair_losses(s, data.train, "train", objective, rows)
-        (losses.sum() / total_pairs).backward()
+    for i, rows in enumerate(mine):
+        with grad_sync(s.loaded.ddp, sync=i == len(mine) - 1):
+            losses, margins, scores = _pair_losses(s, data.train, "train", objective, rows)
+            (losses.sum() / scale).backward()
         loss_sum += float(losses.detach().sum())
         margin_sum += float(margins.sum())
         correct += int((margins > 0).sum())
         tokens += scores.tokens
+    if not mine:
+        idle_backward(s)
+    loss_sum, margin_sum, correct_all, tokens_all = s.dist.sum(loss_sum, margin_sum, correct, tokens)
     loss = loss_sum / total_pairs
-    grad_norm = optimizer_step(s, loss, tokens)
+    grad_norm = optimizer_step(s, loss, int(tokens_all))
     return {
         "train/loss": loss,
         "train/learning_rate": lr,
         "train/grad_norm": grad_norm,
-        "train/tokens_per_second": tokens / max(time.perf_counter() - started, 1e-9),
-        "train/reward_accuracy": correct / total_pairs,
+        "train/tokens_per_second": tokens_all / max(time.perf_counter() - started, 1e-9),
+        "train/reward_accuracy": correct_all / total_pairs,
         "train/reward_margin": margin_sum / total_pairs,
     }
 
@@ -172,12 +189,13 @@ def _evaluate(s: Session, data: Data, objective: Objective) -> tuple[float, floa
     s.loaded.model.eval()
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
-        for rows in _fixed_batches(s, data.val):
+        for rows in my_batches(s, _fixed_batches(s, data.val)):
             losses, margins, _ = _pair_losses(s, data.val, "val", objective, rows)
             loss_sum += float(losses.sum())
             correct += int((margins > 0).sum())
     s.loaded.model.train()
-    return loss_sum / len(data.val.pairs), correct / len(data.val.pairs)
+    loss_total, correct_all = s.dist.sum(loss_sum, correct)
+    return loss_total / len(data.val.pairs), correct_all / len(data.val.pairs)
 
 
 def _pair_losses(
@@ -217,7 +235,8 @@ def _score(s: Session, dataset: PairDataset, rows: list[list[int]], objective: O
 
 
 def _reference_logps(s: Session, data: Data, objective: Objective) -> dict[str, torch.Tensor]:
-    """The starting model's log-probabilities of every pair, by split and dataset index."""
+    """The starting model's log-probabilities of every pair, by split and dataset index (each rank
+    scores its share; the sums put every rank's share on every rank)."""
     s.loaded.model.eval()
     out: dict[str, torch.Tensor] = {}
     with torch.no_grad():
@@ -225,10 +244,12 @@ def _reference_logps(s: Session, data: Data, objective: Objective) -> dict[str, 
             if dataset is None:
                 continue
             chosen, rejected = torch.zeros(len(dataset.pairs)), torch.zeros(len(dataset.pairs))
-            for rows in _fixed_batches(s, dataset):
+            for rows in my_batches(s, _fixed_batches(s, dataset)):
                 scores = _score(s, dataset, rows, objective)
                 chosen[scores.index] = scores.chosen.float().cpu()
                 rejected[scores.index] = scores.rejected.float().cpu()
+            s.dist.sum_(chosen)
+            s.dist.sum_(rejected)
             out[f"{split}_chosen"], out[f"{split}_rejected"] = chosen, rejected
     s.loaded.model.train()
     return out

@@ -1,8 +1,10 @@
-"""Supervised fine-tuning: LoRA or full, packed or padded, on CPU or one GPU.
+"""Supervised fine-tuning: LoRA or full, packed or padded, on CPU, one GPU or several.
 
 Run it:
 
     python -m tunery.training.recipes.sft --config job.json --report report.jsonl
+    python -m torch.distributed.run --standalone --nproc-per-node=2 -m tunery.training.recipes.sft \
+        --config job.json --report report.jsonl
 
 ``job.json`` is a ``TrainConfig`` (see ``tunery/training/config.py``); progress goes to
 ``report.jsonl`` as JSON lines (see ``tunery/training/reporter.py``); outputs go under the config's
@@ -30,6 +32,7 @@ from tunery.training.data.collate import Batch, attention_bias, collate
 from tunery.training.data.dataset import TokenizedDataset, load_examples
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
+from tunery.training.distributed import Dist, grad_sync
 from tunery.training.losses import token_loss_sum
 from tunery.training.model import forward_logits, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
@@ -37,17 +40,23 @@ from tunery.training.session import (
     Session,
     StepGroup,
     TrainResult,
+    check_architecture,
     end_epoch_if_done,
     entry_point,
     finish,
+    idle_backward,
+    loss_scale,
     make_plan,
     max_seq_length_for,
     maybe_checkpoint,
+    my_batches,
+    my_share,
+    open_run,
     optimizer_step,
     report_start,
-    require_single_process,
     seed_everything,
     set_learning_rate,
+    should_stop,
     start_session,
     step_groups,
     stop,
@@ -64,18 +73,22 @@ class Data:
 
 def run(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     """Train as ``cfg`` says, reporting to ``reporter``. Raises ``TrainingFailed`` for bad input."""
-    s, data = _setup(cfg, reporter)
-    state = s.state
+    with open_run(cfg, reporter) as (reporter, dist):
+        return _train(*_setup(cfg, reporter, dist))
+
+
+def _train(s: Session, data: Data) -> TrainResult:
+    cfg, state = s.cfg, s.state
     val_tokens = data.val.num_tokens if data.val else 0
     report_start(s, cfg.n_epochs * data.train.num_tokens + len(s.plan.eval_steps) * val_tokens)
     while state.epoch < cfg.n_epochs:
         groups = step_groups(s, data.train.lengths, state.epoch)
         for group in groups[state.step_in_epoch :]:
-            if reporter.should_stop():
+            if should_stop(s):
                 return stop(s)
             values = _train_step(s, data, group)
             values["train/epoch"] = state.epoch + state.step_in_epoch / len(groups)
-            reporter.metrics(state.step, values)
+            s.reporter.metrics(state.step, values)
             end_epoch_if_done(s, len(groups))
             if state.step in s.plan.eval_steps and track_eval(s, _evaluate(s, data)):
                 return finish(s, early_stopped=True)
@@ -83,10 +96,10 @@ def run(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     return finish(s, early_stopped=False)
 
 
-def _setup(cfg: TrainConfig, reporter: Reporter) -> tuple[Session, Data]:
+def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, Data]:
     if cfg.method != "sft":
         raise TrainingFailed(f"the SFT recipe cannot run method {cfg.method!r}", user_error=True)
-    require_single_process()
+    check_architecture(cfg)
     seed_everything(cfg.seed)
     loaded = load_for_training(cfg)
     max_len = max_seq_length_for(cfg, loaded)
@@ -99,46 +112,54 @@ def _setup(cfg: TrainConfig, reporter: Reporter) -> tuple[Session, Data]:
         if d is not None:
             warn_about_data(reporter, what, d.samples, d.truncated, d.dropped, max_len)
     rows = count_rows(train.lengths, max_len, cfg.packing)
-    plan = make_plan(cfg, rows, val is not None, max_len, row_capacity=max_len)
-    return start_session(cfg, reporter, loaded, plan), Data(train, val)
+    plan = make_plan(cfg, loaded, dist, rows, val is not None, max_len, row_capacity=max_len)
+    return start_session(cfg, reporter, loaded, plan, dist), Data(train, val)
 
 
 def _train_step(s: Session, data: Data, group: StepGroup) -> dict[str, float]:
-    """One optimizer step over ``group`` (gradient-accumulation micro-batches of rows)."""
+    """One optimizer step over ``group`` (gradient-accumulation micro-batches of rows, all ranks')."""
     started = time.perf_counter()
     lr = set_learning_rate(s)
-    batches = [_collate(s, data.train, rows) for rows in group]
-    # Normalise by the trained tokens of the whole step, so accumulation equals one big batch.
-    total_targets = sum(b.num_targets for b in batches)
+    batches = [_collate(s, data.train, rows) for rows in my_share(s, group)]
+    # Normalise by the trained tokens of the whole step (every micro-batch of every rank), so
+    # accumulation and ranks add up to one big batch.
+    [total_targets] = s.dist.sum(sum(b.num_targets for b in batches))
+    scale = loss_scale(s, total_targets)
     loss_sum, tokens = 0.0, 0
-    for batch in batches:
-        loss = _loss_sum(s, batch)
-        (loss / total_targets).backward()
+    for i, batch in enumerate(batches):
+        with grad_sync(s.loaded.ddp, sync=i == len(batches) - 1):
+            loss = _loss_sum(s, batch)
+            (loss / scale).backward()
         loss_sum += loss.item()
         tokens += batch.num_tokens
+    if not batches:
+        idle_backward(s)
+    loss_sum, tokens_all = s.dist.sum(loss_sum, tokens)
     loss_value = loss_sum / total_targets
-    grad_norm = optimizer_step(s, loss_value, tokens)
+    grad_norm = optimizer_step(s, loss_value, int(tokens_all))
     return {
         "train/loss": loss_value,
         "train/learning_rate": lr,
         "train/grad_norm": grad_norm,
-        "train/tokens_per_second": tokens / max(time.perf_counter() - started, 1e-9),
+        "train/tokens_per_second": tokens_all / max(time.perf_counter() - started, 1e-9),
     }
 
 
 def _evaluate(s: Session, data: Data) -> float:
-    """Token-weighted mean loss over the validation set."""
+    """Token-weighted mean loss over the validation set (shared out across ranks)."""
     assert data.val is not None
     s.loaded.model.eval()
     loss_sum, targets = 0.0, 0
+    batches = epoch_batches(data.val.lengths, batch_size=s.plan.batch_size, capacity=s.plan.row_capacity,
+                            packing=s.cfg.packing, seed=0, epoch=0, shuffle=False)
     with torch.no_grad():
-        for rows in epoch_batches(data.val.lengths, batch_size=s.plan.batch_size, capacity=s.plan.row_capacity,
-                                  packing=s.cfg.packing, seed=0, epoch=0, shuffle=False):
+        for rows in my_batches(s, batches):
             batch = _collate(s, data.val, rows)
             loss_sum += _loss_sum(s, batch).item()
             targets += batch.num_targets
     s.loaded.model.train()
-    return loss_sum / targets
+    loss_total, target_total = s.dist.sum(loss_sum, targets)
+    return loss_total / target_total
 
 
 def _collate(s: Session, dataset: TokenizedDataset, rows: list[list[int]]) -> Batch:

@@ -1,0 +1,78 @@
+"""``batch_size: "max"``: the largest micro-batch of full-length rows that fits in device memory.
+
+The search starts at an upper bound (the model's ``max_batch_size`` limit, already clamped so a
+small dataset still gets several steps per epoch) and halves on out-of-memory. Each try is one
+forward and backward pass over ``size`` rows of ``row_capacity`` tokens, the worst case training
+will meet, while tensors the size of AdamW's two moment buffers are held, as they will be.
+
+Only CUDA is probed: there an allocation failure is an exception the probe can catch. On CPU it is
+the kernel's OOM killer, which no probe survives, so CPU runs take the bound as it is.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+import torch
+
+from tunery.errors import TrainingFailed
+from tunery.training.data.collate import attention_bias
+from tunery.training.losses import token_loss_sum
+from tunery.training.model import LoadedModel, forward_logits, mask_dtype
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def largest_fitting(upper: int, try_size: Callable[[int], None]) -> int:
+    """The first of ``upper, upper // 2, …, 1`` for which ``try_size`` does not run out of memory.
+
+    Other errors propagate; running out of memory at 1 is a ``TrainingFailed``.
+    """
+    size = max(1, upper)
+    while True:
+        try:
+            try_size(size)
+            return size
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; the rest re-raised
+            if not is_out_of_memory(exc):
+                raise
+        _release_memory()
+        if size == 1:
+            raise TrainingFailed("the model does not fit in device memory even with batch_size 1 at this "
+                                 "max_seq_length; lower max_seq_length or use LoRA", user_error=True)
+        size //= 2
+
+
+def probe_step(loaded: LoadedModel, row_capacity: int) -> Callable[[int], None]:
+    """A ``try_size`` that runs forward and backward over ``size`` full rows, leaving no trace: no
+    gradients, no changed weights, the random number streams as they were."""
+
+    def try_size(size: int) -> None:
+        params = [p for _, p in loaded.trainable_parameters]
+        ids = torch.full((size, row_capacity), loaded.tokenizer.eos_token_id or 0, dtype=torch.long,
+                         device=loaded.device)
+        positions = torch.arange(row_capacity, device=loaded.device).expand(size, -1)
+        segments = torch.zeros_like(ids)
+        devices = [loaded.device.index or 0] if loaded.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                moments = [torch.empty_like(p) for p in params for _ in range(2)]  # AdamW's state, to come
+                logits = forward_logits(loaded, ids, positions, attention_bias(segments, mask_dtype(loaded)))
+                token_loss_sum(logits, ids).backward()
+                del logits, moments
+        finally:
+            for p in params:
+                p.grad = None
+            _release_memory()
+
+    return try_size
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,155 @@
+"""Two processes under torchrun (gloo on CPU), launched exactly as the worker launches them, follow
+the one-process loss curve: same global batch, same steps, same evals, same final weights.
+
+Tolerance: the two runs differ only in fp32 summation order (a step's rows are split over two
+ranks and padded to other widths, and the two halves of the gradient are added by the
+all-reduce), which moves a step's loss and gradient norm by about 1e-7 relative; AdamW carries
+that forward without amplifying it over these few steps (measured: <= 1e-7 after 12 steps). 1e-5
+leaves a 50x margin, while every sharding mistake (a row dropped or seen twice, the loss scaled by
+the wrong count, gradients not averaged) moves the loss by more than 1e-3 within two steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+from tests.training.samples import preference_pairs, qa_conversations, write_jsonl
+
+from tunery.training.config import TrainConfig
+from tunery.training.recipes import dpo, sft
+from tunery.training.reporter import ListReporter
+from tunery.worker.run_job import training_command
+
+pytestmark = pytest.mark.slow
+
+REL = 1e-5
+
+
+def sft_config(tiny_llama: Path, data: Path, out: Path, **overrides: Any) -> TrainConfig:
+    # 31 unpacked rows, 6 rows a step (3 per micro-batch, 2 micro-batches): each epoch ends with a
+    # one-row step, in which rank 1 has nothing to do but must still join the gradient average.
+    values: dict[str, Any] = {
+        "job_id": "ft-ddp", "base_model_dir": str(tiny_llama), "base_model_name": "tunery/tiny-llama",
+        "train_file": str(data / "train.jsonl"), "validation_file": str(data / "val.jsonl"),
+        "output_dir": str(out), "lora": {"r": 8}, "n_epochs": 2, "learning_rate": 5e-3, "batch_size": 3,
+        "gradient_accumulation_steps": 2, "packing": False, "max_seq_length": 64, "n_evals": 2,
+        "n_checkpoints": 1, "seed": 5,
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ddp-data")
+    write_jsonl(root / "train.jsonl", qa_conversations(31, seed=2))
+    write_jsonl(root / "val.jsonl", qa_conversations(7, seed=3))
+    write_jsonl(root / "pairs.jsonl", preference_pairs(13))
+    return root
+
+
+def launch(cfg: TrainConfig, root: Path) -> tuple[subprocess.Popen[str], Path]:
+    """Start the recipe the way the worker does with TUNERY_PROCESSES_PER_JOB=2."""
+    root.mkdir(parents=True, exist_ok=True)
+    config_path, report = root / "job.json", root / "report.jsonl"
+    config_path.write_text(cfg.model_dump_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(training_command(cfg, config_path, report, processes=2), env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, report
+
+
+def records(report: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+
+
+def curve(recs: list[dict[str, Any]]) -> list[tuple[int, str, float]]:
+    """(step, metric, value) for the losses, gradient norms and eval metrics: all but timings."""
+    keys = ("train/loss", "train/grad_norm", "train/learning_rate", "train/reward_accuracy", "eval/loss",
+            "eval/reward_accuracy")
+    return [(r["step"], k, r["values"][k]) for r in recs if r["kind"] == "metrics" for k in keys if k in r["values"]]
+
+
+def assert_same_curve(got: list[tuple[int, str, float]], expected: list[tuple[int, str, float]]) -> None:
+    assert [(s, k) for s, k, _ in got] == [(s, k) for s, k, _ in expected]
+    for (step, key, value), (_, _, want) in zip(got, expected, strict=True):
+        assert value == pytest.approx(want, rel=REL, abs=1e-7), (step, key)
+
+
+def assert_same_weights(got: Path, expected: Path) -> None:
+    """Tensor by tensor, within 1% of the tensor's norm. Not tighter: where a gradient element is
+    tiny, Adam's normalised update is about +-lr whatever its size, so a 1e-7 difference that flips
+    its sign moves that weight by 2 x lr; the loss curves are the exact measure."""
+    trained, reference = load_file(got), load_file(expected)
+    assert set(trained) == set(reference)
+    for name, tensor in reference.items():
+        assert float((trained[name] - tensor).norm()) <= 1e-2 * float(tensor.norm()) + 1e-8, name
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
+def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_data: Path, tmp_path: Path) -> None:
+    one = ListReporter()
+    sft.run(sft_config(tiny_llama, sft_data, tmp_path / "one"), one)
+    expected = curve(one.records)
+    total = one.events("training_start")[0]["total_steps"]
+    assert total == 12 and len(one.events("eval_complete")) == 2
+
+    # Two processes, stopped the way the worker cancels a job: SIGTERM to torchrun, which passes it
+    # on; rank 0 decides to stop at the next step boundary and every rank stops there with it.
+    out = tmp_path / "two"
+    proc, report = launch(sft_config(tiny_llama, sft_data, out), tmp_path / "first")
+    deadline = time.monotonic() + 240
+    while not any(r["kind"] == "metrics" for r in records(report)) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no step reported"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    code, log = finish(proc)
+    first = records(report)
+    assert code != 0, log  # torchrun reports a stopped run as a failure; the worker knows why
+    [ckpt] = [r for r in first if r["kind"] == "checkpoint"]
+    assert not ckpt["final"] and 1 <= ckpt["step"] < total, log
+    assert [e for e in first if e.get("level") == "error"] == []
+    assert first[0]["type"] == "training_start" and first[0]["batch_size"] == 3
+
+    proc, report = launch(sft_config(tiny_llama, sft_data, out, resume_from=ckpt["path"]), tmp_path / "second")
+    code, log = finish(proc)
+    assert code == 0, log
+    second = records(report)
+    assert second[0]["resumed_from_step"] == ckpt["step"]
+    assert second[-1]["type"] == "training_complete" and second[-2]["final"] is True
+    assert_same_curve(curve(first) + curve(second), expected)
+    assert [e["epoch"] for e in first + second if e.get("type") == "epoch_complete"] == [1, 2]
+    assert_same_weights(out / "final" / "adapter" / "adapter_model.safetensors",
+                        tmp_path / "one" / "final" / "adapter" / "adapter_model.safetensors")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "final"]  # rank 0 alone wrote
+
+
+def test_two_processes_train_dpo_fully_like_one(tiny_llama: Path, sft_data: Path, tmp_path: Path) -> None:
+    def config(out: Path) -> TrainConfig:
+        return TrainConfig(job_id="ft-ddp-dpo", method="dpo", base_model_dir=str(tiny_llama),
+                           base_model_name="tunery/tiny-llama", train_file=str(sft_data / "pairs.jsonl"),
+                           validation_file=str(sft_data / "pairs.jsonl"), output_dir=str(out), lora=None,
+                           n_epochs=2, learning_rate=1e-4, batch_size=2, max_seq_length=32, n_evals=1, seed=1)
+
+    one = ListReporter()
+    dpo.run(config(tmp_path / "one"), one)
+    proc, report = launch(config(tmp_path / "two"), tmp_path / "two-run")
+    code, log = finish(proc)
+    assert code == 0, log
+    expected = curve(one.records)
+    assert len(expected) > 10
+    assert_same_curve(curve(records(report)), expected)
+    assert_same_weights(tmp_path / "two" / "final" / "model" / "model.safetensors",
+                        tmp_path / "one" / "final" / "model" / "model.safetensors")
