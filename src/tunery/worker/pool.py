@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 
 from tunery.settings import Settings
+from tunery.worker.lifetime import on_parent_death
 
 log = logging.getLogger("tunery.worker")
 
@@ -31,7 +33,9 @@ class WorkerPool:
             self._supervisor.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "tunery.cli.main", "worker"], env=self.env)
+        # SIGTERM if `tunery serve` dies without stopping us: the worker checkpoints and requeues.
+        return subprocess.Popen([sys.executable, "-m", "tunery.cli.main", "worker"], env=self.env,
+                                preexec_fn=on_parent_death(signal.SIGTERM))
 
     def _supervise(self) -> None:
         while not self._stopping.wait(RESTART_DELAY_S):
