@@ -23,7 +23,7 @@ from tunery.cli.local_server import LocalServer, local_server
 from tunery.cli.options import DataDir
 from tunery.cli.output import console, duration, human_bytes
 from tunery.cli.transfer import download_model, upload_file
-from tunery.cli.watch import EXIT_COMPLETED, watch_job
+from tunery.cli.watch import EXIT_COMPLETED, EXIT_INTERRUPTED, watch_job
 
 MODEL = "tunery/tiny-llama"
 # Measured on a 2-core CPU: from random weights the 1M-parameter model needs about 1,000 steps of
@@ -79,6 +79,9 @@ def quickstart(
         out.print(f"Created {job['id']}: full fine-tuning of {MODEL}, {job['n_epochs']} epochs, learning rate "
                   f"{job['learning_rate']:g}, batch size {job.get('requested_batch_size', job['batch_size'])}")
         code = watch_job(client, job["id"], out)
+        if code == EXIT_INTERRUPTED and server.started and not keep_server:
+            out.print(f"Stopping the server quickstart started: {job['id']} is requeued and continues when you run "
+                      f"tunery serve --port {_port(server)} --data-dir {server.data_dir}")
         if code != EXIT_COMPLETED:
             raise typer.Exit(code)
         archive = download_model(client, job["id"], None, None, directory).path
@@ -131,7 +134,7 @@ def _evaluate(out: Any, pairs: list[tuple[str, str]], data_dir: Path, model_dir:
 
 
 def _print_results(out: Any, job: dict[str, Any], before: Any, after: Any) -> None:
-    table = Table("Model", "Exact match", title="Greedy answers with the chat template, on the dataset's questions",
+    table = Table("Model", "Exact match", title="Before / after (greedy, chat template)",
                   title_justify="left")
     table.add_row(f"{MODEL} (before)", f"{before.correct}/{len(before.samples)}  {before.accuracy:.1%}")
     table.add_row(f"{escape(job['model_output_name'])} (after)",
@@ -155,8 +158,7 @@ def _print_summary(out: Any, server: LocalServer, server_state: str, job: dict[s
     where = f", data in {server.data_dir}" if server.data_dir else ""
     restart = ""
     if server_state == "stopped":
-        port = server.base_url.rsplit(":", 1)[-1]
-        restart = f"; restart it with: tunery serve --port {port} --data-dir {server.data_dir}"
+        restart = f"; restart it with: tunery serve --port {_port(server)} --data-dir {server.data_dir}"
     lines = [
         f"Done in {duration(seconds)}.",
         f"  Job      {job_id} (tunery fine-tuning retrieve {job_id})",
@@ -180,6 +182,10 @@ def _print_summary(out: Any, server: LocalServer, server_state: str, job: dict[s
         f'  client.fine_tuning.content(ft_id="{job_id}").write_to_file("model.tar.zst")',
     ]
     out.print(escape("\n".join(lines)), highlight=False)
+
+
+def _port(server: LocalServer) -> str:
+    return server.base_url.rsplit(":", 1)[-1]
 
 
 def _key_path(server: LocalServer) -> Path:
