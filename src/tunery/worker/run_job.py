@@ -135,6 +135,8 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
     model = ctx.catalog.resolve(source, registered, revision=p.get("hf_model_revision"),
                                 token=secrets.get("hf_api_token"))
     _event(ctx, job_id, "model_download_complete", f"Base model {source} ready")
+    # Bring-your-own weights must be built like the job's model (the template); the recipe checks.
+    template = ctx.catalog.resolve(job.model, registered).path if p.get("from_hf_model") else None
     _event(ctx, job_id, "training_data_downloading", f"Fetching training file {train_file.id}")
     train_path = stack.enter_context(ctx.blobs.local_copy(train_file.blob_key))
     _event(ctx, job_id, "training_data_download_complete", f"Training file {train_file.id} ready")
@@ -153,7 +155,7 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
     ctx.pause("staging")
     running.heartbeat.check()
     config = _train_config(job, model.path, train_path, train_file.file_type, val_path, init_from, resume_from,
-                           scratch / "out", secrets)
+                           scratch / "out", secrets, template)
     path = scratch / "config.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a W&B key
     with os.fdopen(fd, "w") as f:
@@ -188,7 +190,8 @@ def _fetch_checkpoint(ctx: WorkerContext, job: Job, step: int, dest: Path) -> Pa
 
 
 def _train_config(job: Job, model_dir: Path, train_path: Path, file_type: str, val_path: Path | None,
-                  init_from: str | None, resume_from: str | None, out: Path, secrets: dict[str, Any]) -> TrainConfig:
+                  init_from: str | None, resume_from: str | None, out: Path, secrets: dict[str, Any],
+                  template: Path | None = None) -> TrainConfig:
     p = job.params
     tt, tm, sched = p["training_type"], p["training_method"], p["lr_scheduler"]
     lora = None
@@ -216,7 +219,8 @@ def _train_config(job: Job, model_dir: Path, train_path: Path, file_type: str, v
         wandb_api_key=secrets.get("wandb_key"), wandb_base_url=p.get("wandb_base_url"),
         wandb_project_name=p.get("wandb_project_name"), wandb_name=p.get("wandb_name"),
         wandb_entity=p.get("wandb_entity"), hf_api_token=secrets.get("hf_api_token"),
-        hf_output_repo_name=p.get("hf_output_repo_name"),
+        hf_output_repo_name=p.get("hf_output_repo_name"), from_hf_model=p.get("from_hf_model"),
+        hf_model_revision=p.get("hf_model_revision"), template_model_dir=str(template) if template else None,
     )
 
 
