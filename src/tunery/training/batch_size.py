@@ -57,7 +57,8 @@ def probe_step(loaded: LoadedModel, row_capacity: int) -> Callable[[int], None]:
                          device=loaded.device)
         positions = torch.arange(row_capacity, device=loaded.device).expand(size, -1)
         segments = torch.zeros_like(ids)
-        devices = [loaded.device.index or 0] if loaded.device.type == "cuda" else []
+        devices = [] if loaded.device.type != "cuda" else [
+            loaded.device.index if loaded.device.index is not None else torch.cuda.current_device()]
         try:
             with torch.random.fork_rng(devices=devices):
                 moments = [torch.empty_like(p) for p in params for _ in range(2)]  # AdamW's state, to come
@@ -73,6 +74,7 @@ def probe_step(loaded: LoadedModel, row_capacity: int) -> Callable[[int], None]:
 
 
 def _release_memory() -> None:
-    gc.collect()
+    """Hand the failed try's memory back to CUDA before the next (a no-op without CUDA)."""
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()

@@ -95,7 +95,10 @@ def _start_run(cfg: TrainConfig) -> Any:
                           entity=cfg.wandb_entity, config=cfg.public_dict(), id=run_id(cfg.job_id),
                           resume="allow", settings=settings, reinit="create_new")
     except Exception as exc:  # noqa: BLE001 - W&B raises many kinds; all mean the run did not start
-        message = str(exc).replace(key, "***")
-        auth = type(exc).__name__ in {"AuthenticationError", "UsageError"} or "401" in message or "403" in message
-        hint = "; re-issue the key and re-pass wandb_api_key" if auth else ""
-        raise TrainingFailed(f"could not start the Weights & Biases run: {message}{hint}", user_error=auth) from None
+        # A refused key is the user's to fix (Together cancels such jobs); an unreachable server
+        # (W&B retries for init_timeout first) is reported as a failure of the job.
+        rejected = isinstance(exc, (wandb.errors.AuthenticationError, wandb.errors.UsageError))
+        hint = "; re-issue the key and re-pass wandb_api_key" if rejected else ""
+        message = str(exc).replace(key, "***")  # never echo the key, whatever W&B says
+        raise TrainingFailed(f"could not start the Weights & Biases run: {message}{hint}",
+                             user_error=rejected) from None
