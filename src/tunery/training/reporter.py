@@ -6,9 +6,11 @@ Three record shapes, one JSON object each:
     {"kind": "metrics", "step": 7, "values": {"train/loss": 1.9, ...}}
     {"kind": "checkpoint", "step": 10, "path": "/out/checkpoints/step-10", "final": false}
 
-Event types are Together's lowercase ones: training_start (fields total_steps, token_count,
-param_count), epoch_complete, checkpoint_save, eval_complete, warning, training_complete,
-early_stopped, and error (written by the entry point before a failing exit). Metric keys:
+Event types are Together's lowercase ones: wandb_init (field wandb_url; only with a W&B key),
+training_start (fields total_steps, token_count, param_count, batch_size — the resolved one when
+"max" was asked —, max_seq_length, processes), epoch_complete, checkpoint_save, eval_complete,
+warning, training_complete, early_stopped, and error (written by the entry point before a failing
+exit). Metric keys:
 train/loss, train/learning_rate, train/epoch, train/grad_norm, train/tokens_per_second, eval/loss.
 A checkpoint record is written only after the directory it names is complete.
 """

@@ -1,5 +1,5 @@
 """What every recipe's loop shares: the run's state, its step plan, the optimizer step, evals with
-early stopping, checkpoints, stopping, the final export, and the command-line entry point.
+early stopping, checkpoints, stopping and the final export (the command line is ``launch.py``).
 
 A recipe (``recipes/sft.py``, ``recipes/dpo.py``) owns its data, its loss and its loop; it calls
 these for everything else, so LoRA vs full, one process or several, checkpoint layout and exit codes
@@ -12,22 +12,18 @@ reported, and only rank 0 reports and writes files while the others wait for it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
-import sys
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import ValidationError
 
-from tunery.errors import DatasetInvalid, TrainingFailed
+from tunery.errors import TrainingFailed
 from tunery.training.checkpoint import (
     TrainState,
     atomic_dir,
@@ -40,14 +36,13 @@ from tunery.training.checkpoint import (
 from tunery.training.config import TrainConfig
 from tunery.training.data.collate import attention_bias
 from tunery.training.data.packing import epoch_batches
-from tunery.training.distributed import Dist, env_rank, ignore_sigterm_off_main, process_group, wrap
+from tunery.training.distributed import Dist, process_group, wrap
 from tunery.training.export import write_weights
 from tunery.training.model import LoadedModel, forward_logits, mask_dtype, pick_device
-from tunery.training.reporter import JsonLinesReporter, NullReporter, Reporter
+from tunery.training.reporter import NullReporter, Reporter
 from tunery.training.schedules import evenly_spaced, lr_at, warmup_steps
 from tunery.training.tracking import wandb_reporting
 
-EXIT_COMPLETED, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
 MIN_BATCHES_PER_EPOCH = 8  # batch_size="max" stays small enough to give this many steps
 
 Rows = list[list[int]]  # rows of item indices: one micro-batch
@@ -129,6 +124,7 @@ def report_start(s: Session, token_count: int) -> None:
         batch_size=s.plan.batch_size,
         max_seq_length=s.plan.max_seq_length,
         resumed_from_step=s.state.step,
+        processes=s.dist.world,
     )
 
 
@@ -224,7 +220,10 @@ def step_groups(s: Session, lengths: list[int], epoch: int) -> list[StepGroup]:
 
 def my_share(s: Session, group: StepGroup) -> StepGroup:
     """This rank's part of an optimizer step: rows ``rank::world`` of the step, in micro-batches of
-    at most ``batch_size`` rows. One process gets the step as it is; a rank may get nothing."""
+    at most ``batch_size`` rows (so each rank works through fewer, full micro-batches rather than
+    more, thinner ones). One process gets the step as planned; a rank may get nothing."""
+    if s.dist.world == 1:
+        return group
     rows = [row for batch in group for row in batch][s.dist.rank :: s.dist.world]
     size = s.plan.batch_size
     return [rows[i : i + size] for i in range(0, len(rows), size)]
@@ -378,64 +377,3 @@ def warn_about_data(reporter: Reporter, what: str, samples: int, truncated: int,
     if dropped:
         reporter.event("warning", f"{dropped} {what} samples had no token to train on and were skipped",
                        level="warning", dropped=dropped)
-
-
-# --- entry point -------------------------------------------------------------------------------
-
-
-def entry_point(run: Callable[[TrainConfig, Reporter], TrainResult], argv: list[str] | None, prog: str,
-                description: str) -> int:
-    """Parse ``--config``/``--report``, run, and map the outcome to an exit code (see the recipes).
-
-    Under ``torchrun`` only rank 0 writes the report; the other ranks' failures reach stderr.
-    """
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", required=True, help="TrainConfig JSON file")
-    parser.add_argument("--report", required=True, help="file to append JSON-lines progress records to")
-    args = parser.parse_args(argv)
-    _quiet_libraries()
-    rank = env_rank()
-    ignore_sigterm_off_main(rank)
-    with JsonLinesReporter(args.report) if rank == 0 else _StderrErrors() as reporter:
-        try:
-            result = run(TrainConfig.from_file(args.config), reporter)
-        except (TrainingFailed, DatasetInvalid, ValidationError) as exc:
-            user = not isinstance(exc, TrainingFailed) or exc.user_error
-            reporter.event("error", _message(exc), level="error", user_error=user)
-            return EXIT_USER_ERROR if user else EXIT_FAILED
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the report
-            reporter.event("error", f"{type(exc).__name__}: {exc}", level="error", user_error=False)
-            traceback.print_exc()  # the full story goes to stderr, which the worker keeps
-            return EXIT_FAILED
-    return EXIT_STOPPED if result.status == "stopped" else EXIT_COMPLETED
-
-
-class _StderrErrors(NullReporter):
-    """A non-zero rank's reporter for the entry point: errors go to stderr, the rest nowhere."""
-
-    def event(self, type: str, message: str, level: str = "info", **fields: Any) -> None:
-        if level == "error":
-            print(f"[rank {env_rank()}] {message}", file=sys.stderr, flush=True)
-
-    def __enter__(self) -> _StderrErrors:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _message(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        ]
-        return "invalid training config: " + "; ".join(problems)
-    return str(exc)
-
-
-def _quiet_libraries() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()

@@ -23,7 +23,7 @@ from tunery.training.reporter import Reporter
 
 DEFAULT_PROJECT = "together"  # Together's default wandb_project_name
 RESOLVED_FIELDS = ("batch_size", "max_seq_length", "total_steps", "token_count", "param_count",
-                   "trainable_param_count")
+                   "trainable_param_count", "processes")
 
 
 class WandbReporter:

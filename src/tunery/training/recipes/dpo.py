@@ -38,6 +38,7 @@ from tunery.training.data.dataset import PairDataset, load_pairs
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
+from tunery.training.launch import entry_point
 from tunery.training.losses import dpo_loss, sequence_logps
 from tunery.training.model import forward_logits, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
@@ -47,7 +48,6 @@ from tunery.training.session import (
     TrainResult,
     check_architecture,
     end_epoch_if_done,
-    entry_point,
     finish,
     idle_backward,
     loss_scale,

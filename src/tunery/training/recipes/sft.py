@@ -33,6 +33,7 @@ from tunery.training.data.dataset import TokenizedDataset, load_examples
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
+from tunery.training.launch import entry_point
 from tunery.training.losses import token_loss_sum
 from tunery.training.model import forward_logits, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
@@ -42,7 +43,6 @@ from tunery.training.session import (
     TrainResult,
     check_architecture,
     end_epoch_if_done,
-    entry_point,
     finish,
     idle_backward,
     loss_scale,
