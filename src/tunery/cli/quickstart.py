@@ -27,9 +27,10 @@ from tunery.cli.watch import EXIT_COMPLETED, EXIT_INTERRUPTED, watch_job
 
 MODEL = "tunery/tiny-llama"
 # Measured on a 2-core CPU: from random weights the 1M-parameter model needs about 1,000 steps of
-# full fine-tuning to memorise ~200 pairs (exact match 98-100 % over three seeds, against 50-75 %
-# at 30 epochs or with larger batches and learning rates). LoRA learns far slower on a model
-# that knows nothing yet.
+# full fine-tuning to memorise the ~200 pairs. With these settings exact match was 100 % (seed 42,
+# the default), 98.5 % (seed 1) and 99.5 % (seed 7); at 25 epochs it was 39-47 %, and larger
+# batches or learning rates were less reliable. LoRA learns far slower on a model that knows
+# nothing yet.
 HYPERPARAMETERS: dict[str, Any] = {
     "training_type": {"type": "Full"},
     "n_epochs": 40,
