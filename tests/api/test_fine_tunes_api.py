@@ -83,7 +83,9 @@ def test_inputs_must_exist_be_valid_and_match_the_method(http: httpx.Client, tra
     r = create(http, training_file="file-missing")
     assert r.status_code == 400 and r.json()["error"]["param"] == "training_file"
     r = http.post("/v1/fine-tunes", json={"training_file": train_id, "model": "org/not-here"})
-    assert r.status_code == 404 and "not-here" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "not-here" in r.json()["error"]["message"]
+    r = http.post("/v1/fine-tunes", json={"training_file": "file-nope", "model": "org/not-here"})
+    assert "not-here" in r.json()["error"]["message"] and "file-nope" in r.json()["error"]["message"]
     r = http.post("/v1/fine-tunes", json={"training_file": train_id, "model": MODEL, "from_checkpoint": "ft-x"})
     assert r.status_code == 400 and "either a model or a checkpoint" in r.json()["error"]["message"]
     r = create(http, training_file=pref_id)

@@ -248,9 +248,15 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
     p.raise_if_any()
     parent = resolve_parent(s, req.from_checkpoint, user) if req.from_checkpoint else None
     model = parent.job.model if parent else str(req.model)
-    limits = catalog.limits(model, registered)
     train = _check_file(s, req.training_file, user, "training_file", p)
     val = _check_file(s, req.validation_file, user, "validation_file", p) if req.validation_file else None
+    try:
+        limits = catalog.limits(model, registered)
+    except NotFound as e:
+        # Every other check needs the model's limits: report what we know so far, together.
+        p.items.insert(0, ("model", e.message))
+        p.raise_if_any()
+        raise
     method = _training_method(req, p)
     training_type = _training_type(req.training_type, parent, limits, p)
     if parent and training_type["type"] != parent.job.params["training_type"]["type"]:
