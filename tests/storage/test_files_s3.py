@@ -42,6 +42,11 @@ def keys(s3: S3Server, bucket: str) -> set[str]:
     return {o["Key"].removeprefix(PREFIX + "/") for o in listed.get("Contents", [])}
 
 
+def stored_copies(s3: S3Server, bucket: str, file_id: str) -> list[str]:
+    """The file's final objects (``files/<id>-<token>``): one once recorded, none once deleted."""
+    return [k for k in keys(s3, bucket) if k.startswith(f"files/{file_id}-")]
+
+
 def jsonl(path: Path, n: int, pad: int = 0) -> Path:
     path.write_text("".join(json.dumps({"text": f"sample {i} " + "x" * pad}) + "\n" for i in range(n)))
     return path
@@ -56,13 +61,13 @@ def test_upload_goes_straight_to_s3_and_reads_back(client: Together, server: Liv
     path = jsonl(tmp_path / "a.jsonl", 20)
     f = client.files.upload(path)
     assert f.processing_status == "COMPLETED" and f.bytes == path.stat().st_size
-    assert f"files/{f.id}" in keys(moto_server, bucket)
+    assert len(stored_copies(moto_server, bucket, f.id)) == 1
     assert f"uploads/{f.id}" not in keys(moto_server, bucket)  # moved to its final key
     assert client.files.content(f.id).read() == path.read_bytes()
     ranged = httpx.get(f"{server.base_url}/v1/files/{f.id}/content", headers={**auth(server), "Range": "bytes=3-9"})
     assert ranged.status_code == 206 and ranged.content == path.read_bytes()[3:10]
     client.files.delete(f.id)
-    assert f"files/{f.id}" not in keys(moto_server, bucket)
+    assert stored_copies(moto_server, bucket, f.id) == []
 
 
 def test_location_is_a_presigned_s3_url_and_a_second_put_changes_nothing(
@@ -127,7 +132,7 @@ def test_multipart_upload_maps_onto_s3_multipart(
     assert f.processing_status == "COMPLETED" and f.bytes == path.stat().st_size
     assert hashlib.sha256(client.files.content(f.id).read()).hexdigest() == hashlib.sha256(
         path.read_bytes()).hexdigest()
-    assert f"files/{f.id}" in keys(moto_server, bucket) and f"uploads/{f.id}" not in keys(moto_server, bucket)
+    assert len(stored_copies(moto_server, bucket, f.id)) == 1 and f"uploads/{f.id}" not in keys(moto_server, bucket)
 
 
 def test_multipart_abort_leaves_nothing(server: LiveServer, moto_server: S3Server, bucket: str) -> None:
@@ -155,3 +160,23 @@ def test_uploads_survive_an_api_restart(server: LiveServer, tmp_path: Path) -> N
     assert httpx.put(url, content=body).status_code == 200
     done = httpx.post(f"{server.base_url}/v1/files/{file_id}/preprocess", headers=auth(server))
     assert done.status_code == 200 and done.json()["bytes"] == len(body)
+
+
+def test_concurrent_preprocess_calls_record_one_copy(server: LiveServer, moto_server: S3Server, bucket: str,
+                                                     tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = jsonl(tmp_path / "p.jsonl", 50).read_bytes()
+    form = {"purpose": "fine-tune", "file_name": "p.jsonl", "file_type": "jsonl",
+            "checksum": hashlib.sha256(body).hexdigest()}
+    created = httpx.post(f"{server.base_url}/v1/files", data=form, headers=auth(server))
+    url, file_id = created.headers["location"], created.headers["x-together-file-id"]
+    assert httpx.put(url, content=body).status_code == 200
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: httpx.post(f"{server.base_url}/v1/files/{file_id}/preprocess",
+                                                     headers=auth(server), timeout=60), range(4)))
+    assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+    assert any(a.status_code == 200 for a in answers)
+    final = httpx.post(f"{server.base_url}/v1/files/{file_id}/preprocess", headers=auth(server))
+    assert final.status_code == 200 and final.json()["processing_status"] == "COMPLETED"
+    assert len(stored_copies(moto_server, bucket, file_id)) == 1

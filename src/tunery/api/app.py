@@ -11,8 +11,9 @@ from tunery.api.errors import install_error_handlers
 from tunery.api.routes import download, files, fine_tunes, health, metrics, models, uploads
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
-from tunery.storage import open_blob_store
+from tunery.storage import direct_uploads, open_blob_store
 from tunery.store.db import Database
+from tunery.store.files import release_interrupted_uploads
 from tunery.web import routes as web
 
 
@@ -33,7 +34,13 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     if db is None:
         db = Database(settings.resolved_database_url)
         db.migrate()
-    app.state.ctx = AppContext(settings=settings, db=db, blobs=open_blob_store(settings),
+    blobs = open_blob_store(settings)
+    if direct_uploads(blobs) is None:
+        # The local store's uploads are received by this node alone: any still marked in
+        # progress were cut off by a restart; reopen them so the client's retry works.
+        with db.session() as s:
+            release_interrupted_uploads(s)
+    app.state.ctx = AppContext(settings=settings, db=db, blobs=blobs,
                                catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads))
     install_error_handlers(app)
     app.include_router(health.router)

@@ -2,8 +2,8 @@
 
 The SDK's ``PUT <Location>`` and multipart part PUTs go to presigned S3 URLs, never through the
 API node. The bytes land under ``uploads/<file id>``; when the client calls preprocess (or
-multipart complete) ``adopt_upload`` checks their size and SHA-256, moves them to the file's
-final key with a server-side copy that only succeeds if the object is still the one checked (a
+multipart complete) ``adopt_upload`` checks their size and SHA-256, copies them to a final key of
+their own with a server-side copy that only succeeds if the object is still the one checked (a
 presigned URL stays valid until it expires, so the client could PUT again), and validates them.
 The local store keeps its own signed-URL path in ``routes/uploads.py``.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,38 +52,56 @@ def sha256_of(path: Path) -> str:
 
 
 def adopt_upload(ctx: AppContext, store_: DirectUploads, row: File, validate: Callable[[File, Path], File]) -> File:
-    """Take the bytes the client PUT to the object store as ``row``'s content: check, promote and
-    record them, then ``validate(row, local_path)``. 409 when nothing was uploaded yet or another
-    request is already doing this; 400 on a checksum mismatch (the upload URL may then be reused)."""
-    with ctx.db.session() as s:
-        if not store.claim_upload(s, row.id):
-            raise Conflict(f"file {row.id} is already being checked by another request; retry shortly",
-                           param="id")
-    key, temp = store.blob_key(row.id), upload_key(row.id)
+    """Take the bytes the client PUT to the object store as ``row``'s content: check them, copy
+    them to a final key of their own, record that key, then ``validate(row, local_path)``. 409 when
+    nothing was uploaded yet; 400 on a checksum mismatch (the upload URL may then be used again).
+
+    Nothing is claimed before the final compare-and-set, so a request interrupted anywhere (the
+    API node restarting, say) leaves nothing to clean up and its retry simply starts over; of two
+    concurrent calls exactly one records its copy, and the other's copy is deleted."""
     try:
-        found = store_.head(temp)
-        if found is None:
-            raise Conflict(f"file {row.id} has no content yet: PUT its bytes to the upload URL from "
-                           "POST /v1/files, then call preprocess", param="id")
-        etag, size = found
-        if size > ctx.settings.max_upload_bytes:
-            ctx.blobs.delete(temp)
-            raise too_large(ctx.settings.max_upload_bytes)
-        with ctx.blobs.local_copy(temp) as path:
-            checksum = sha256_of(path)
-            if row.checksum and checksum != row.checksum:
-                ctx.blobs.delete(temp)
-                raise InvalidRequest(
-                    f"the uploaded bytes do not match the announced checksum: sha256 {checksum}, "
-                    f"expected {row.checksum}; upload the file again", param="checksum",
-                )
-            store_.promote(temp, key, etag)
-            with ctx.db.session() as s:
-                if not store.finish_upload(s, row.id, size=size, key=key, checksum=checksum):
-                    ctx.blobs.delete(key)
-                    raise NotFound(f"file {row.id} was deleted during the upload", param="id")
-                row = store.get_file(s, row.user_id, row.id)
-            return validate(row, path)
-    finally:
+        return _adopt(ctx, store_, row, validate)
+    except (Conflict, FileNotFoundError) as error:  # the bytes went away under us
         with ctx.db.session() as s:
-            store.release_upload(s, row.id)  # a no-op once the upload was recorded
+            current = store.get_file_any_owner(s, row.id)
+        if current is None:
+            raise NotFound(f"file {row.id} was deleted during the upload", param="id") from None
+        if current.upload_state == store.UPLOADED:
+            return current  # a concurrent call took the bytes first and recorded them
+        if isinstance(error, Conflict):
+            raise
+        raise Conflict(f"file {row.id} has no content yet: PUT its bytes to the upload URL from "
+                       "POST /v1/files, then call preprocess", param="id") from None
+
+
+def _adopt(ctx: AppContext, store_: DirectUploads, row: File, validate: Callable[[File, Path], File]) -> File:
+    temp = upload_key(row.id)
+    found = store_.head(temp)
+    if found is None:
+        raise Conflict(f"file {row.id} has no content yet: PUT its bytes to the upload URL from "
+                       "POST /v1/files, then call preprocess", param="id")
+    etag, size = found
+    if size > ctx.settings.max_upload_bytes:
+        ctx.blobs.delete(temp)
+        raise too_large(ctx.settings.max_upload_bytes)
+    with ctx.blobs.local_copy(temp) as path:
+        checksum = sha256_of(path)
+        if row.checksum and checksum != row.checksum:
+            ctx.blobs.delete(temp)
+            raise InvalidRequest(
+                f"the uploaded bytes do not match the announced checksum: sha256 {checksum}, "
+                f"expected {row.checksum}; upload the file again", param="checksum",
+            )
+        # A key of its own: a later PUT to the still-valid URL can never change a recorded file.
+        key = f"{store.blob_key(row.id)}-{uuid.uuid4().hex[:12]}"
+        store_.promote(temp, key, etag)
+        with ctx.db.session() as s:
+            recorded = store.finish_direct_upload(s, row.id, size=size, key=key, checksum=checksum)
+            current = store.get_file_any_owner(s, row.id)
+        if not recorded:
+            ctx.blobs.delete(key)
+            if current is None:
+                raise NotFound(f"file {row.id} was deleted during the upload", param="id")
+            return current  # a concurrent call recorded (and validates) its own copy
+        assert current is not None
+        return validate(current, path)

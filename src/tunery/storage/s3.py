@@ -113,7 +113,12 @@ class S3BlobStore:
         path = Path(name)
         try:
             with open(fd, "wb") as f:
-                self.client.download_fileobj(self.bucket, self._key(key), f, Config=self._transfer)
+                try:
+                    self.client.download_fileobj(self.bucket, self._key(key), f, Config=self._transfer)
+                except ClientError as error:
+                    if _missing(error):
+                        raise FileNotFoundError(key) from None
+                    raise
             yield path
         finally:
             path.unlink(missing_ok=True)
@@ -188,8 +193,11 @@ class S3BlobStore:
             else:
                 self._copy_in_parts(source, dest, etag, size)
         except ClientError as error:
-            if str(error.response.get("Error", {}).get("Code", "")) in ("PreconditionFailed", "412"):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412"):
                 raise Conflict("the uploaded object changed while it was being checked; upload it again") from None
+            if code in _MISSING:
+                raise Conflict("the uploaded object is gone (another request took it)") from None
             raise
         self.delete(src)
 

@@ -124,6 +124,23 @@ def finish_upload(s: Session, file_id: str, *, size: int, key: str, checksum: st
     return _cas_upload_state(s, file_id, RECEIVING, UPLOADED, bytes=size, blob_key=key, checksum=checksum)
 
 
+def finish_direct_upload(s: Session, file_id: str, *, size: int, key: str, checksum: str) -> bool:
+    """awaiting_upload → uploaded in one step, for bytes a client put straight into the object
+    store: concurrent preprocess calls may each check and copy them; exactly one records its copy."""
+    return _cas_upload_state(s, file_id, AWAITING_UPLOAD, UPLOADED, bytes=size, blob_key=key, checksum=checksum)
+
+
+def release_interrupted_uploads(s: Session) -> int:
+    """Reopen uploads a crashed or restarted API node was receiving (files ``receiving`` →
+    ``awaiting_upload``, multipart ``completing`` → ``open``), so the client's retry works. Only
+    for the local store, where the one API node that holds the blobs is also the only receiver."""
+    files = s.execute(update(File).where(File.upload_state == RECEIVING).values(upload_state=AWAITING_UPLOAD)
+                      .execution_options(synchronize_session=False))
+    parts = s.execute(update(MultipartUpload).where(MultipartUpload.state == MP_COMPLETING)
+                      .values(state=MP_OPEN).execution_options(synchronize_session=False))
+    return int(files.rowcount or 0) + int(parts.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def mark_validating(s: Session, file_id: str) -> None:
     s.execute(
         update(File).where(File.id == file_id).values(processing_status=RUNNING)

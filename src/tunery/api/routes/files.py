@@ -266,11 +266,14 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
     with ctx.db.session() as s:
         mp = store.get_user_multipart(s, user.id, body.upload_id, body.file_id)
         row = store.get_file(s, user.id, body.file_id)
-        if not store.set_multipart_state(s, mp.id, (store.MP_OPEN,), store.MP_COMPLETING):
+        objects = direct(ctx)
+        # In the object store completing is idempotent, so a complete interrupted by a restart
+        # (left "completing") may simply be retried.
+        completable = (store.MP_OPEN,) if objects is None else (store.MP_OPEN, store.MP_COMPLETING)
+        if not store.set_multipart_state(s, mp.id, completable, store.MP_COMPLETING):
             if mp.state == store.MP_COMPLETED:
                 return _validated(row, wrap=True)  # a repeated complete: answer as the first did
             raise Conflict(f"multipart upload {mp.id} is {mp.state}; it cannot be completed", param="upload_id")
-        objects = direct(ctx)
         if objects is None:
             store.claim_upload(s, row.id)
     if objects is not None:
@@ -365,7 +368,8 @@ def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, ctx: Ctx) ->
         mp = store.get_user_multipart(s, user.id, body.upload_id, body.file_id)
         if mp.state == store.MP_COMPLETED:
             return MultipartAbortResponse(upload_id=mp.id, file_id=mp.file_id, aborted=False)
-        if not store.set_multipart_state(s, mp.id, (store.MP_OPEN, store.MP_ABORTED), store.MP_ABORTED):
+        abortable = (store.MP_OPEN, store.MP_ABORTED) + ((store.MP_COMPLETING,) if direct(ctx) else ())
+        if not store.set_multipart_state(s, mp.id, abortable, store.MP_ABORTED):
             raise Conflict(f"multipart upload {mp.id} is {mp.state}; try again", param="upload_id")
         row = store.get_file(s, user.id, mp.file_id)
         if row.upload_state == store.AWAITING_UPLOAD:
