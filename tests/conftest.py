@@ -70,6 +70,8 @@ class LiveServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.proc.kill()  # leave no orphan server behind a failed start
+        self.proc.wait()
         raise RuntimeError(f"tunery serve did not become healthy:\n{self.log_path.read_text()[-4000:]}")
 
     def stop(self, sig: int | None = None) -> None:

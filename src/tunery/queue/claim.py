@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, String, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from tunery.queue.states import WORKING, JobStatus, transition
@@ -60,18 +60,16 @@ def claim_next(s: Session, worker_id: str, models: list[str] | None = None) -> s
     return job_id
 
 
-def queue_position(s: Session, job: Job) -> int:
-    """How many queued jobs a worker would take before ``job`` in the fair order, as things stand
-    (0 unless ``job`` is pending or queued; a pending job is placed as if it were queued now)."""
-    if job.status not in (JobStatus.QUEUED, JobStatus.PENDING):
-        return 0
+def _queue_position_query() -> Select:  # type: ignore[type-arg]
+    """Built once, with the job id as a bound parameter, so SQLAlchemy compiles it once too."""
+    job_id = bindparam("job_id", type_=String())
     working = _working_per_user().subquery()
     rank = func.row_number().over(partition_by=Job.user_id, order_by=(Job.priority.desc(), Job.created_at, Job.id))
     line = (
         select(Job.id, Job.priority, Job.created_at, (func.coalesce(working.c.n, 0) + rank).label("round"))
         .outerjoin(working, working.c.user_id == Job.user_id)
-        .where(or_(Job.status == JobStatus.QUEUED.value, Job.id == job.id))
-        .subquery()
+        .where(or_(Job.status == JobStatus.QUEUED.value, Job.id == job_id))
+        .cte("line")
     )
     other, me = aliased(line), aliased(line)
     ahead = or_(
@@ -84,8 +82,18 @@ def queue_position(s: Session, job: Job) -> int:
             )),
         )),
     )
-    count = s.scalar(select(func.count()).select_from(other).join(me, me.c.id == job.id).where(ahead))
-    return int(count or 0)
+    return select(func.count()).select_from(other).join(me, me.c.id == job_id).where(ahead)
+
+
+_QUEUE_POSITION = _queue_position_query()
+
+
+def queue_position(s: Session, job: Job) -> int:
+    """How many queued jobs a worker would take before ``job`` in the fair order, as things stand
+    (0 unless ``job`` is pending or queued; a pending job is placed as if it were queued now)."""
+    if job.status not in (JobStatus.QUEUED, JobStatus.PENDING):
+        return 0
+    return int(s.scalar(_QUEUE_POSITION, {"job_id": job.id}) or 0)
 
 
 def requeue_stale(s: Session, timeout_s: float, max_restarts: int) -> list[str]:

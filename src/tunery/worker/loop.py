@@ -88,9 +88,9 @@ def run_worker(settings: Settings, *, stop: threading.Event | None = None, model
                 break
             stop.wait(POLL_S)
             continue
-        _register(db, worker_id)
-        if time.monotonic() >= next_recovery:
+        if time.monotonic() >= next_recovery:  # housekeeping once per heartbeat interval, not per poll
             next_recovery = time.monotonic() + settings.heartbeat_interval_s
+            _register(db, worker_id)
             with db.session() as s:
                 requeue_stale(s, settings.heartbeat_timeout_s, settings.max_restarts)
         job_id: str | None = None
