@@ -16,9 +16,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from tunery.training import attention
+from tunery.training.attention import Segments
 from tunery.training.config import TrainConfig
 
-ATTN_IMPLEMENTATION = "sdpa"
+ATTN_IMPLEMENTATION = attention.PACKED  # SDPA, plus per-example attention for wide packed rows
 
 
 @dataclass
@@ -65,6 +67,7 @@ def load_tokenizer(model_dir: str | Path) -> Any:
 def load_causal_lm(model_dir: str | Path, dtype: torch.dtype) -> Any:
     from transformers import AutoModelForCausalLM
 
+    attention.register()
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
 
 
@@ -126,14 +129,16 @@ def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None) -> Any:
 
 
 def forward_logits(
-    loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, bias: torch.Tensor
+    loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, bias: torch.Tensor | Segments
 ) -> torch.Tensor:
-    """Logits ``[B, L, V]`` in fp32, under autocast where configured. Passes that build a graph go
-    through ``ddp`` when there is one, so their backward averages gradients across ranks."""
+    """Logits ``[B, L, V]`` in fp32, under autocast where configured. ``bias`` keeps packed examples
+    apart: a 4-D additive mask, or ``Segments`` (see ``attention.attention_for``). Passes that build a
+    graph go through ``ddp`` when there is one, so their backward averages gradients across ranks."""
     module = loaded.ddp if loaded.ddp is not None and torch.is_grad_enabled() else loaded.model
+    isolation = {"packed_segments": bias} if isinstance(bias, Segments) else {"attention_mask": bias}
     with torch.autocast(loaded.device.type, dtype=loaded.autocast_dtype or torch.float32,
                         enabled=loaded.autocast_dtype is not None):
-        out = module(input_ids=input_ids, position_ids=position_ids, attention_mask=bias, use_cache=False)
+        out = module(input_ids=input_ids, position_ids=position_ids, use_cache=False, **isolation)
     return out.logits.float()
 
 

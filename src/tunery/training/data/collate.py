@@ -28,6 +28,7 @@ class Batch:
     targets: torch.Tensor  # [B, L] long, IGNORE where not trained
     num_tokens: int  # real (non-padding) tokens
     num_targets: int  # trained targets
+    lengths: tuple[tuple[int, ...], ...] = ()  # per row, its examples' lengths in order
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
@@ -37,6 +38,7 @@ class Batch:
             self.targets.to(device),
             self.num_tokens,
             self.num_targets,
+            self.lengths,
         )
 
 
@@ -61,7 +63,8 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int) -> Batch:
         position_ids[b, at:] = torch.arange(width - at)
         segment_ids[b, at:] = len(row)
     num_targets = int((targets != IGNORE).sum())
-    return Batch(input_ids, position_ids, segment_ids, targets, num_tokens, num_targets)
+    lengths = tuple(tuple(len(e) for e in row) for row in rows)
+    return Batch(input_ids, position_ids, segment_ids, targets, num_tokens, num_targets, lengths)
 
 
 def attention_bias(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

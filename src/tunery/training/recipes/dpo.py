@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import torch
 
 from tunery.errors import TrainingFailed
+from tunery.training.attention import attention_for
 from tunery.training.config import TrainConfig
-from tunery.training.data.collate import attention_bias, collate
+from tunery.training.data.collate import collate
 from tunery.training.data.dataset import PairDataset, load_pairs
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
@@ -222,7 +223,7 @@ def _score(s: Session, dataset: PairDataset, rows: list[list[int]], objective: O
     batch = collate([[e for i in row for e in dataset.pairs[i]] for row in rows],
                     s.loaded.tokenizer.pad_token_id).to(s.loaded.device)
     logits = forward_logits(s.loaded, batch.input_ids, batch.position_ids,
-                            attention_bias(batch.segment_ids, mask_dtype(s.loaded)))
+                            attention_for(batch, mask_dtype(s.loaded)))
     sums, counts = sequence_logps(logits, batch.targets, batch.segment_ids, int(batch.segment_ids.max()) + 1)
     b = torch.tensor([b for b, row in enumerate(rows) for _ in row])
     k = torch.tensor([k for row in rows for k in range(len(row))])

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from tunery.errors import TrainingFailed
+from tunery.training.attention import attention_for
 from tunery.training.config import TrainConfig
-from tunery.training.data.collate import Batch, attention_bias, collate
+from tunery.training.data.collate import Batch, collate
 from tunery.training.data.dataset import TokenizedDataset, load_examples
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
@@ -168,8 +169,8 @@ def _collate(s: Session, dataset: TokenizedDataset, rows: list[list[int]]) -> Ba
 
 
 def _loss_sum(s: Session, batch: Batch) -> torch.Tensor:
-    bias = attention_bias(batch.segment_ids, mask_dtype(s.loaded))
-    return token_loss_sum(forward_logits(s.loaded, batch.input_ids, batch.position_ids, bias), batch.targets)
+    isolation = attention_for(batch, mask_dtype(s.loaded))
+    return token_loss_sum(forward_logits(s.loaded, batch.input_ids, batch.position_ids, isolation), batch.targets)
 
 
 def main(argv: list[str] | None = None) -> int:
