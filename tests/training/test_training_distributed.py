@@ -3,7 +3,7 @@ the one-process loss curve: same global batch, same steps, same evals, same fina
 
 Tolerance: the two runs differ only in fp32 summation order (a step's rows are split over two
 ranks and padded to other widths, and the two halves of the gradient are added by the
-all-reduce). Measured over these runs: losses within 1e-6 relative, gradient norms within 2e-6,
+all-reduce). Measured over these runs: losses and gradient norms within 2e-6 relative,
 eval losses within 4e-7. 1e-4 leaves a 50x margin for other CPUs' kernels, while every sharding
 mistake shows far above it: a row dropped or seen twice changes that step's loss by percents,
 gradients not averaged make the ranks' weights (and so the losses) part within a step or two, and
