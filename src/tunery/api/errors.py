@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunery.errors import TuneryError
@@ -62,6 +63,14 @@ def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, message, type_, headers=getattr(exc, "headers", None))
 
 
+def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value from the request that no schema rule caught: PostgreSQL
+    # rejects NUL characters in text and integers beyond 64 bits (SQLite takes both).
+    log.info("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(400, "a value in the request cannot be stored: text must not contain NUL characters "
+                               "and integers must fit in 64 bits", "invalid_request_error")
+
+
 def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal server error; the server log has the details", "internal_error")
@@ -71,4 +80,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TuneryError, _tunery_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unexpected_error)
