@@ -9,7 +9,9 @@ moto's S3 server (`moto_server`, its own process), one API node (`tunery serve -
 N `tunery worker` processes, each with its own data dir (nothing shared but the database and the
 bucket). Workers run ``bench/stub_trainer.py`` instead of a recipe (TUNERY_RECIPE_MODULE): a job
 is real queue, staging from S3, child process, relay, checkpoint and model upload to S3 and
-completion, but no training, so the numbers are about the queue and the API, not the CPU.
+completion, but no training, so the numbers are about the queue and the API, not the CPU. The
+workers and the S3 server run at nice 10, as the other hosts they stand in for: on one machine
+they must not take the API node's CPU (PostgreSQL and the clients run at normal priority).
 
 Four users create the jobs through the API; meanwhile each of the 50 clients polls one job's
 ``GET /v1/fine-tunes/{id}`` and ``GET /v1/fine-tunes/{id}/events`` every --poll-s seconds (the
@@ -53,6 +55,7 @@ from tunery.store.users import create_key  # noqa: E402
 BIN = Path(sys.executable).parent
 MODEL = "tunery/tiny-llama"
 CLAIM = "Job started on worker "
+NICE = ["nice", "-n", "10"]
 
 
 def free_port() -> int:
@@ -96,7 +99,9 @@ class Fleet:
         s3_port, self.api_port = free_port(), free_port()
         self.s3 = f"http://127.0.0.1:{s3_port}"
         self.bucket = "bench"
-        self._spawn("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], {})
+        # The S3 server and the workers stand in for other hosts: at nice 10 they cannot starve
+        # the API node under measurement of this machine's CPU (the workers' children inherit it).
+        self._spawn("s3", [*NICE, str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], {})
         wait_http(self.s3, "moto_server")
         import boto3
 
@@ -108,7 +113,7 @@ class Fleet:
         wait_http(f"{self.base_url}/healthz", "tunery serve")
         for i in range(workers):
             data = root / f"worker{i}"
-            self._spawn(f"worker{i}", [str(BIN / "tunery"), "worker", "--data-dir", str(data)],
+            self._spawn(f"worker{i}", [*NICE, str(BIN / "tunery"), "worker", "--data-dir", str(data)],
                         {**self.env(data), "TUNERY_RECIPE_MODULE": "bench.stub_trainer",
                          "PYTHONPATH": str(REPO)})
 

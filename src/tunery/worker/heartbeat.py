@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from types import TracebackType
 
 from tunery.queue.states import JobStatus
 from tunery.store import jobs as store
@@ -37,7 +36,7 @@ class JobHeartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 

@@ -24,11 +24,13 @@ class PausePoints:
     def __call__(self, phase: str) -> None:
         if phase != self.phase or self.directory is None:
             return
+        tmp = self.directory / f".{phase}.{os.getpid()}"
+        tmp.write_text(str(os.getpid()))
         try:
-            fd = os.open(self.directory / phase, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(tmp, self.directory / phase)  # appears atomically, with the pid already in it
         except FileExistsError:
             return  # another worker paused here already
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+        finally:
+            tmp.unlink()
         while True:
             time.sleep(3600)
