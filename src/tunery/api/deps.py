@@ -54,7 +54,10 @@ def current_user(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)])
 
 
 Ctx = Annotated[AppContext, Depends(get_ctx)]
-DbSession = Annotated[Session, Depends(get_session)]
+# scope="function": the transaction commits before the response is sent. FastAPI's default ends
+# a yield dependency after the response, so a client could read a 200 and then not find what it
+# just created (seen on PostgreSQL under load).
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
