@@ -28,6 +28,7 @@ from tests.training.samples import preference_pairs, qa_conversations, write_jso
 from tunery.training.config import TrainConfig
 from tunery.training.recipes import dpo, sft
 from tunery.training.reporter import ListReporter
+from tunery.worker.relay import Relay
 from tunery.worker.run_job import training_command
 
 pytestmark = pytest.mark.slow
@@ -155,3 +156,14 @@ def test_two_processes_train_dpo_fully_like_one(tiny_llama: Path, sft_data: Path
     assert_same_curve(curve(records(report)), expected)
     assert_same_weights(tmp_path / "two" / "final" / "model" / "model.safetensors",
                         tmp_path / "one" / "final" / "model" / "model.safetensors")
+
+
+def test_a_user_error_under_torchrun_stays_the_users(tiny_llama: Path, sft_data: Path, tmp_path: Path) -> None:
+    """torchrun exits 1 whatever failed; the worker reads whose fault it was from the report."""
+    cfg = sft_config(tiny_llama, sft_data, tmp_path / "out", train_file=str(sft_data / "pairs.jsonl"))
+    proc, report = launch(cfg, tmp_path / "run")
+    code, out = finish(proc)
+    assert code != 0, out
+    relay = Relay(db=None, blobs=None, job_id="ft-ddp", worker_id="w", report_path=report)  # type: ignore[arg-type]
+    relay.pump()
+    assert relay.error_is_users and relay.error_message, out

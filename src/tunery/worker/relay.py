@@ -129,6 +129,8 @@ class Relay:
     final_path: Path | None = None
     final_step: int = 0
     error_message: str | None = None
+    # Whether that error was the user's (bad data or config); under torchrun the exit code cannot say.
+    error_is_users: bool = False
     # Steps of the intermediate checkpoints this run listed.
     listed_steps: list[int] = field(default_factory=list)
     _first_step: tuple[int, float] | None = None
@@ -161,7 +163,7 @@ class Relay:
     def _event(self, r: dict[str, Any]) -> None:
         type_, message, level = r.pop("type"), r.pop("message"), r.pop("level", "info")
         if type_ in INTERNAL_EVENTS:
-            self.error_message = message
+            self.error_message, self.error_is_users = message, bool(r.get("user_error"))
             return
         progress: dict[str, Any] = {}
         if type_ == "training_start":

@@ -34,6 +34,7 @@ from tunery.store.files import get_file_any_owner
 from tunery.store.models import File, Job
 from tunery.training.config import LoraSettings, TrainConfig
 from tunery.worker.heartbeat import JobHeartbeat, JobLost
+from tunery.worker.hub_push import HubPushFailed, push_model
 from tunery.worker.packaging import unpack
 from tunery.worker.relay import Relay, discard, list_parts, pack_parts, store_parts
 
@@ -41,6 +42,7 @@ log = logging.getLogger("tunery.worker")
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
 PR_SET_PDEATHSIG = 1
+TORCHRUN_SHUTDOWN_TIMEOUT_S = 900
 
 
 @dataclass
@@ -232,8 +234,10 @@ def training_command(config: TrainConfig, config_path: Path, report_path: Path, 
     module = recipe_module or f"tunery.training.recipes.{config.method}"
     args = ["--config", str(config_path), "--report", str(report_path)]
     if processes > 1:
+        # torchrun passes SIGTERM on to the ranks and SIGKILLs them after --shutdown-timeout (30 s by
+        # default): too short for a large model to finish its step and write the resumable checkpoint.
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                "-m", module, *args]
+                f"--shutdown-timeout={TORCHRUN_SHUTDOWN_TIMEOUT_S}", "-m", module, *args]
     return [sys.executable, "-m", module, *args]
 
 
@@ -346,7 +350,7 @@ def finish(ctx: WorkerContext, running: Running, relay: Relay, code: int, stop_r
         return
     if code != EXIT_OK:
         message = relay.error_message or _log_tail(scratch / "train.log")
-        raise TrainingFailed(message, user_error=code == EXIT_USER_ERROR)
+        raise TrainingFailed(message, user_error=code == EXIT_USER_ERROR or relay.error_is_users)
     if relay.final_path is None:
         raise TrainingFailed("training ended without writing a final model")
     package_and_complete(ctx, running, relay)
@@ -365,6 +369,7 @@ def package_and_complete(ctx: WorkerContext, running: Running, relay: Relay) -> 
     _advance(ctx, job_id, JobStatus.UPLOADING, "model_uploading", "Uploading the trained model")
     stored = store_parts(ctx.blobs, job_id, relay.final_step, packed, final=True, pause=ctx.pause, phase="uploading")
     try:
+        push_to_hub(ctx, job_id, relay.final_path)
         beat.check()
         with ctx.db.session() as s:
             list_parts(s, job_id, ctx.worker_id, relay.final_step, stored, final=True)
@@ -384,6 +389,25 @@ def package_and_complete(ctx: WorkerContext, running: Running, relay: Relay) -> 
     except BaseException:
         discard(ctx.blobs, stored)
         raise
+
+
+def push_to_hub(ctx: WorkerContext, job_id: str, final_dir: Path) -> None:
+    """Upload the model to the job's ``hf_output_repo_name``, if it has one. A refusal does not fail
+    the job: the model stays downloadable here, and an error-level warning event says what went wrong."""
+    with ctx.db.session() as s:
+        job = store.get_job(s, job_id)
+        repo, token = job.params.get("hf_output_repo_name"), (job.secrets or {}).get("hf_api_token")
+    if not repo:
+        return
+    _event(ctx, job_id, "model_uploading_to_hf", f"Uploading the model to Hugging Face repo {repo}")
+    try:
+        url = push_model(final_dir, repo, token, f"Fine-tuned by tunery job {job_id}")
+    except HubPushFailed as e:
+        with ctx.db.session() as s:
+            store.add_event(s, job_id, "warning", f"Could not upload the model to Hugging Face repo {repo}: {e}. "
+                            "The model is still downloadable from this server.", level="error")
+        return
+    _event(ctx, job_id, "model_upload_to_hf_complete", f"Model uploaded to Hugging Face: {url}")
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:
