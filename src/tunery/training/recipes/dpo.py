@@ -103,6 +103,18 @@ class PairScores:
     tokens: int
 
 
+@dataclass
+class Rewards:
+    """The implicit rewards ``β·(log-ratio)`` of the pairs of one micro-batch, detached."""
+
+    chosen: torch.Tensor  # [P]
+    rejected: torch.Tensor  # [P]
+
+    @property
+    def margin(self) -> torch.Tensor:
+        return self.chosen - self.rejected
+
+
 def run(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     """Train as ``cfg`` says, reporting to ``reporter``. Raises ``TrainingFailed`` for bad input."""
     with open_run(cfg, reporter) as (reporter, dist):
@@ -160,18 +172,20 @@ def _train_step(s: Session, data: Data, objective: Objective, group: StepGroup) 
     total_pairs = sum(len(row) for rows in group for row in rows)
     scale = loss_scale(s, total_pairs)
     mine = my_share(s, group)
-    loss_sum, margin_sum, correct, tokens = 0.0, 0.0, 0, 0
+    loss_sum, chosen_sum, rejected_sum, correct, tokens = 0.0, 0.0, 0.0, 0, 0
     for i, rows in enumerate(mine):
         with grad_sync(s.loaded.ddp, sync=i == len(mine) - 1):
-            losses, margins, scores = _pair_losses(s, data.train, "train", objective, rows)
+            losses, rewards, scores = _pair_losses(s, data.train, "train", objective, rows)
             (losses.sum() / scale).backward()
         loss_sum += float(losses.detach().sum())
-        margin_sum += float(margins.sum())
-        correct += int((margins > 0).sum())
+        chosen_sum += float(rewards.chosen.sum())
+        rejected_sum += float(rewards.rejected.sum())
+        correct += int((rewards.margin > 0).sum())
         tokens += scores.tokens
     if not mine:
         idle_backward(s)
-    loss_sum, margin_sum, correct_all, tokens_all = s.dist.sum(loss_sum, margin_sum, correct, tokens)
+    loss_sum, chosen_sum, rejected_sum, correct_all, tokens_all = s.dist.sum(
+        loss_sum, chosen_sum, rejected_sum, correct, tokens)
     loss = loss_sum / total_pairs
     grad_norm = optimizer_step(s, loss, int(tokens_all))
     return {
@@ -180,7 +194,9 @@ def _train_step(s: Session, data: Data, objective: Objective, group: StepGroup) 
         "train/grad_norm": grad_norm,
         "train/tokens_per_second": tokens_all / max(time.perf_counter() - started, 1e-9),
         "train/reward_accuracy": correct_all / total_pairs,
-        "train/reward_margin": margin_sum / total_pairs,
+        "train/reward_margin": (chosen_sum - rejected_sum) / total_pairs,
+        "train/chosen_reward": chosen_sum / total_pairs,
+        "train/rejected_reward": rejected_sum / total_pairs,
     }
 
 
@@ -191,9 +207,9 @@ def _evaluate(s: Session, data: Data, objective: Objective) -> tuple[float, floa
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
         for rows in my_batches(s, _fixed_batches(s, data.val)):
-            losses, margins, _ = _pair_losses(s, data.val, "val", objective, rows)
+            losses, rewards, _ = _pair_losses(s, data.val, "val", objective, rows)
             loss_sum += float(losses.sum())
-            correct += int((margins > 0).sum())
+            correct += int((rewards.margin > 0).sum())
     s.loaded.model.train()
     loss_total, correct_all = s.dist.sum(loss_sum, correct)
     return loss_total / len(data.val.pairs), correct_all / len(data.val.pairs)
@@ -201,8 +217,8 @@ def _evaluate(s: Session, data: Data, objective: Objective) -> tuple[float, floa
 
 def _pair_losses(
     s: Session, dataset: PairDataset, split: str, objective: Objective, rows: list[list[int]]
-) -> tuple[torch.Tensor, torch.Tensor, PairScores]:
-    """Per-pair losses and reward margins for one micro-batch."""
+) -> tuple[torch.Tensor, Rewards, PairScores]:
+    """Per-pair losses and implicit rewards for one micro-batch."""
     scores = _score(s, dataset, rows, objective)
     if objective.reference_free:
         ref_chosen = ref_rejected = torch.zeros_like(scores.chosen)
@@ -215,7 +231,7 @@ def _pair_losses(
         scores.chosen, scores.rejected, ref_chosen, ref_rejected, beta=objective.beta, gamma=objective.gamma)
     if objective.rpo_alpha > 0:
         losses = losses + objective.rpo_alpha * scores.chosen_nll
-    return losses, (chosen_rewards - rejected_rewards).detach(), scores
+    return losses, Rewards(chosen_rewards.detach(), rejected_rewards.detach()), scores
 
 
 def _score(s: Session, dataset: PairDataset, rows: list[list[int]], objective: Objective) -> PairScores:
