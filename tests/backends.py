@@ -159,6 +159,7 @@ class S3Server:
 def moto_server() -> Iterator[S3Server]:
     """moto's standalone S3 server, in a thread of the test process, on a free loopback port."""
     from moto.server import ThreadedMotoServer
+
     from tests.conftest import free_port
 
     port = free_port()

@@ -55,7 +55,7 @@ class LiveServer:
         return (self.data_dir / "api_key").read_text().strip()
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the server process writes to it for its lifetime
         self.proc = subprocess.Popen(
             [TUNERY, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,

@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from tests.conftest import LiveServer
 from tests.sample_data import conversation_file, preference_file
 
@@ -101,7 +102,8 @@ def test_inputs_must_exist_be_valid_and_match_the_method(http: httpx.Client, tra
 def test_defaults_resolved_like_together(http: httpx.Client, train_id: str) -> None:
     # The sync SDK's default payload (contract §5.3 A): no training_type → LoRA, r from limits, alpha 2r.
     r = create(http, training_file=train_id, validation_file="", packing=True, n_epochs=1, learning_rate=1e-5,
-               batch_size="max", early_stopping_enabled=False, training_method={"method": "sft", "train_on_inputs": "auto"})
+               batch_size="max", early_stopping_enabled=False,
+               training_method={"method": "sft", "train_on_inputs": "auto"})
     assert r.status_code == 200, r.text
     job = r.json()
     limits = http.get("/v1/fine-tunes/models/limits", params={"model_name": MODEL}).json()

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from tests.conftest import LiveServer, start_server
 
+from tests.conftest import LiveServer, start_server
 from tunery.store.db import Database
 from tunery.store.models import Job, User, Worker, utcnow
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.conftest import LiveServer, start_server
 from tests.sample_data import conversation_file
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from tests.cli.conftest import assert_one_line_error, tunery
 from tests.conftest import LiveServer
 from tests.sample_data import conversation_file

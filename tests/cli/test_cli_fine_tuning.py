@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tests.cli.conftest import assert_one_line_error, client_env, tunery
 from tests.conftest import TUNERY, LiveServer
 from tests.sample_data import conversation_file

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.cli.conftest import tunery
 from tests.conftest import free_port
 

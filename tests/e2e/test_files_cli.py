@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import LiveServer, cli_env
 from tests.e2e.test_files_sdk import INVALID, VALID, write_jsonl
 

@@ -20,10 +20,10 @@ import pytest
 import together
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from tests.conftest import LiveServer
 from together import Together
 from together.lib.resources.files import FileAlreadyExistsError
 
+from tests.conftest import LiveServer
 from tunery.store.db import Database
 from tunery.store.models import Job, User
 

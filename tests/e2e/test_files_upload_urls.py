@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 import pytest
 import together
-from tests.conftest import LiveServer, start_server
 from together import Together
 
+from tests.conftest import LiveServer, start_server
 from tunery.api.signing import FILE, UploadSigner
 
 BODY = b'{"text": "hello"}\n{"text": "world"}\n'

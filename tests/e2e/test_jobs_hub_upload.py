@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import LiveServer, start_server
 from tests.e2e.test_jobs_sdk import MODEL, extract, wait_for
 from tests.fake_hub import FakeHub, running_hub

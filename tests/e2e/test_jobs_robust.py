@@ -9,10 +9,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from tests.conftest import LiveServer, start_server
 from tests.e2e.test_jobs_sdk import MODEL, wait_for
 from tests.sample_data import conversation_file
-
 from tunery.store.db import Database
 from tunery.store.models import Job
 

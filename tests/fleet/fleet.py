@@ -16,9 +16,9 @@ from typing import Any
 
 import zstandard
 from sqlalchemy import select
+
 from tests.backends import S3Server
 from tests.conftest import TUNERY, LiveServer, server_env
-
 from tunery.store.db import Database
 from tunery.store.models import Checkpoint, JobEvent
 

@@ -13,11 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from together import Together
+
 from tests.backends import S3Server
 from tests.conftest import LiveServer, start_server
 from tests.fleet.fleet import DONE, TIMING, Fleet, alive, wait_until, worker_pid
 from tests.sample_data import conversation_file
-from together import Together
 
 pytestmark = pytest.mark.slow
 MODEL = "tunery/tiny-llama"

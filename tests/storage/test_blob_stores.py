@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.backends import S3Server
 
+from tests.backends import S3Server
 from tunery.errors import Conflict, InvalidRequest
 from tunery.settings import Settings
 from tunery.storage import BlobStore, LocalBlobStore, direct_uploads, open_blob_store

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 import together
+from together import Together
+
 from tests.backends import S3Server
 from tests.conftest import LiveServer, start_server
-from together import Together
 
 pytestmark = pytest.mark.slow
 PREFIX = "deploy/blobs"

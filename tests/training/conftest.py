@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import torch
-from tests.training.samples import qa_conversations, write_jsonl
 
+from tests.training.samples import qa_conversations, write_jsonl
 from tunery.models.builtin import ensure_builtin
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from tests.training.samples import preference_pairs, qa_conversations, write_jsonl
 
+from tests.training.samples import preference_pairs, qa_conversations, write_jsonl
 from tunery.training import attention
 from tunery.training.attention import Segments, attention_for, segments
 from tunery.training.config import TrainConfig

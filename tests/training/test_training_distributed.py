@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from safetensors.torch import load_file
-from tests.training.samples import preference_pairs, qa_conversations, write_jsonl
 
+from tests.training.samples import preference_pairs, qa_conversations, write_jsonl
 from tunery.training.config import TrainConfig
 from tunery.training.recipes import dpo, sft
 from tunery.training.reporter import ListReporter

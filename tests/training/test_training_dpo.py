@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
+
 from tests.training.samples import preference_pairs, qa_conversations, write_jsonl
 from tests.training.test_training_render import trained_spans
-
 from tunery.errors import TrainingFailed
 from tunery.training.config import TrainConfig
 from tunery.training.data.dataset import load_pairs

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from tests.training.test_training_dpo import dpo_config, losses, pair_files  # noqa: F401 - pytest fixture
 from tests.training.test_training_sft import config
-
 from tunery.training.data.collate import collate
 from tunery.training.data.dataset import load_examples
 from tunery.training.data.packing import epoch_batches

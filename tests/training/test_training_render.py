@@ -8,8 +8,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.training.samples import write_jsonl
 
+from tests.training.samples import write_jsonl
 from tunery.datasets import DatasetFormat
 from tunery.errors import TrainingFailed
 from tunery.training.data.dataset import load_examples

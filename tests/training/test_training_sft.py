@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from tests.training import wandb_offline
 from tests.training.samples import write_jsonl
-
 from tunery.training.config import TrainConfig
 from tunery.training.recipes import sft
 from tunery.training.reporter import ListReporter

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from tests.conftest import LiveServer, start_server
 from tests.sample_data import conversation_file
-
 from tunery.store.db import Database
 from tunery.store.users import create_key
 

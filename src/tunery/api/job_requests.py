@@ -154,13 +154,15 @@ def _schedule(req: FinetuneRequest, limits: dict[str, Any], method: str, problem
     p.check(limits["min_learning_rate"] <= req.learning_rate <= limits["max_learning_rate"], "learning_rate",
             f"learning_rate must be in [{limits['min_learning_rate']}, {limits['max_learning_rate']}]; "
             f"got {req.learning_rate}")
-    p.check(0 <= req.warmup_ratio <= 1, "warmup_ratio", f"Warmup ratio should be between 0 and 1 (got {req.warmup_ratio})")
+    p.check(0 <= req.warmup_ratio <= 1, "warmup_ratio",
+            f"Warmup ratio should be between 0 and 1 (got {req.warmup_ratio})")
     p.check(0 <= args.min_lr_ratio <= 1, "lr_scheduler.lr_scheduler_args.min_lr_ratio",
             f"Min learning rate ratio should be between 0 and 1 (got {args.min_lr_ratio})")
     if sched.lr_scheduler_type == "cosine":
         p.check(args.num_cycles > 0, "lr_scheduler.lr_scheduler_args.num_cycles",
                 f"Number of cycles should be greater than 0 (got {args.num_cycles})")
-    p.check(req.max_grad_norm >= 0, "max_grad_norm", f"Max gradient norm should be non-negative (got {req.max_grad_norm})")
+    p.check(req.max_grad_norm >= 0, "max_grad_norm",
+            f"Max gradient norm should be non-negative (got {req.max_grad_norm})")
     p.check(req.weight_decay >= 0, "weight_decay", f"Weight decay should be non-negative (got {req.weight_decay})")
     gas = req.gradient_accumulation_steps or limits["default_gradient_accumulation_steps"]
     p.check(1 <= gas <= 1024, "gradient_accumulation_steps",
@@ -199,14 +201,17 @@ def _early_stopping(req: FinetuneRequest, has_validation: bool, problems: Proble
     warmup = 1 if req.early_stopping_warmup_evals is None else req.early_stopping_warmup_evals
     delta = 0.0 if req.early_stopping_min_delta is None else req.early_stopping_min_delta
     if req.early_stopping_enabled:
-        problems.check(patience >= 1, "early_stopping_patience", f"early_stopping_patience must be >= 1 (got {patience})")
+        problems.check(patience >= 1, "early_stopping_patience",
+                       f"early_stopping_patience must be >= 1 (got {patience})")
         problems.check(warmup >= 0, "early_stopping_warmup_evals",
                        f"early_stopping_warmup_evals must be >= 0 (got {warmup})")
         problems.check(delta >= 0, "early_stopping_min_delta", f"early_stopping_min_delta must be >= 0 (got {delta})")
-        problems.check(has_validation, "validation_file", "Early stopping requires a validation file (validation_file).")
+        problems.check(has_validation, "validation_file",
+                       "Early stopping requires a validation file (validation_file).")
         need = patience + warmup + 1
         problems.check(req.n_evals >= need, "n_evals",
-                       f"Early stopping requires n_evals >= patience + warmup_evals + 1 = {need} (got n_evals={req.n_evals})")
+                       f"Early stopping requires n_evals >= patience + warmup_evals + 1 = {need} "
+                       f"(got n_evals={req.n_evals})")
     return {"early_stopping_enabled": req.early_stopping_enabled, "early_stopping_patience": patience,
             "early_stopping_warmup_evals": warmup, "early_stopping_min_delta": delta}
 

@@ -16,7 +16,8 @@ app = typer.Typer(no_args_is_help=True, help="Manage API keys.")
 
 
 @app.command("create")
-def create(user: Annotated[str, typer.Option("--user", help="User name (created if new).")], data_dir: DataDir = None) -> None:
+def create(user: Annotated[str, typer.Option("--user", help="User name (created if new).")],
+           data_dir: DataDir = None) -> None:
     """Create an API key for a user and print it (it is shown only once)."""
     db = open_db(load_settings(data_dir))
     with db.session() as s:
@@ -32,12 +33,14 @@ def list_(data_dir: DataDir = None) -> None:
         keys = list_keys(s)
     table = Table("ID", "User", "Prefix", "Created", "Revoked")
     for k in keys:
-        table.add_row(k.id, k.user, k.prefix + "…", k.created_at.strftime("%Y-%m-%d %H:%M:%S"), "yes" if k.revoked else "")
+        table.add_row(k.id, k.user, k.prefix + "…", k.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      "yes" if k.revoked else "")
     Console().print(table)
 
 
 @app.command("revoke")
-def revoke(key: Annotated[str, typer.Argument(help="Key id (key-…) or the key itself.")], data_dir: DataDir = None) -> None:
+def revoke(key: Annotated[str, typer.Argument(help="Key id (key-…) or the key itself.")],
+           data_dir: DataDir = None) -> None:
     """Revoke an API key."""
     db = open_db(load_settings(data_dir))
     try:

@@ -118,7 +118,8 @@ def list_events(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     return {"object": "list", "data": [wire_event(e) for e in store.list_events(s, job.id)]}
 
 
-CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Merged", (True, "adapter"): "Final Adapter"}
+CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Merged",
+                    (True, "adapter"): "Final Adapter"}
 
 
 @router.get("/{job_id}/checkpoints")

@@ -22,7 +22,8 @@ class LrScheduler(BaseModel):
 
 
 class TrainingType(BaseModel):
-    """``{"type": "Full"}`` or ``{"type": "Lora", "lora_r", "lora_alpha", "lora_dropout", "lora_trainable_modules"}``."""
+    """``{"type": "Full"}`` or
+    ``{"type": "Lora", "lora_r", "lora_alpha", "lora_dropout", "lora_trainable_modules"}``."""
 
     model_config = ConfigDict(extra="ignore")
     type: Literal["Full", "Lora", "full", "lora"]
