@@ -43,3 +43,18 @@ def test_hub_ids_come_from_the_hugging_face_cache_offline(tmp_path: Path) -> Non
     (snapshot / "config.json").write_text(json.dumps({"model_type": "llama"}))
     model = resolve("org/cached", cache_dir=tmp_path, hf_cache_dir=tmp_path / "hf")
     assert (model.path, model.source) == (snapshot, "huggingface")
+
+
+def test_hf_model_revision_picks_that_snapshot_from_the_cache(tmp_path: Path) -> None:
+    repo = tmp_path / "hf" / "models--org--cached"
+    (repo / "refs").mkdir(parents=True)
+    commits = {"main": "a" * 40, "v2": "b" * 40}
+    for ref, commit in commits.items():
+        (repo / "refs" / ref).write_text(commit)
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text(json.dumps({"model_type": "llama", "ref": ref}))
+    for revision, commit in [(None, "a" * 40), ("v2", "b" * 40), ("b" * 40, "b" * 40)]:
+        model = resolve("org/cached", cache_dir=tmp_path, hf_cache_dir=tmp_path / "hf", revision=revision)
+        assert model.path == repo / "snapshots" / commit, revision
+    with pytest.raises(NotFound, match="not in the Hugging Face cache"):
+        resolve("org/cached", cache_dir=tmp_path, hf_cache_dir=tmp_path / "hf", revision="v3")
