@@ -116,7 +116,8 @@ def start_session(cfg: TrainConfig, reporter: Reporter, loaded: LoadedModel, pla
 def report_start(s: Session, token_count: int) -> None:
     s.reporter.event(
         "training_start",
-        f"Training started: {s.plan.total_steps} steps over {s.cfg.n_epochs} epochs",
+        f"Training started: {s.plan.total_steps} steps over {s.cfg.n_epochs} epochs"
+        + (f" in {s.dist.world} processes" if s.dist.world > 1 else ""),
         total_steps=s.plan.total_steps,
         token_count=token_count,
         param_count=s.loaded.param_count,
