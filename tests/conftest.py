@@ -133,11 +133,16 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def together_client(live_server: LiveServer):  # type: ignore[no-untyped-def]
+def sdk_client(server: LiveServer):  # type: ignore[no-untyped-def]
+    """The official SDK pointed at ``server``, without retries (a failure shows at once)."""
     from together import Together
 
-    return Together(base_url=live_server.base_url, api_key=live_server.api_key, max_retries=0)
+    return Together(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def together_client(live_server: LiveServer):  # type: ignore[no-untyped-def]
+    return sdk_client(live_server)
 
 
 def cli_env(server: LiveServer, home: Path, api_key: str | None = None) -> dict[str, str]:

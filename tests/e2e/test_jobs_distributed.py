@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import start_server
+from tests.conftest import sdk_client, start_server
 from tests.e2e.test_jobs_sdk import MODEL, extract, wait_for
 from tests.sample_data import conversation_file
 
@@ -15,12 +15,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_two_process_job_completes_through_the_sdk(tmp_path: Path) -> None:
-    from together import Together
     from transformers import AutoModelForCausalLM
 
     server = start_server(tmp_path / "srv", TUNERY_WORKERS="1", TUNERY_PROCESSES_PER_JOB="2")
     try:
-        client = Together(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+        client = sdk_client(server)
         f = client.files.upload(conversation_file(tmp_path / "train.jsonl", n=32))
         job = client.fine_tuning.create(training_file=f.id, model=MODEL, lora=True, n_epochs=2, batch_size=4,
                                         learning_rate=3e-3, max_seq_length=128, n_checkpoints=2)

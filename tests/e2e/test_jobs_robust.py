@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import LiveServer, start_server
+from tests.conftest import LiveServer, sdk_client, start_server
 from tests.e2e.test_jobs_sdk import MODEL, wait_for
 from tests.sample_data import conversation_file
 from tunery.store.db import Database
@@ -30,9 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def client(server: LiveServer):  # type: ignore[no-untyped-def]
-    from together import Together
-
-    return Together(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+    return sdk_client(server)
 
 
 @pytest.fixture(scope="module")

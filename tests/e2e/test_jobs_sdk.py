@@ -12,7 +12,7 @@ import httpx
 import pytest
 import zstandard
 
-from tests.conftest import LiveServer, start_server
+from tests.conftest import LiveServer, sdk_client, start_server
 from tests.sample_data import conversation_file
 from tunery.models.builtin import ensure_builtin
 
@@ -33,9 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def client(server: LiveServer):  # type: ignore[no-untyped-def]
-    from together import Together
-
-    return Together(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+    return sdk_client(server)
 
 
 def wait_for(client, job_id: str, statuses: set[str], timeout: float = 240):  # type: ignore[no-untyped-def]
