@@ -10,16 +10,16 @@ The local store keeps its own signed-URL path in ``routes/uploads.py``.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from tunery.api.deps import AppContext
+from tunery.checksums import sha256_of
 from tunery.errors import Conflict, InvalidRequest, NotFound
 from tunery.storage import DirectUploads, direct_uploads
-from tunery.storage.staging import READ_CHUNK, too_large
+from tunery.storage.staging import too_large
 from tunery.store import files as store
 from tunery.store.models import File
 
@@ -41,14 +41,6 @@ def file_url(store_: DirectUploads, ctx: AppContext, file_id: str) -> tuple[str,
 def part_urls(store_: DirectUploads, ctx: AppContext, file_id: str, upload_id: str, num_parts: int) -> list[str]:
     ttl = ctx.settings.upload_url_ttl_s
     return [store_.presigned_part(upload_key(file_id), upload_id, n, ttl) for n in range(1, num_parts + 1)]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def adopt_upload(ctx: AppContext, store_: DirectUploads, row: File, validate: Callable[[File, Path], File]) -> File:

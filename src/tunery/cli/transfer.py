@@ -10,7 +10,6 @@ Download: bytes go to ``<output>.part``; a later run finds it and asks only for 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from tunery.checksums import sha256_of
 from tunery.cli.client import TIMEOUT, Client, CliError, raise_for_status
 from tunery.cli.output import console
 
@@ -53,14 +53,6 @@ def file_type_of(path: Path) -> str:
 def check_local_file(path: Path) -> None:
     if not path.is_file():
         raise CliError(f"file not found: {path}")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
