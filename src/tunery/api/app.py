@@ -6,6 +6,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunery import __version__
+from tunery.api import openai
 from tunery.api.deps import AppContext
 from tunery.api.errors import install_error_handlers
 from tunery.api.routes import download, files, fine_tunes, health, metrics, models, uploads
@@ -46,6 +47,7 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(uploads.router)
+    app.include_router(openai.router)
     app.include_router(fine_tunes.router)
     app.include_router(download.router)
     app.include_router(models.router)

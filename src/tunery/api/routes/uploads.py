@@ -93,14 +93,16 @@ async def receive(chunks: AsyncIterator[bytes], staged: StagedFile) -> StagedFil
 
 
 class FormParts:
-    """python-multipart callbacks for a one-shot upload form: the part named ``file`` streams into
-    a ``BodyPump``; every other part is a small text field kept in memory (at most 64 KiB)."""
+    """python-multipart callbacks for an upload form: the part named ``file_field`` (``file``, or
+    ``data`` for an OpenAI upload part) streams into a ``BodyPump``; every other part is a small text
+    field kept in memory (at most 64 KiB)."""
 
     MAX_FIELD_BYTES = 64 * 1024
     MAX_FIELDS = 32
 
-    def __init__(self, pump: BodyPump):
+    def __init__(self, pump: BodyPump, file_field: str = "file"):
         self.pump = pump
+        self.file_field = file_field
         self.fields: dict[str, bytearray] = {}
         self.filename: str | None = None
         self.file_parts = 0
@@ -132,10 +134,10 @@ class FormParts:
     def on_headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = params.get(b"name", b"").decode("utf-8", "replace")
-        if name == "file":
+        if name == self.file_field:
             self.file_parts += 1
             if self.file_parts > 1:
-                raise InvalidRequest("send exactly one part named `file`", param="file")
+                raise InvalidRequest(f"send exactly one part named `{name}`", param=name)
             filename = params.get(b"filename")
             self.filename = filename.decode("utf-8", "replace") if filename else None
         elif name not in self.fields and len(self.fields) >= self.MAX_FIELDS:
@@ -145,7 +147,7 @@ class FormParts:
         self._target = name
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._target == "file":
+        if self._target == self.file_field:
             self.pump.feed(data[start:end])
         elif self._target is not None:
             value = self.fields[self._target]
@@ -164,18 +166,29 @@ class FormParts:
         value = self.fields.get(name)
         return None if value is None else value.decode("utf-8", "replace").strip()
 
+    def texts(self) -> dict[str, str]:
+        return {name: value.decode("utf-8", "replace").strip() for name, value in self.fields.items()}
 
-async def receive_form(request: Request, staged: StagedFile) -> FormParts:
-    """Parse a ``multipart/form-data`` body, streaming its ``file`` part into ``staged``.
 
-    On any failure the staged file is deleted; a malformed body is a 400.
-    """
+def is_multipart(request: Request) -> bool:
     content_type, params = parse_options_header(request.headers.get("content-type"))
-    if content_type != b"multipart/form-data" or not params.get(b"boundary"):
+    return content_type == b"multipart/form-data" and bool(params.get(b"boundary"))
+
+
+async def receive_form(request: Request, staged: StagedFile, file_field: str = "file",
+                       require_file: bool = True) -> FormParts:
+    """Parse a ``multipart/form-data`` body, streaming its ``file_field`` part into ``staged``.
+
+    On any failure the staged file is deleted; a malformed body is a 400, and so is a form without
+    the file part when ``require_file``.
+    """
+    if not is_multipart(request):
         staged.discard()
-        raise InvalidRequest("send the file as multipart/form-data with a part named `file`", param="file")
+        raise InvalidRequest(f"send the file as multipart/form-data with a part named `{file_field}`",
+                             param=file_field)
+    _, params = parse_options_header(request.headers.get("content-type"))
     pump = BodyPump(staged)
-    form = FormParts(pump)
+    form = FormParts(pump, file_field)
     try:
         parser = MultipartParser(params[b"boundary"], callbacks=form.callbacks())  # type: ignore[arg-type]
         async for chunk in request.stream():
@@ -184,8 +197,8 @@ async def receive_form(request: Request, staged: StagedFile) -> FormParts:
         parser.finalize()
         if not form.ended:
             raise InvalidRequest("the multipart body ended before its closing boundary")
-        if form.file_parts == 0:
-            raise InvalidRequest("the form has no part named `file`", param="file")
+        if form.file_parts == 0 and require_file:
+            raise InvalidRequest(f"the form has no part named `{file_field}`", param=file_field)
         await pump.finish()
         return form
     except FormParserError as error:
