@@ -24,16 +24,16 @@ from starlette.concurrency import run_in_threadpool
 
 from tunery.api.deps import AppContext, Ctx, CurrentUser
 from tunery.api.errors import invalid_request
+from tunery.api.file_intake import store_staged_file, validate_file
 from tunery.api.openai.schemas import UploadCompleteRequest, UploadCreateRequest, part_object, upload_object
-from tunery.api.routes.files import store_staged_file, validate_file
-from tunery.api.routes.uploads import check_announced_length, receive_form
+from tunery.api.receiving import check_announced_length, receive_form
 from tunery.api.schemas.files import FileCreateRequest
 from tunery.api.validation import file_validator
 from tunery.errors import InvalidRequest, NotFound
 from tunery.storage.staging import StagedFile, too_large
 from tunery.store import files as file_store
-from tunery.store import uploads as store
-from tunery.store.models import File, Upload, UploadPart, User
+from tunery.store import uploads as upload_store
+from tunery.upload_store.models import File, Upload, UploadPart, User
 
 log = logging.getLogger("tunery.api.uploads")
 
@@ -60,9 +60,9 @@ def _sweep_expired(ctx: AppContext, user: User) -> None:
     """Drop the parts of the user's uploads that expired unfinished (their bytes can never be used)."""
     keys: list[str] = []
     with ctx.db.session() as s:
-        for upload_id in store.expired_pending(s, user.id):
-            if store.set_status(s, upload_id, (store.PENDING,), store.EXPIRED):
-                keys += store.drop_parts(s, upload_id)
+        for upload_id in upload_store.expired_pending(s, user.id):
+            if upload_store.set_status(s, upload_id, (upload_store.PENDING,), upload_store.EXPIRED):
+                keys += upload_store.drop_parts(s, upload_id)
     _discard_parts(ctx, keys)
 
 
@@ -77,13 +77,14 @@ def create_upload(body: UploadCreateRequest, user: CurrentUser, ctx: Ctx) -> dic
     meta = _file_meta(body)
     _sweep_expired(ctx, user)
     with ctx.db.session() as s:
-        row = store.create_upload(s, user_id=user.id, filename=meta.file_name, purpose=meta.purpose, size=body.bytes)
+        row = upload_store.create_upload(s, user_id=user.id, filename=meta.file_name, purpose=meta.purpose,
+                                         size=body.bytes)
     return upload_object(row)
 
 
 def _pending(row: Upload, action: str) -> None:
-    status = store.visible_status(row)
-    if status != store.PENDING:
+    status = upload_store.visible_status(row)
+    if status != upload_store.PENDING:
         raise InvalidRequest(f"Upload {row.id} is {status}; only a pending upload {action}", param="upload_id")
 
 
@@ -91,13 +92,13 @@ def _pending(row: Upload, action: str) -> None:
 async def add_part(upload_id: UploadId, request: Request, user: CurrentUser, ctx: Ctx) -> Response:
     """Add one part (the multipart field ``data``); its place in the file is set at completion."""
     with ctx.db.session() as s:
-        row = store.get_upload(s, user.id, upload_id)
+        row = upload_store.get_upload(s, user.id, upload_id)
     _pending(row, "takes parts")
     check_announced_length(request, row.bytes, slack=1024 * 1024)
     staged = StagedFile(ctx.blobs.staging_dir(), row.bytes)
     await receive_form(request, staged, file_field="data")
-    part_id = store.new_part_id()
-    key = store.part_blob_key(upload_id, part_id)
+    part_id = upload_store.new_part_id()
+    key = upload_store.part_blob_key(upload_id, part_id)
     try:
         await run_in_threadpool(ctx.blobs.put, key, staged.path)
         part = await run_in_threadpool(_record_part, ctx, user, upload_id, part_id, key, staged.size)
@@ -118,11 +119,11 @@ def _record_part(ctx: AppContext, user: User, upload_id: str, part_id: str, key:
         if row is None:
             raise NotFound(f"No such Upload object: {upload_id}", param="upload_id")
         _pending(row, "takes parts")
-        total = store.parts_size(s, upload_id) + size
+        total = upload_store.parts_size(s, upload_id) + size
         if total > row.bytes:
             raise InvalidRequest(f"the parts of upload {upload_id} would add up to {total} bytes, more than the "
                                  f"{row.bytes} announced when it was created", param="data")
-        return store.add_part(s, upload_id, part_id, key, size)
+        return upload_store.add_part(s, upload_id, part_id, key, size)
 
 
 @router.post("/{upload_id}/complete", responses=_ERRORS)
@@ -130,24 +131,24 @@ def complete_upload(upload_id: UploadId, body: UploadCompleteRequest, request: R
                     ctx: Ctx) -> dict:
     """Join the listed parts in order into a file, check its size (and MD5), store and validate it."""
     with ctx.db.session() as s:
-        row = store.get_upload(s, user.id, upload_id)
-        if row.status == store.COMPLETED and row.file_id:  # a retried complete: answer as the first did
+        row = upload_store.get_upload(s, user.id, upload_id)
+        if row.status == upload_store.COMPLETED and row.file_id:  # a retried complete: answer as the first did
             return upload_object(row, file_store.get_file(s, user.id, row.file_id))
         _pending(row, "can be completed")
-        parts = store.list_parts(s, upload_id)
+        parts = upload_store.list_parts(s, upload_id)
         keys = _ordered_keys(row, parts, body.part_ids)
-        if not store.set_status(s, upload_id, (store.PENDING,), store.COMPLETING):
+        if not upload_store.set_status(s, upload_id, (upload_store.PENDING,), upload_store.COMPLETING):
             raise InvalidRequest(f"Upload {upload_id} is being completed or was cancelled", param="upload_id")
     try:
         file = _assemble(ctx, request, user, row, keys, body.md5)
     except BaseException:
         with ctx.db.session() as s:
-            store.set_status(s, upload_id, (store.COMPLETING,), store.PENDING)
+            upload_store.set_status(s, upload_id, (upload_store.COMPLETING,), upload_store.PENDING)
         raise
     with ctx.db.session() as s:
-        store.set_status(s, upload_id, (store.COMPLETING,), store.COMPLETED, file_id=file.id)
-        leftovers = store.drop_parts(s, upload_id)
-        row = store.get_upload(s, user.id, upload_id)
+        upload_store.set_status(s, upload_id, (upload_store.COMPLETING,), upload_store.COMPLETED, file_id=file.id)
+        leftovers = upload_store.drop_parts(s, upload_id)
+        row = upload_store.get_upload(s, user.id, upload_id)
     _discard_parts(ctx, leftovers)
     return upload_object(row, file)
 
@@ -189,12 +190,13 @@ def _assemble(ctx: AppContext, request: Request, user: User, row: Upload, keys: 
 def cancel_upload(upload_id: UploadId, user: CurrentUser, ctx: Ctx) -> dict:
     """Cancel an upload that is not completed; its parts are deleted."""
     with ctx.db.session() as s:
-        row = store.get_upload(s, user.id, upload_id)
-        if row.status != store.CANCELLED and not store.set_status(s, upload_id, (store.PENDING, store.EXPIRED),
-                                                                   store.CANCELLED):
-            raise InvalidRequest(f"Upload {upload_id} is {store.visible_status(row)}; only a pending upload "
+        row = upload_store.get_upload(s, user.id, upload_id)
+        cancellable = (upload_store.PENDING, upload_store.EXPIRED)
+        if row.status != upload_store.CANCELLED and not upload_store.set_status(s, upload_id, cancellable,
+                                                                                upload_store.CANCELLED):
+            raise InvalidRequest(f"Upload {upload_id} is {upload_store.visible_status(row)}; only a pending upload "
                                      "can be cancelled", param="upload_id")
-        keys = store.drop_parts(s, upload_id)
-        row = store.get_upload(s, user.id, upload_id)
+        keys = upload_store.drop_parts(s, upload_id)
+        row = upload_store.get_upload(s, user.id, upload_id)
     _discard_parts(ctx, keys)
     return upload_object(row)
