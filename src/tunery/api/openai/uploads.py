@@ -33,7 +33,7 @@ from tunery.errors import InvalidRequest, NotFound
 from tunery.storage.staging import StagedFile, too_large
 from tunery.store import files as file_store
 from tunery.store import uploads as upload_store
-from tunery.upload_store.models import File, Upload, UploadPart, User
+from tunery.store.models import File, Upload, UploadPart, User
 
 log = logging.getLogger("tunery.api.uploads")
 
