@@ -26,10 +26,10 @@ from tunery.api.deps import AppContext, Ctx, CurrentUser
 from tunery.api.errors import invalid_request
 from tunery.api.file_intake import store_staged_file, validate_file
 from tunery.api.openai.schemas import UploadCompleteRequest, UploadCreateRequest, part_object, upload_object
-from tunery.api.receiving import check_announced_length, receive_form
+from tunery.api.receiving import receive_form
 from tunery.api.schemas.files import FileCreateRequest
 from tunery.api.validation import file_validator
-from tunery.errors import InvalidRequest, NotFound
+from tunery.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tunery.storage.staging import StagedFile, too_large
 from tunery.store import files as file_store
 from tunery.store import uploads as upload_store
@@ -94,9 +94,12 @@ async def add_part(upload_id: UploadId, request: Request, user: CurrentUser, ctx
     with ctx.db.session() as s:
         row = upload_store.get_upload(s, user.id, upload_id)
     _pending(row, "takes parts")
-    check_announced_length(request, row.bytes, slack=1024 * 1024)
+    # No part can be larger than the whole upload; the parts' total is checked when it is recorded.
     staged = StagedFile(ctx.blobs.staging_dir(), row.bytes)
-    await receive_form(request, staged, file_field="data")
+    try:
+        await receive_form(request, staged, file_field="data")
+    except PayloadTooLarge:
+        raise _over_size(row, row.bytes + 1) from None
     part_id = upload_store.new_part_id()
     key = upload_store.part_blob_key(upload_id, part_id)
     try:
@@ -121,9 +124,13 @@ def _record_part(ctx: AppContext, user: User, upload_id: str, part_id: str, key:
         _pending(row, "takes parts")
         total = upload_store.parts_size(s, upload_id) + size
         if total > row.bytes:
-            raise InvalidRequest(f"the parts of upload {upload_id} would add up to {total} bytes, more than the "
-                                 f"{row.bytes} announced when it was created", param="data")
+            raise _over_size(row, total)
         return upload_store.add_part(s, upload_id, part_id, key, size)
+
+
+def _over_size(row: Upload, total: int) -> InvalidRequest:
+    return InvalidRequest(f"the parts of upload {row.id} would add up to {total} bytes or more, more than the "
+                          f"{row.bytes} announced when it was created", param="data")
 
 
 @router.post("/{upload_id}/complete", responses=_ERRORS)
@@ -197,6 +204,6 @@ def cancel_upload(upload_id: UploadId, user: CurrentUser, ctx: Ctx) -> dict:
             raise InvalidRequest(f"Upload {upload_id} is {upload_store.visible_status(row)}; only a pending upload "
                                      "can be cancelled", param="upload_id")
         keys = upload_store.drop_parts(s, upload_id)
-        row = upload_store.get_upload(s, user.id, upload_id)
+        s.refresh(row)
     _discard_parts(ctx, keys)
     return upload_object(row)
