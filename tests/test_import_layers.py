@@ -13,20 +13,23 @@ SRC = Path(tunery.__file__).parent
 
 # Bottom to top. A package may import its own modules and any package in a lower layer.
 LAYERS: list[set[str]] = [
-    {"tunery", "errors", "checksums", "settings"},  # "tunery": the package root (__version__)
+    {"tunery", "errors", "checksums", "settings", "lifetime"},  # "tunery": the package root (__version__)
     {"logs", "datasets", "models", "storage", "quickstart"},
     {"training"},
     {"jobspec"},  # what a job is asked to do; it knows the training config it turns into
     {"store"},
     {"queue"},
-    {"jobs"},
+    {"jobs", "inference"},
     {"worker", "api"},
     {"web"},
     {"app"},
     {"cli"},
 ]
-# Training runs as a plain script on a GPU box: it knows nothing of the service around it.
-ONLY: dict[str, set[str]] = {"training": {"tunery", "errors", "datasets", "models"}}
+# Training runs as a plain script on a GPU box: it knows nothing of the service around it. Inference
+# is its own process: the API resolves names in the store and hands it plain references.
+ONLY: dict[str, set[str]] = {"training": {"tunery", "errors", "datasets", "models"},
+                             "inference": {"tunery", "errors", "settings", "lifetime", "logs", "models", "storage",
+                                           "training"}}
 
 
 def _package(module_path: Path) -> str:

@@ -20,11 +20,11 @@ from tunery.jobs import lifecycle
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import LocalBlobStore
+from tunery.storage.archives import unpack
 from tunery.store import jobs as job_store
 from tunery.store.db import Database
 from tunery.store.models import BaseModelEntry, File, Job
 from tunery.store.status import JobStatus
-from tunery.worker.packaging import unpack
 from tunery.worker.run_job import WorkerContext, run_job
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,6 +1,7 @@
-"""A job's trained weights on their way to the object store: ``.tar.zst`` archives of model
-directories (streamed, constant memory), stored under a fresh key each, and listed as the job's
-checkpoint only once every part is stored — and only while the job is still this worker's.
+"""A job's trained weights on their way to the object store: each part (model, adapter, resume
+state) packed as a ``.tar.zst`` (``tunery.storage.archives``), stored under a fresh key, and listed
+as the job's checkpoint only once every part is stored — and only while the job is still this
+worker's.
 
 Intermediate checkpoints go through ``upload_checkpoint`` as the training child writes them; the
 final model is packed and stored by ``pack_parts``/``store_parts`` in the compressing and uploading
@@ -9,24 +10,22 @@ stages, then listed by ``list_parts`` in the transaction that completes the job.
 
 from __future__ import annotations
 
-import tarfile
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import zstandard
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunery.storage import BlobStore
+from tunery.storage.archives import pack_dir
 from tunery.store import jobs as job_store
 from tunery.store.db import Database
 from tunery.store.models import Job
 from tunery.worker.fate import JobEnded, Outcome
 
-LEVEL = 3  # zstd's default: fast, and weights barely compress anyway
 # Checkpoint parts, as the training engine lays them out (see tunery.training.export).
 PARTS = ("model", "adapter", "state")
 FINAL_PARTS = ("model", "adapter")
@@ -36,28 +35,6 @@ Pause = Callable[[str], None]
 
 def no_pause(phase: str) -> None:
     return None
-
-
-# -- archives -------------------------------------------------------------------------------------
-
-def pack_dir(src: Path, dest: Path, arcname: str) -> int:
-    """Write ``src`` as ``dest`` (a .tar.zst with one top folder ``arcname``); returns its size."""
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=LEVEL, threads=-1).stream_writer(raw) as zw, \
-            tarfile.open(fileobj=zw, mode="w|") as tar:
-        tar.add(src, arcname=arcname)
-    tmp.replace(dest)
-    return dest.stat().st_size
-
-
-def unpack(archive: Path, dest: Path) -> Path:
-    """Extract ``archive`` into ``dest``; returns the single top folder it held."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with open(archive, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zr, \
-            tarfile.open(fileobj=zr, mode="r|") as tar:
-        tar.extractall(dest, filter="data")
-    tops = [p for p in dest.iterdir()]
-    return tops[0] if len(tops) == 1 else dest
 
 
 # -- stored parts ---------------------------------------------------------------------------------

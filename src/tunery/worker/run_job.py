@@ -24,9 +24,11 @@ from sqlalchemy.orm import Session
 
 from tunery.errors import TrainingFailed, TuneryError
 from tunery.jobspec import JobSecrets, LocalInputs
+from tunery.lifetime import on_parent_death
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import BlobStore
+from tunery.storage.archives import unpack
 from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
 from tunery.store.db import Database
@@ -38,8 +40,7 @@ from tunery.training.exit_codes import ExitCode
 from tunery.worker.fate import JobEnded, JobFate, Outcome
 from tunery.worker.heartbeat import JobHeartbeat
 from tunery.worker.hub_push import HubPushFailed, push_model
-from tunery.worker.lifetime import on_parent_death
-from tunery.worker.packaging import FINAL_PARTS, discard, list_parts, pack_parts, store_parts, unpack
+from tunery.worker.packaging import FINAL_PARTS, discard, list_parts, pack_parts, store_parts
 from tunery.worker.relay import Relay
 
 log = logging.getLogger("tunery.worker")
