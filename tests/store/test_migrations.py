@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.script import ScriptDirectory
 
 from tests.backends import create_postgres_database, drop_postgres_database
 from tunery.jobspec import DPO, SFT, LoraTraining
@@ -101,3 +102,10 @@ def test_jobs_of_schema_0001_read_back_as_typed_specs(fresh_url: str) -> None:
         # The job's events came through too (no table rebuild cascaded into them).
         assert s.scalar(sa.text("SELECT count(*) FROM job_events")) == 2
     db.dispose()
+
+
+def test_the_migrations_have_one_head() -> None:
+    """Two revisions on the same parent (two branches each adding one) stop every server from
+    starting; re-point the later one's down_revision at the other."""
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    assert len(heads) == 1, f"several Alembic heads: {heads}"

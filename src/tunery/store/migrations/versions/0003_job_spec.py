@@ -8,8 +8,8 @@ Each job's ``params`` (the resolved request, plus what the worker wrote back int
 The conversion is written out here in plain dicts, not with JobSpec, so that this migration keeps
 meaning the same thing when JobSpec changes later.
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -99,4 +99,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    raise NotImplementedError("0002 rewrites each job's params as a spec; restore a backup to go back")
+    raise NotImplementedError("0003 rewrites each job's params as a spec; restore a backup to go back")
