@@ -102,7 +102,8 @@ def test_hostile_graders_score_zero_are_counted_and_leave_the_grader_healthy() -
     }
     env = GraderEnv(limits=LIMITS, parallelism=2)
     children_before = _children()
-    graders = [parse_grader({"type": "python", "name": n, "source": f"import os, socket\ndef grade(sample, item):\n{b}\n"})
+    graders = [parse_grader({"type": "python", "name": n,
+                             "source": f"import os, socket\ndef grade(sample, item):\n{b}\n"})
                for n, b in hostile.items()]
     grades = [grade_many(g, [(SAMPLE, ITEM)] * 2, env) for g in graders]
     for name, pair in zip(hostile, grades, strict=True):

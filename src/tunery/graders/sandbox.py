@@ -6,6 +6,7 @@ raise here: every failure is an outcome (which the grader scores 0 and counts).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -87,10 +88,8 @@ def _run(workdir: Path, limits: SandboxLimits) -> SandboxOutcome:
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     proc.wait()
 
 

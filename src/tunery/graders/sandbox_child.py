@@ -221,7 +221,8 @@ def main() -> int:
     except MemoryError:
         outcome = {"error": "memory", "detail": "the grader ran out of memory"}
     except BaseException as exc:  # noqa: BLE001 - whatever user code raises is its failure
-        outcome = {"error": "runtime", "detail": "".join(traceback.format_exception_only(type(exc), exc)).strip()[-2000:]}
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        outcome = {"error": "runtime", "detail": detail[-2000:]}
     result.seek(0)
     json.dump(outcome, result)
     result.truncate()

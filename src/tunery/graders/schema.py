@@ -9,7 +9,7 @@ The Together API's ``grpo`` method takes the same grader objects.
 from __future__ import annotations
 
 import ast
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -95,7 +95,7 @@ class ScoreModelGrader(_Grader):
 
 
 SingleGrader = Annotated[
-    Union[StringCheckGrader, TextSimilarityGrader, PythonGrader, ScoreModelGrader], Field(discriminator="type")]
+    StringCheckGrader | TextSimilarityGrader | PythonGrader | ScoreModelGrader, Field(discriminator="type")]
 
 
 class MultiGrader(_Grader):
@@ -113,7 +113,7 @@ class MultiGrader(_Grader):
         return data
 
 
-Grader = Annotated[Union[SingleGrader, MultiGrader], Field(discriminator="type")]
+Grader = Annotated[SingleGrader | MultiGrader, Field(discriminator="type")]
 GRADER = TypeAdapter(Grader)
 
 
@@ -122,7 +122,8 @@ def parse_grader(data: Any) -> StringCheckGrader | TextSimilarityGrader | Python
     return GRADER.validate_python(data)
 
 
-def read_grader(data: Any, *, has_embedder: bool = False, judge_models: set[str] | None = None) -> tuple[Any, list[str]]:
+def read_grader(data: Any, *, has_embedder: bool = False,
+                judge_models: set[str] | None = None) -> tuple[Any, list[str]]:
     """Parse and check a grader object: (the grader, []) or (None or the grader, every problem)."""
     try:
         grader = parse_grader(data)
