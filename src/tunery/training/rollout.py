@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 from tunery.graders.grading import Grade, GraderEnv, grade_many, sample_namespace
+from tunery.inference.sampling import SamplingParams
+from tunery.inference.scheduler import generate
 from tunery.training.data.prompts import PromptItem
 from tunery.training.data.render import IGNORE, Example
 from tunery.training.losses import group_advantages
@@ -49,12 +51,6 @@ class Rollout:
 def sample(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int,
            temperature: float, seed: int) -> list[list[Completion]]:
     """``n`` completions of every prompt, batched through the inference core; greedy at temperature 0."""
-    try:
-        from tunery.inference.sampling import SamplingParams
-        from tunery.inference.scheduler import generate
-    except ImportError:  # STAND-IN until the inference core lands on main; removed then
-        return _hf_generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                            seed=seed)
     params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, n=n, seed=seed + 1009 * i)
               for i in range(len(prompts))]
     groups = generate(model, [list(p) for p in prompts], params, tokenizer=tokenizer)
@@ -84,26 +80,3 @@ def evaluate_prompts(model: Any, tokenizer: Any, prompts: Sequence[PromptItem], 
                     temperature=temperature if samples > 1 else 0.0, seed=seed)
     pairs = [(sample_namespace(c.text), p.item) for p, group in zip(prompts, groups, strict=True) for c in group]
     return grade_many(grader, pairs, env)
-
-
-def _hf_generate(model: Any, tokenizer: Any, prompts: Sequence[list[int]], *, n: int, max_new_tokens: int,
-                 temperature: float, seed: int) -> list[list[Completion]]:
-    torch.manual_seed(seed)
-    width = max(len(p) for p in prompts)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=temperature > 0,
-                             temperature=temperature or None, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
-                             num_return_sequences=n, pad_token_id=pad, use_cache=True)
-    model.train(was_training)
-    configured = model.generation_config.eos_token_id
-    eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
-    result = []
-    for row in out[:, width:].tolist():
-        end = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        result.append(Completion(row[:end], tokenizer.decode(row[:end], skip_special_tokens=True)))
-    return [result[i * n : (i + 1) * n] for i in range(len(prompts))]
