@@ -64,7 +64,8 @@ def test_threads_still_work() -> None:
 
 @pytest.mark.slow
 def test_looping_forever_is_stopped_by_the_cpu_and_the_wall_limits() -> None:
-    score, error, detail = run("    while True:\n        pass")
+    cpu_bound = SandboxLimits(wall_seconds=60, cpu_seconds=1, memory_bytes=512 << 20)  # the CPU limit comes first
+    score, error, detail = run("    while True:\n        pass", cpu_bound)
     assert (score, error) == (None, "timeout") and "CPU" in str(detail)
     score, error, detail = run("    import time\n    time.sleep(60)")
     assert (score, error) == (None, "timeout") and "longer than 3 s" in str(detail)
