@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tunery.api import openai
 from tunery.api.errors import install_error_handlers
 from tunery.api.routes import (
     chat_completions,
@@ -20,8 +21,8 @@ from tunery.api.routes import (
 )
 from tunery.settings import Settings
 
-ROUTERS = (health.router, files.router, uploads.router, fine_tunes.router, download.router, models.router,
-           metrics.router, chat_completions.router, completions.router)
+ROUTERS = (health.router, files.router, uploads.router, openai.router, fine_tunes.router, download.router,
+           models.router, metrics.router, chat_completions.router, completions.router)
 
 
 class DoubleV1Alias:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tunery.datasets import DatasetFormat
+from tunery.datasets.legacy_functions import as_tools
 from tunery.errors import TrainingFailed
 
 IGNORE = -100
@@ -63,7 +64,7 @@ class Renderer:
         if fmt is DatasetFormat.INSTRUCTION:
             return self.instruction(record["prompt"], record["completion"])
         if fmt is DatasetFormat.CONVERSATION:
-            return self.conversation(record["messages"], record.get("tools"))
+            return self.conversation(*as_tools(record["messages"], record.get("tools"), record.get("functions")))
         raise TrainingFailed(f"supervised fine-tuning cannot train on {fmt.value} data; preference data "
                              "trains with the DPO method", user_error=True)
 
@@ -111,8 +112,8 @@ class Renderer:
     def preference(self, record: dict[str, Any]) -> tuple[Example, Example]:
         """``(chosen, rejected)``: the input conversation followed by each output, where only the
         output turn (its content and end-of-turn marker) is trained."""
-        prompt = [{**m, "weight": 0} for m in record["input"]["messages"]]
-        tools = record["input"].get("tools")
+        messages, tools = as_tools(record["input"]["messages"], record["input"].get("tools"))
+        prompt = [{**m, "weight": 0} for m in messages]
         replies = (record["preferred_output"][0], record["non_preferred_output"][0])
         only_replies = Renderer(self.tokenizer, False)
         chosen, rejected = (only_replies.conversation([*prompt, {**r, "weight": 1}], tools) for r in replies)
