@@ -52,7 +52,7 @@ from tunery.training.data.render import IGNORE, Example
 from tunery.training.distributed import Dist
 from tunery.training.launch import entry_point
 from tunery.training.losses import grpo_token_losses
-from tunery.training.model import LoadedModel, forward_logits, load_for_training, mask_dtype
+from tunery.training.model import LoadedModel, forward_logps, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
 from tunery.training.rollout import Rollout, evaluate_prompts, roll_out
 from tunery.training.session import (
@@ -84,7 +84,7 @@ class Rl:
     val: PromptSet | None
     grader: Any
     env: GraderEnv
-    reference: Any = None  # full fine-tuning with β > 0: the frozen starting model
+    reference: LoadedModel | None = None  # full fine-tuning with β > 0: the frozen starting model
     rollout: Rollout | None = None
     rollout_at: tuple[int, int] = (-1, -1)  # (epoch, rollout within it) of ``rollout``
 
@@ -146,7 +146,7 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, R
                            memory_bytes=cfg.grader_memory_mb << 20)
     rl = Rl(train, val, parse_grader(cfg.grader), GraderEnv(limits=limits, parallelism=os.cpu_count() or 1))
     if cfg.grpo_beta > 0 and not loaded.is_lora:
-        rl.reference = _frozen_start(cfg)
+        rl.reference = replace(loaded, model=_frozen_start(cfg), ddp=None)
     return s, rl
 
 
@@ -232,17 +232,13 @@ def _chunks(s: Session, rollout: Rollout) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def _token_logps(loaded: LoadedModel, examples: list[Example], advantages: torch.Tensor | None,
-                 model: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logps(loaded: LoadedModel, examples: list[Example],
+                 advantages: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of every completion token (in example order), and each token's advantage."""
     batch = collate([[e] for e in examples], loaded.tokenizer.pad_token_id).to(loaded.device)
-    bias = attention_for(batch, mask_dtype(loaded))
-    if model is None:
-        logits = forward_logits(loaded, batch.input_ids, batch.position_ids, bias)
-    else:
-        logits = forward_logits(replace(loaded, model=model, ddp=None), batch.input_ids, batch.position_ids, bias)
     trained = batch.targets != IGNORE
-    logps = torch.log_softmax(logits[trained], dim=-1).gather(-1, batch.targets[trained].unsqueeze(-1)).squeeze(-1)
+    logps = forward_logps(loaded, batch.input_ids, batch.position_ids, batch.targets,
+                          attention_for(batch, mask_dtype(loaded)))[trained]
     if advantages is None:
         return logps, torch.empty(0)
     per_row = trained.sum(dim=1).cpu()
@@ -253,7 +249,8 @@ def _reference_logps(s: Session, rl: Rl, examples: list[Example]) -> torch.Tenso
     if s.loaded.is_lora:
         with s.loaded.model.disable_adapter():
             return _token_logps(s.loaded, examples, None)[0]
-    return _token_logps(s.loaded, examples, None, model=rl.reference)[0]
+    assert rl.reference is not None  # set up for full fine-tuning with the KL term
+    return _token_logps(rl.reference, examples, None)[0]
 
 
 def _evaluate(s: Session, rl: Rl) -> None:
