@@ -58,7 +58,8 @@ CASES: dict[str, tuple[list[dict[str, Any]], list[Any] | None]] = {
     "tools": ([
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call12345", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
+            {"id": "call12345", "type": "function",
+             "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call12345", "content": "sunny, 20C"},
         {"role": "assistant", "content": "Sunny, 20C."},
     ], TOOLS),
@@ -174,8 +175,8 @@ EXPECTED: dict[str, dict[str, list[str] | Refused]] = {
     "deepseek-r1-distill-llama-8b": {
         "system": [f"Hello!{R1_EOS}", f"Paris.{R1_EOS}"],
         "no_system": [f" Hello there. {R1_EOS}", f"Madrid.{R1_EOS}"],
-        "tools": ['<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>weather\n```json\n{"city": "Paris"}\n'
-                  "```<｜tool▁call▁end｜>", f"Sunny, 20C.{R1_EOS}"],
+        "tools": ["<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>weather\n"
+                  '```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜>', f"Sunny, 20C.{R1_EOS}"],
         "reasoning": Refused(NO_REASONING),
         "weights": ["<｜User｜>Hi", f"Paris.{R1_EOS}"],
     },
@@ -228,7 +229,8 @@ def test_tool_arguments_given_as_json_strings_render_as_objects(tokenizers: dict
     del as_objects[1]["content"]
     renderer = Renderer(tokenizer)
     assert renderer.conversation(messages, tools) == renderer.conversation(as_objects, tools)
-    assert renderer.chat.render(messages, tools) == tokenizer.apply_chat_template(as_objects, tools=tools, tokenize=False)
+    reference = tokenizer.apply_chat_template(as_objects, tools=tools, tokenize=False)
+    assert renderer.chat.render(messages, tools) == reference
 
 
 def test_train_on_inputs_trains_everything_but_weight_zero_turns(tokenizers: dict[str, Any]) -> None:
@@ -275,7 +277,8 @@ def test_consecutive_tool_results_split_inside_one_user_turn(tokenizers: dict[st
     call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
     messages = [
         {"role": "user", "content": "Paris and Rome?"},
-        {"role": "assistant", "tool_calls": [call, {**call, "function": {**call["function"], "arguments": {"city": "Rome"}}}]},
+        {"role": "assistant", "tool_calls": [
+            call, {**call, "function": {**call["function"], "arguments": {"city": "Rome"}}}]},
         {"role": "tool", "content": "sunny", "weight": 1},
         {"role": "tool", "content": "rain"},
         {"role": "assistant", "content": "Sunny, then rain."},
@@ -312,8 +315,8 @@ def fixture_tokenizer_with(tokenizer: Any, template: str) -> Any:
 
 
 def test_a_template_that_rewrites_text_untraceably_is_refused(tokenizers: dict[str, Any]) -> None:
-    template = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | upper + '<|im_end|>\\n' }}"
-                "{% endfor %}")
+    template = ("{% for m in messages %}"
+                "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] | upper + '<|im_end|>\\n' }}{% endfor %}")
     tokenizer = fixture_tokenizer_with(tokenizers["smollm2-instruct"], template)
     with pytest.raises(ConversationRefused, match="cannot trace back"):
         Renderer(tokenizer).conversation(CASES["no_system"][0])

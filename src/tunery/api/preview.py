@@ -16,6 +16,7 @@ from tunery.errors import InvalidRequest
 from tunery.store.base_models import registered_models
 from tunery.store.files import get_file
 from tunery.store.models import User
+from tunery.training.data.chat import ConversationRefused
 from tunery.training.data.render import IGNORE, Example, Renderer, truncate
 
 DEFAULT_ROWS = 5
@@ -64,6 +65,11 @@ def preview(ctx: AppContext, s: Session, user: User, req: PreviewRequest) -> dic
     with ctx.blobs.local_copy(f.blob_key) as path, open(path, "rb") as stream:
         for line, record in itertools.islice(iter_records(stream), top_k):
             fmt = detect_format(record, line)
-            rows.append(preview_row(renderer.render(record, fmt), tokenizer, max_len))
+            try:
+                example = renderer.render(record, fmt)
+            except ConversationRefused as refused:
+                raise InvalidRequest(f"line {line} of training_file {f.id}: {refused.message}",
+                                     param="training_file") from None
+            rows.append(preview_row(example, tokenizer, max_len))
     return {"dataset_format": fmt.value, "max_seq_length": max_len, "model": req.model,
             "train_on_inputs": train_on_inputs, "rows": rows}

@@ -10,12 +10,14 @@ trained token are dropped (and counted). A file from which nothing survives is a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunery.datasets import DatasetFormat, detect_format, iter_records
 from tunery.errors import TrainingFailed
+from tunery.training.data.chat import ConversationRefused
 from tunery.training.data.render import Example, Renderer, from_pretokenized, truncate
 
 
@@ -38,7 +40,7 @@ def load_examples(
 ) -> TokenizedDataset:
     """Tokenize every sample of ``path``; raise ``TrainingFailed(user_error=True)`` if none is usable."""
     data = TokenizedDataset([], DatasetFormat.PRETOKENIZED if file_type == "parquet" else DatasetFormat.GENERAL)
-    for fmt, examples in _rendered(Path(path), file_type, renderer):
+    for fmt, examples in _rendered(Path(path), file_type, renderer, what):
         data.format = fmt
         data.samples += 1
         for example in examples:
@@ -88,8 +90,9 @@ def load_pairs(
                     f"line {line}: DPO trains on preference samples (input, preferred_output, "
                     f"non_preferred_output); the {what} has a {fmt.value} sample", user_error=True)
             data.samples += 1
-            (chosen, cut_chosen), (rejected, cut_rejected) = (
-                truncate(e, max_seq_length) for e in renderer.preference(record))
+            with _line_of(line, what):
+                pair = renderer.preference(record)
+            (chosen, cut_chosen), (rejected, cut_rejected) = (truncate(e, max_seq_length) for e in pair)
             data.truncated += cut_chosen or cut_rejected
             if chosen.num_trained == 0 or rejected.num_trained == 0:
                 data.dropped += 1
@@ -104,7 +107,17 @@ def load_pairs(
     return data
 
 
-def _rendered(path: Path, file_type: str, renderer: Renderer) -> Iterator[tuple[DatasetFormat, list[Example]]]:
+@contextmanager
+def _line_of(line: int, what: str) -> Iterator[None]:
+    """A conversation the chat template refuses is the user's to fix: name the line."""
+    try:
+        yield
+    except ConversationRefused as refused:
+        raise TrainingFailed(f"line {line} of the {what}: {refused.message}", user_error=True) from None
+
+
+def _rendered(path: Path, file_type: str, renderer: Renderer,
+              what: str) -> Iterator[tuple[DatasetFormat, list[Example]]]:
     if file_type == "parquet":
         for row in _parquet_rows(path):
             yield DatasetFormat.PRETOKENIZED, from_pretokenized(row)
@@ -121,7 +134,9 @@ def _rendered(path: Path, file_type: str, renderer: Renderer) -> Iterator[tuple[
                     f"{first.value} format; every sample of a file must have the same format",
                     user_error=True,
                 )
-            yield fmt, [renderer.render(record, fmt)]
+            with _line_of(line, what):
+                example = renderer.render(record, fmt)
+            yield fmt, [example]
 
 
 def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
