@@ -107,6 +107,28 @@ def load_pairs(
     return data
 
 
+@dataclass(frozen=True)
+class FileScan:
+    """One pass over a dataset file as a job would render it."""
+
+    tokens: int  # tokens of every sequence, uncut (a DPO pair counts both sides)
+    problem: str | None  # why no job can train on the file, naming the line; None when it can
+
+
+def scan_file(path: str | Path, file_type: str, renderer: Renderer, method: str = "sft",
+              *, what: str = "training file") -> FileScan:
+    """Render every sample of ``path`` as training will (same renderer, same masking), so what
+    would fail a job - a conversation the chat template refuses, a file with nothing to train on -
+    is found before one is queued."""
+    try:
+        loaded = (load_pairs if method == "dpo" else load_examples)(path, file_type, renderer, 2**62, what=what)
+    except TrainingFailed as failed:
+        if not failed.user_error:
+            raise
+        return FileScan(0, failed.message)
+    return FileScan(loaded.num_tokens, None)
+
+
 @contextmanager
 def _line_of(line: int, what: str) -> Iterator[None]:
     """A conversation the chat template refuses is the user's to fix: name the line."""

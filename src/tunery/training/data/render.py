@@ -57,11 +57,39 @@ class Example:
 
 @dataclass(frozen=True, slots=True)
 class Marked:
-    """An example with the text it was tokenized from and each token's ``[start, end)`` in it."""
+    """An example with the text it was tokenized from and each token's ``[start, end)`` in it,
+    so a user can see which text is trained (previews, ``tunery files check --model``)."""
 
     example: Example
     text: str
     offsets: list[tuple[int, int]]
+
+    def cut(self, max_length: int) -> tuple[Marked, bool]:
+        """The first ``max_length`` tokens and their text; whether anything was cut."""
+        example, cut = truncate(self.example, max_length)
+        if not cut:
+            return self, False
+        offsets = self.offsets[:max_length]
+        end = max((e for _, e in offsets), default=0)
+        return Marked(example, self.text[:end], offsets), True
+
+    def segments(self) -> list[tuple[str, bool]]:
+        """The text in consecutive pieces, each trained or not (a token's text is trained with it)."""
+        pieces: list[tuple[str, bool]] = []
+        position = 0
+        for (_, end), label in zip(self.offsets, self.example.labels, strict=True):
+            trained = label != IGNORE
+            if end <= position:
+                continue
+            text = self.text[position:end]
+            if pieces and pieces[-1][1] == trained:
+                pieces[-1] = (pieces[-1][0] + text, trained)
+            else:
+                pieces.append((text, trained))
+            position = end
+        if position < len(self.text):
+            pieces.append((self.text[position:], False))
+        return pieces
 
 
 class Renderer:
@@ -84,20 +112,42 @@ class Renderer:
         raise TrainingFailed(f"supervised fine-tuning cannot train on {fmt.value} data; preference data "
                              "trains with the DPO method", user_error=True)
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def marked(self, record: dict[str, Any], fmt: DatasetFormat) -> Marked:
+        """``render`` with the text and the token offsets."""
+        if fmt is DatasetFormat.CONVERSATION:
+            return self.marked_conversation(record["messages"], record.get("tools"))
+        if fmt is DatasetFormat.GENERAL:
+            return self._marked_pieces([(record["text"], True)])
+        if fmt is DatasetFormat.INSTRUCTION:
+            return self._marked_pieces([(record["prompt"], self.train_on_inputs is True), (record["completion"], True)])
+        self.render(record, fmt)  # raises for formats supervised training does not take
+        raise AssertionError("unreachable")
+
+    def _marked_pieces(self, pieces: list[tuple[str, bool]]) -> Marked:
+        """BOS, each piece tokenized on its own, EOS; BOS trains with the first piece, EOS with the last."""
+        bos = self.tokenizer.convert_ids_to_tokens(self.bos) if self.bos else []
+        text = "".join(bos)
+        ids, offsets = list(self.bos), [(0, len(text))] * len(self.bos)
+        labels = list(self.bos) if pieces[0][1] else [IGNORE] * len(self.bos)
+        for piece, trained in pieces:
+            piece_ids, piece_offsets = self._tokenize(piece)
+            ids += piece_ids
+            labels += piece_ids if trained else [IGNORE] * len(piece_ids)
+            offsets += [(len(text) + a, len(text) + b) for a, b in piece_offsets]
+            text += piece
+        if self.eos:
+            eos = self.tokenizer.convert_ids_to_tokens(self.eos)[0]
+            ids += self.eos
+            labels += self.eos if pieces[-1][1] else [IGNORE]
+            offsets.append((len(text), len(text) + len(eos)))
+            text += eos
+        return Marked(Example(ids, labels), text, offsets)
 
     def text(self, text: str) -> Example:
-        ids = self.bos + self._encode(text) + self.eos
-        return Example(ids, list(ids))
+        return self._marked_pieces([(text, True)]).example
 
     def instruction(self, prompt: str, completion: str) -> Example:
-        head = self.bos + self._encode(prompt)
-        tail = self._encode(completion) + self.eos
-        ids = head + tail
-        if self.train_on_inputs is True:
-            return Example(ids, list(ids))
-        return Example(ids, [IGNORE] * len(head) + tail)
+        return self._marked_pieces([(prompt, self.train_on_inputs is True), (completion, True)]).example
 
     def conversation(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> Example:
         return self.marked_conversation(messages, tools).example
@@ -128,12 +178,16 @@ class Renderer:
     def preference(self, record: dict[str, Any]) -> tuple[Example, Example]:
         """``(chosen, rejected)``: the input conversation followed by each output, where only the
         output turn (its content, reasoning or tool calls, and end-of-turn marker) is trained."""
+        chosen, rejected = self.marked_preference(record)
+        return chosen.example, rejected.example
+
+    def marked_preference(self, record: dict[str, Any]) -> tuple[Marked, Marked]:
         prompt = [{**m, "weight": 0} for m in record["input"]["messages"]]
         tools = record["input"].get("tools")
-        replies = (record["preferred_output"][0], record["non_preferred_output"][0])
         only_replies = Renderer(self.tokenizer, False)
         only_replies.chat = self.chat  # share the template's caches
-        chosen, rejected = (only_replies.conversation([*prompt, {**r, "weight": 1}], tools) for r in replies)
+        chosen, rejected = (only_replies.marked_conversation([*prompt, {**output[0], "weight": 1}], tools)
+                            for output in (record["preferred_output"], record["non_preferred_output"]))
         return chosen, rejected
 
 
