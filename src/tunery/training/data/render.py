@@ -34,6 +34,7 @@ from itertools import accumulate
 from typing import Any, Literal
 
 from tunery.datasets import DatasetFormat
+from tunery.datasets.legacy_functions import as_tools
 from tunery.errors import TrainingFailed
 from tunery.training.data.chat import REASONING_KEYS, ChatTemplate, ConversationRefused
 
@@ -103,25 +104,18 @@ class Renderer:
         self.chat = ChatTemplate(tokenizer)
 
     def render(self, record: dict[str, Any], fmt: DatasetFormat) -> Example:
-        if fmt is DatasetFormat.GENERAL:
-            return self.text(record["text"])
-        if fmt is DatasetFormat.INSTRUCTION:
-            return self.instruction(record["prompt"], record["completion"])
-        if fmt is DatasetFormat.CONVERSATION:
-            return self.conversation(record["messages"], record.get("tools"))
-        raise TrainingFailed(f"supervised fine-tuning cannot train on {fmt.value} data; preference data "
-                             "trains with the DPO method", user_error=True)
+        return self.marked(record, fmt).example
 
     def marked(self, record: dict[str, Any], fmt: DatasetFormat) -> Marked:
-        """``render`` with the text and the token offsets."""
+        """The example, with the text it was tokenized from and its tokens' offsets."""
         if fmt is DatasetFormat.CONVERSATION:
-            return self.marked_conversation(record["messages"], record.get("tools"))
+            return self.marked_conversation(*as_tools(record["messages"], record.get("tools"), record.get("functions")))
         if fmt is DatasetFormat.GENERAL:
             return self._marked_pieces([(record["text"], True)])
         if fmt is DatasetFormat.INSTRUCTION:
             return self._marked_pieces([(record["prompt"], self.train_on_inputs is True), (record["completion"], True)])
-        self.render(record, fmt)  # raises for formats supervised training does not take
-        raise AssertionError("unreachable")
+        raise TrainingFailed(f"supervised fine-tuning cannot train on {fmt.value} data; preference data "
+                             "trains with the DPO method", user_error=True)
 
     def _marked_pieces(self, pieces: list[tuple[str, bool]]) -> Marked:
         """BOS, each piece tokenized on its own, EOS; BOS trains with the first piece, EOS with the last."""
@@ -182,8 +176,8 @@ class Renderer:
         return chosen.example, rejected.example
 
     def marked_preference(self, record: dict[str, Any]) -> tuple[Marked, Marked]:
-        prompt = [{**m, "weight": 0} for m in record["input"]["messages"]]
-        tools = record["input"].get("tools")
+        messages, tools = as_tools(record["input"]["messages"], record["input"].get("tools"))
+        prompt = [{**m, "weight": 0} for m in messages]
         only_replies = Renderer(self.tokenizer, False)
         only_replies.chat = self.chat  # share the template's caches
         chosen, rejected = (only_replies.marked_conversation([*prompt, {**output[0], "weight": 1}], tools)
