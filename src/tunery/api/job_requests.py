@@ -264,6 +264,7 @@ class ResolvedJob:
     spec: JobSpec
     secrets: JobSecrets
     training_file: File
+    validation_file: File | None
 
 
 def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: ModelCatalog,
@@ -327,4 +328,4 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
         max_seq_length=schedule.max_seq_length, packing=req.packing,
         random_seed=DEFAULT_SEED if req.random_seed is None else req.random_seed, early_stopping=stopping,
     )
-    return ResolvedJob(spec, JobSecrets(wandb_key=wandb_key, hf_api_token=req.hf_api_token), train)
+    return ResolvedJob(spec, JobSecrets(wandb_key=wandb_key, hf_api_token=req.hf_api_token), train, val)
