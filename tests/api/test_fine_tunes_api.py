@@ -57,7 +57,7 @@ BAD_FIELDS = [
      "lora_trainable_modules has unknown modules ['bogus']"),
     ({"training_method": {"method": "sft", "dpo_beta": 0.5}}, "training_method.dpo_beta",
      "dpo_beta is only supported for DPO training"),
-    ({"training_method": {"method": "ppo"}}, "training_method", 'training_method must be one of sft, dpo; got "ppo"'),
+    ({"training_method": {"method": "ppo"}}, "training_method", 'training_method must be one of sft, dpo, grpo; got "ppo"'),
     ({"n_evals": 3}, "n_evals", "n_evals=3 needs a validation_file"),
     ({"early_stopping_enabled": True}, "validation_file", "Early stopping requires a validation file"),
     ({"validation_file": "file-nope"}, "validation_file", 'validation_file "file-nope" does not exist'),
