@@ -20,7 +20,8 @@ GRADER = {"type": "multi", "name": "reward", "calculate_output": "0.8 * exact + 
           "graders": {"exact": {"type": "string_check", "name": "exact", "input": "{{ sample.output_text }}",
                                 "reference": "{{ item.answer }}", "operation": "eq"},
                       "short": {"type": "python", "name": "short",
-                                "source": "def grade(sample, item):\n    return float(len(sample['output_text']) <= 2)\n"}}}
+                                "source": "def grade(sample, item):\n"
+                                          "    return float(len(sample['output_text']) <= 2)\n"}}}
 
 
 @pytest.fixture(scope="module")
