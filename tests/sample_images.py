@@ -61,3 +61,22 @@ def colour_samples(n: int, seed: int, *, blank: bool = False, fmt: str = "PNG") 
             {"role": "assistant", "content": name},
         ]})
     return rows
+
+
+def answer_accuracy(model_dir: Any, samples: list[dict[str, Any]]) -> float:
+    """Share of ``samples`` whose assistant answer a model directory gives, greedily, to the user turn
+    (loaded as any user would: AutoModelForImageTextToText and AutoProcessor)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    right = 0
+    for sample in samples:
+        prompt, answer = sample["messages"][:-1], sample["messages"][-1]["content"]
+        inputs = processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                               return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        right += processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == answer
+    return right / len(samples)

@@ -1,10 +1,10 @@
-"""``POST /v1/fine-tunes/estimate-price``: real token counts from the model's tokenizer, times
-epochs, plus evals; price from the configured per-token rate; ``allowed_to_proceed`` from the
-optional per-user token quota."""
+"""``POST /v1/fine-tunes/estimate-price``: real token counts from the model's tokenizer (with a
+vision-language model's image tokens, as its processor places them), times epochs, plus evals;
+price from the configured per-token rate; ``allowed_to_proceed`` from the optional per-user token
+quota."""
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from typing import Any
 
@@ -18,6 +18,7 @@ from tunery.errors import NotFound, TrainingFailed
 from tunery.store.base_models import registered_models
 from tunery.store.files import get_file
 from tunery.store.models import File, Job, User
+from tunery.training.data.render import TrainOnInputs
 
 
 @lru_cache(maxsize=32)
@@ -27,19 +28,32 @@ def tokenizer_for(model_dir: str) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+@lru_cache(maxsize=8)
+def processor_for(model_dir: str) -> Any | None:
+    """A vision-language model's processor (None for a text model)."""
+    from tunery.training.data.images import load_processor
+
+    return load_processor(model_dir)
+
+
+def renderer_for(model_dir: str, train_on_inputs: TrainOnInputs) -> Any:
+    """The renderer training will use: with images placed for a vision-language model."""
+    from tunery.training.data.images import with_images
+    from tunery.training.data.render import Renderer
+
+    processor = processor_for(model_dir)
+    tokenizer = processor.tokenizer if processor is not None else tokenizer_for(model_dir)
+    return with_images(Renderer(tokenizer, train_on_inputs), processor)
+
+
 @lru_cache(maxsize=256)
 def _file_tokens(path: str, file_type: str, dataset_format: str | None, model_dir: str) -> int:
     """Tokens in one pass over a dataset file (cached: files are immutable)."""
-    tok = tokenizer_for(model_dir)
+    from tunery.training.data.dataset import load_examples, load_pairs
+
     if dataset_format == "preference":
-        from tunery.datasets import iter_records
-
-        with open(path, "rb") as f:
-            return sum(len(tok(json.dumps(rec, ensure_ascii=False))["input_ids"]) for _, rec in iter_records(f))
-    from tunery.training.data.dataset import load_examples
-    from tunery.training.data.render import Renderer
-
-    return load_examples(path, file_type, Renderer(tok, True), 10**9).num_tokens
+        return load_pairs(path, file_type, renderer_for(model_dir, False), 10**9).num_tokens
+    return load_examples(path, file_type, renderer_for(model_dir, True), 10**9).num_tokens
 
 
 def _tokens(ctx: AppContext, f: File, model_dir: str) -> int:
@@ -68,6 +82,8 @@ def estimate_price(ctx: AppContext, s: Session, user: User, body: PriceEstimateR
         if f.processing_status != "COMPLETED":
             return _unavailable(f"{kind}_file_invalid" if f.processing_status == "INVALID_FORMAT"
                                 else f"{kind}_file_not_validated")
+        if (f.report or {}).get("dataset_is_multimodal") and processor_for(model_dir) is None:
+            return _unavailable("multimodal_dataset")  # images for a text model: create refuses it
         files.append((f, kind))
     try:
         counts = {kind: _tokens(ctx, f, model_dir) for f, kind in files}
