@@ -312,7 +312,7 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "image not an image",
         _image_conversation("data:image/png;base64," + base64.b64encode(b"plain text").decode()),
-        "messages[0].content[0].image_url.url must be a decodable image; got \"10 bytes that fail to decode",
+        "messages[0].content[0].image_url.url must be a decodable image; got \"10 bytes that are no image file\"",
     ),
     (
         "image truncated",

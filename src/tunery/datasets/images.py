@@ -74,7 +74,9 @@ def open_image(data: bytes) -> Any:
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         raise ImageInvalid(f"must have at most {MAX_PIXELS} pixels",
                            f"{pixels.group(1)} pixels" if pixels else str(exc)) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        raise ImageInvalid("must be a decodable image", f"{len(data)} bytes that are no image file") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageInvalid("must be a decodable image", f"{len(data)} bytes that fail to decode ({exc})") from None
     return image if image.mode == "RGB" else image.convert("RGB")
 
