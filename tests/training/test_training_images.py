@@ -4,6 +4,7 @@ forward pass that sees each example's own images."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from tests.sample_images import COLOURS, draw_shape, solid_url
 from tunery.datasets import DatasetFormat
 from tunery.errors import TrainingFailed
 from tunery.training.attention import attention_for
+from tunery.training.data.chat import ConversationRefused
 from tunery.training.data.collate import collate
+from tunery.training.data.dataset import load_examples
 from tunery.training.data.images import ImageEncoder, VisionRenderer, load_processor, split_images
 from tunery.training.data.render import IGNORE, Renderer, truncate
-from tunery.training.model import LoadedModel, forward_logits, load_causal_lm
+from tunery.training.model import LoadedModel, forward_logps, load_causal_lm
 
 IMAGE_TOKENS = 16  # tiny-vlm: 32x32 images in 8x8 patches
 
@@ -77,9 +80,13 @@ def test_images_go_as_files_and_the_processor_sizes_them(processor: Any) -> None
     assert pixels.shape == (1, 3, 32, 32)
 
 
-def test_a_broken_image_is_a_user_error(processor: Any) -> None:
-    with pytest.raises(TrainingFailed, match="image 1 of a sample must be a decodable image") as caught:
+def test_a_broken_image_is_refused_and_training_names_its_line(processor: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConversationRefused, match="image 1 of the sample must be a decodable image"):
         renderer(processor).render(sample("data:image/png;base64,AAAA"), DatasetFormat.CONVERSATION)
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(sample(solid_url())) + "\n" + json.dumps(sample("data:image/png;base64,AAAA")) + "\n")
+    with pytest.raises(TrainingFailed, match="line 2 of the training file: image 1 of the sample") as caught:
+        load_examples(path, "jsonl", renderer(processor), 128)
     assert caught.value.user_error
 
 
@@ -106,12 +113,13 @@ def test_packed_rows_see_their_own_images(processor: Any, tiny_vlm: Path) -> Non
                          processor=processor)
     encoder = ImageEncoder(processor)
 
-    def logits(rows: list[list[Any]]) -> torch.Tensor:
+    def logits(rows: list[list[Any]]) -> torch.Tensor:  # the log-probabilities of every next token
         batch = collate(rows, processor.tokenizer.pad_token_id, encoder)
         assert batch.vision["pixel_values"].shape[0] == sum(len(e.images) for row in rows for e in row)
         with torch.no_grad():
-            return forward_logits(loaded, batch.input_ids, batch.position_ids,
-                                  attention_for(batch, torch.float32), batch.vision)
+            targets = torch.cat([batch.input_ids[:, 1:], batch.input_ids[:, :1]], dim=1)
+            return forward_logps(loaded, batch.input_ids, batch.position_ids, targets,
+                                 attention_for(batch, torch.float32), **batch.vision)
 
     packed = logits([examples])[0]
     alone = torch.cat([logits([[e]])[0] for e in examples])

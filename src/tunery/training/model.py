@@ -12,7 +12,7 @@ decides whether its vision part trains (see ``vision.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,6 +25,7 @@ from tunery.training import attention
 from tunery.training.attention import Segments
 from tunery.training.config import TrainConfig
 from tunery.training.data.images import load_processor
+from tunery.training.logprobs import TargetLogps
 from tunery.training.vision import freeze_vision, lora_targets
 
 ATTN_IMPLEMENTATION = attention.PACKED  # SDPA, plus per-example attention for wide packed rows
@@ -39,8 +40,12 @@ class LoadedModel:
     device: torch.device
     autocast_dtype: torch.dtype | None
     param_count: int  # parameters of the underlying model, adapters excluded
-    ddp: Any = None  # DistributedDataParallel over ``model`` when training in several processes
+    ddp: Any = None  # DistributedDataParallel over ``scorer`` when training in several processes
     processor: Any = None  # a vision-language model's AutoProcessor (its tokenizer is ``tokenizer``)
+    scorer: TargetLogps = field(init=False)  # ``model`` as batch -> target log-probabilities
+
+    def __post_init__(self) -> None:
+        self.scorer = TargetLogps(self.model)
 
     @property
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -147,20 +152,21 @@ def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None, vision: bool 
     return get_peft_model(model, lora)
 
 
-def forward_logits(
-    loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, bias: torch.Tensor | Segments,
-    vision: dict[str, torch.Tensor] | None = None,
+def forward_logps(
+    loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+    bias: torch.Tensor | Segments, **inputs: Any
 ) -> torch.Tensor:
-    """Logits ``[B, L, V]`` in fp32, under autocast where configured. ``bias`` keeps packed examples
-    apart: a 4-D additive mask, or ``Segments`` (see ``attention.attention_for``); ``vision`` holds the
-    batch's image inputs (``Batch.vision``). Passes that build a graph go through ``ddp`` when there
-    is one, so their backward averages gradients across ranks."""
-    module = loaded.ddp if loaded.ddp is not None and torch.is_grad_enabled() else loaded.model
+    """``[B, L]`` fp32 log-probabilities of ``targets`` (0 where ``IGNORE``), under autocast where
+    configured, without the full logits (see ``logprobs.py``). ``bias`` keeps packed examples apart:
+    a 4-D additive mask, or ``Segments`` (see ``attention.attention_for``); ``inputs`` go to the model
+    as they are. Passes that build a graph go through ``ddp`` when there is one, so their backward
+    averages gradients across ranks."""
+    module = loaded.ddp if loaded.ddp is not None and torch.is_grad_enabled() else loaded.scorer
     isolation = {"packed_segments": bias} if isinstance(bias, Segments) else {"attention_mask": bias}
     with torch.autocast(loaded.device.type, dtype=loaded.autocast_dtype or torch.float32,
                         enabled=loaded.autocast_dtype is not None):
-        out = module(input_ids=input_ids, position_ids=position_ids, use_cache=False, **isolation, **(vision or {}))
-    return out.logits.float()
+        logps: torch.Tensor = module(input_ids, position_ids, targets, **isolation, **inputs)
+    return logps
 
 
 def mask_dtype(loaded: LoadedModel) -> torch.dtype:

@@ -17,11 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunery.storage import BlobStore
+from tunery.storage.archives import pack_dir
 from tunery.store import jobs as job_store
 from tunery.store.db import Database
 from tunery.store.models import Job
 from tunery.worker.heartbeat import JobLost
-from tunery.worker.packaging import pack_dir
 
 # Checkpoint parts, as the training engine lays them out (see tunery.training.export).
 PARTS = ("model", "adapter", "state")

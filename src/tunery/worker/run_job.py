@@ -27,6 +27,7 @@ from tunery.models.catalog import ModelCatalog
 from tunery.queue.states import IllegalTransition, transition
 from tunery.settings import Settings
 from tunery.storage import BlobStore
+from tunery.storage.archives import unpack
 from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
 from tunery.store.db import Database
@@ -36,7 +37,6 @@ from tunery.store.status import JobStatus
 from tunery.training.config import LoraSettings, TrainConfig
 from tunery.worker.heartbeat import JobHeartbeat, JobLost
 from tunery.worker.hub_push import HubPushFailed, push_model
-from tunery.worker.packaging import unpack
 from tunery.worker.relay import Relay, discard, list_parts, pack_parts, store_parts
 
 log = logging.getLogger("tunery.worker")

@@ -27,7 +27,8 @@ from tunery.datasets import DatasetFormat
 from tunery.datasets.images import ImageInvalid, image_bytes, open_image
 from tunery.errors import TrainingFailed
 from tunery.models.architecture import is_vision_language
-from tunery.training.data.render import IGNORE, Example, ExampleImage, Renderer, TrainOnInputs
+from tunery.training.data.chat import ConversationRefused
+from tunery.training.data.render import IGNORE, Example, ExampleImage, Marked, Renderer, TrainOnInputs
 
 
 def load_processor(model_dir: str | Path) -> Any | None:
@@ -78,45 +79,46 @@ class VisionRenderer:
         return self.text.train_on_inputs
 
     def render(self, record: dict[str, Any], fmt: DatasetFormat) -> Example:
+        return self.marked(record, fmt).example
+
+    def marked(self, record: dict[str, Any], fmt: DatasetFormat) -> Marked:
         if fmt is not DatasetFormat.CONVERSATION:
-            return self.text.render(record, fmt)
+            return self.text.marked(record, fmt)
         messages, urls = split_images(record["messages"])
-        tools = record.get("tools")
-        example = self.text.conversation(messages, tools)
-        return self._expand(example, messages, tools, urls) if urls else example
+        marked = self.text.marked({**record, "messages": messages}, fmt)
+        return self._expand(marked, urls) if urls else marked
 
     def preference(self, record: dict[str, Any]) -> tuple[Example, Example]:
-        """As ``Renderer.preference``; the prompt's images are in both sequences."""
-        messages, urls = split_images(record["input"]["messages"])
-        stripped = {**record, "input": {**record["input"], "messages": messages}}
-        chosen, rejected = self.text.preference(stripped)
-        if not urls:
-            return chosen, rejected
-        tools = record["input"].get("tools")
-        return (self._expand(chosen, [*messages, record["preferred_output"][0]], tools, urls),
-                self._expand(rejected, [*messages, record["non_preferred_output"][0]], tools, urls))
+        chosen, rejected = self.marked_preference(record)
+        return chosen.example, rejected.example
 
-    def _expand(self, example: Example, messages: list[dict[str, Any]], tools: list[Any] | None,
-                urls: list[str]) -> Example:
-        """``example`` (the text renderer's tokens for ``messages``) with each image placeholder
-        expanded into the processor's image tokens, labelled ``IGNORE``."""
+    def marked_preference(self, record: dict[str, Any]) -> tuple[Marked, Marked]:
+        """As ``Renderer.marked_preference``; the prompt's images are in both sequences."""
+        messages, urls = split_images(record["input"]["messages"])
+        chosen, rejected = self.text.marked_preference({**record, "input": {**record["input"], "messages": messages}})
+        return (self._expand(chosen, urls), self._expand(rejected, urls)) if urls else (chosen, rejected)
+
+    def _expand(self, marked: Marked, urls: list[str]) -> Marked:
+        """``marked`` with each image placeholder expanded into the processor's image tokens, labelled
+        ``IGNORE``; the text is the expanded text the tokens come from."""
         files = [_image_file(url, i) for i, url in enumerate(urls)]
-        text = str(self.tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False))
-        plain = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if list(plain["input_ids"]) != example.input_ids:
-            raise TrainingFailed("the chat template renders this sample differently from one call to the next, so "
-                                 "its image tokens cannot be placed", user_error=True)
-        expanded = self.processor(text=[text], images=[[open_image(f) for f in files]], add_special_tokens=False,
-                                  return_offsets_mapping=True, return_text_replacement_offsets=True)
-        spans = [(r["span"], r["new_span"]) for r in (expanded.get("text_replacement_offsets") or [[]])[0]
-                 if r["type"] == "image"]
-        if len(spans) != len(files):
-            raise TrainingFailed(
-                f"the sample has {len(files)} images, but the model's processor placed {len(spans)}: its chat "
-                f"template must render each image part as {self.processor.image_token!r} (this processor may not "
-                "report where it puts image tokens)", user_error=True)
-        return _relabel(example, plain["offset_mapping"], list(expanded["input_ids"][0]),
-                        list(expanded["offset_mapping"][0]), spans, files)
+        expanded = self.processor(text=[marked.text], images=[[open_image(f) for f in files]],
+                                  add_special_tokens=False, return_offsets_mapping=True,
+                                  return_text_replacement_offsets=True)
+        replaced = [r for r in (expanded.get("text_replacement_offsets") or [[]])[0] if r["type"] == "image"]
+        if len(replaced) != len(files):
+            raise ConversationRefused(
+                f"the sample has {len(files)} images, but the model's processor placed {len(replaced)}: its chat "
+                f"template must render each image part as {self.processor.image_token!r} (and the processor must "
+                "report where it puts image tokens)")
+        text, position = [], 0
+        for r in replaced:
+            text += [marked.text[position : r["span"][0]], r["replacement"]]
+            position = r["span"][1]
+        offsets = [(int(a), int(b)) for a, b in expanded["offset_mapping"][0]]
+        example = _relabel(marked.example, marked.offsets, list(expanded["input_ids"][0]), offsets,
+                           [(r["span"], r["new_span"]) for r in replaced], files)
+        return Marked(example, "".join(text) + marked.text[position:], offsets)
 
 
 def _image_file(url: str, index: int) -> bytes:
@@ -124,7 +126,7 @@ def _image_file(url: str, index: int) -> bytes:
         data = image_bytes(url)
         open_image(data)
     except ImageInvalid as exc:
-        raise TrainingFailed(f"image {index + 1} of a sample {exc.problem}; got {exc.value}", user_error=True) from None
+        raise ConversationRefused(f"image {index + 1} of the sample {exc.problem}; got {exc.value}") from None
     return data
 
 
@@ -149,8 +151,8 @@ def _relabel(example: Example, plain_offsets: Sequence[tuple[int, int]], ids: li
             continue
         i = text_token_at.get(begin - shift)
         if i is None or example.input_ids[i] != token:
-            raise TrainingFailed("the model's processor tokenized the text around an image differently from its "
-                                 "tokenizer, so the trained tokens cannot be found", user_error=True)
+            raise ConversationRefused("the model's processor tokenizes the text around an image differently from its "
+                                      "tokenizer, so the trained tokens cannot be found")
         labels.append(example.labels[i])
     images = tuple(ExampleImage(data, start, end) for data, (start, end) in zip(files, bounds, strict=True))
     return Example(ids, labels, images)
