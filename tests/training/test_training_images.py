@@ -117,7 +117,10 @@ def test_packed_rows_see_their_own_images(processor: Any, tiny_vlm: Path) -> Non
         batch = collate(rows, processor.tokenizer.pad_token_id, encoder)
         assert batch.vision["pixel_values"].shape[0] == sum(len(e.images) for row in rows for e in row)
         with torch.no_grad():
-            targets = torch.cat([batch.input_ids[:, 1:], batch.input_ids[:, :1]], dim=1)
+            # Every next token of the same example (not only the trained ones); none across examples.
+            same = batch.segment_ids[:, 1:] == batch.segment_ids[:, :-1]
+            targets = torch.full_like(batch.input_ids, IGNORE)
+            targets[:, :-1] = torch.where(same, batch.input_ids[:, 1:], IGNORE)
             return forward_logps(loaded, batch.input_ids, batch.position_ids, targets,
                                  attention_for(batch, torch.float32), **batch.vision)
 
