@@ -54,7 +54,7 @@ def test_a_text_model_refuses_images_and_train_vision_by_name(http: httpx.Client
     assert r.status_code == 400
     error = r.json()["error"]
     assert error["param"] == "training_file" and f'training_file "{images_id}" has images' in error["message"]
-    assert "text-only" in error["message"]
+    assert "does not take images (supports_vision is false)" in error["message"]
     r = create(http, model=TEXT, training_file=text_id, validation_file=images_id)
     assert r.status_code == 400 and r.json()["error"]["param"] == "validation_file"
     r = create(http, model=TEXT, training_file=text_id, multimodal_params={"train_vision": True})
@@ -92,7 +92,7 @@ def test_estimate_and_preview_count_image_tokens(http: httpx.Client, together_cl
     assert estimate["estimated_train_token_count"] == sum(r["num_tokens"] for r in rows)
     # Together cannot estimate images for a text model; neither do we (create refuses it).
     text_model = http.post("/v1/fine-tunes/estimate-price", json={"training_file": images_id, "model": TEXT}).json()
-    assert text_model == {"estimation_available": False, "unavailable_reason": "multimodal_dataset"}
+    assert text_model["estimation_available"] is False and text_model["unavailable_reason"] == "multimodal_dataset"
 
 
 def test_upload_refuses_a_broken_image_naming_the_line(together_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

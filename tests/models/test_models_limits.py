@@ -49,3 +49,13 @@ def test_a_vision_language_model_supports_vision_and_lists_its_vision_modules(ti
     # LoRA may target the language model's layers and (train_vision) the CLIP tower's and projector's.
     assert {"q_proj", "down_proj", "fc1", "out_proj", "linear_1"} <= set(limits["lora_training"]["target_modules"])
     assert "lm_head" not in limits["lora_training"]["target_modules"]
+
+
+def test_three_axis_positions_are_not_offered_for_images(tmp_path: Path) -> None:
+    from transformers import Qwen2VLConfig
+
+    config = Qwen2VLConfig(text_config={"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 64,
+                                        "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 512},
+                           vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2})
+    config.save_pretrained(tmp_path)
+    assert model_limits("qwen2-vl", tmp_path)["supports_vision"] is False  # packing gives 1-D positions

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tunery.api.dataset_checks import processor_for, scan
+from tunery.api.dataset_checks import scan
 from tunery.api.deps import AppContext
 from tunery.api.job_requests import base_model_of, resolve_parent
 from tunery.api.schemas.fine_tunes import PriceEstimateRequest
@@ -30,7 +30,8 @@ def estimate_price(ctx: AppContext, s: Session, user: User, body: PriceEstimateR
     model = body.model or ""
     if body.from_checkpoint:
         model = resolve_parent(s, body.from_checkpoint, user).job.model
-    model_dir = str(ctx.catalog.resolve(base_model_of(s, model, user), registered).path)
+    base = base_model_of(s, model, user)
+    model_dir = str(ctx.catalog.resolve(base, registered).path)
     files: list[tuple[File, str]] = []
     for file_id, kind in ((body.training_file, "train"), (body.validation_file, "eval")):
         if not file_id:
@@ -42,9 +43,9 @@ def estimate_price(ctx: AppContext, s: Session, user: User, body: PriceEstimateR
         if f.processing_status != "COMPLETED":
             return _unavailable(f"{kind}_file_invalid" if f.processing_status == "INVALID_FORMAT"
                                 else f"{kind}_file_not_validated")
-        if (f.report or {}).get("dataset_is_multimodal") and processor_for(model_dir) is None:
-            return _unavailable("multimodal_dataset", f"{kind}ing file {f.id} has images, but {model} is a text-only "
-                                                      "model")  # and create refuses it
+        images = bool((f.report or {}).get("dataset_is_multimodal"))
+        if images and not ctx.catalog.limits(base, registered)["supports_vision"]:  # and create refuses it
+            return _unavailable("multimodal_dataset", f"file {f.id} has images, but {model} does not take images")
         files.append((f, kind))
     method = body.training_method.method.lower() if body.training_method else "sft"
     train_on_inputs: TrainOnInputs = "auto"

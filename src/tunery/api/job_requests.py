@@ -240,7 +240,7 @@ def _multimodal_params(req: FinetuneRequest, model: str, limits: dict[str, Any],
                      f"Vision encoder training is not supported for the non-multimodal model `{model}`")
     for f, param in ((train, "training_file"), (val, "validation_file")):
         if f is not None and (f.report or {}).get("dataset_is_multimodal"):
-            problems.add(param, f'{param} "{f.id}" has images, but `{model}` is a text-only model '
+            problems.add(param, f'{param} "{f.id}" has images, but `{model}` does not take images '
                                 "(supports_vision is false); fine-tune a vision-language model on it, "
                                 "such as tunery/tiny-vlm")
     return None

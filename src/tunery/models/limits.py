@@ -90,7 +90,10 @@ def _model_facts(model_dir: str, _mtime: float) -> dict[str, Any]:
         "target_modules": linear_module_names(model),
         "supports_tools": "tools" in template,
         "supports_reasoning": "reasoning" in template or "<think>" in template,
-        "supports_vision": is_vision_language(config),
+        # Qwen2-VL and its kin give image tokens positions on three axes (get_rope_index), which
+        # packed training does not compute yet: no images for them rather than wrong positions.
+        "supports_vision": is_vision_language(config) and not any(hasattr(m, "get_rope_index")
+                                                                   for m in model.modules()),
     }
 
 
