@@ -40,3 +40,20 @@ def test_run_grades_a_sample_and_reports_a_failed_python_grader_as_reward_zero(c
     failed = client.fine_tuning.alpha.graders.run(grader=code, model_sample="x", item={})  # type: ignore[arg-type]
     assert failed.reward == 0.0 and failed.metadata.errors.python_grader_runtime_error
     assert "Operation not permitted" in (failed.metadata.errors.python_grader_runtime_error_details or "")
+
+
+@pytest.mark.slow
+def test_a_score_model_grader_is_judged_by_the_inference_engine(client: OpenAI) -> None:
+    judge = {"type": "score_model", "name": "judge", "model": "tunery/tiny-llama", "range": [0, 10],
+             "input": [{"role": "user", "content": "Is {{ sample.output_text }} the answer to {{ item.q }}?"}],
+             "sampling_params": {"temperature": 0, "max_completions_tokens": 8}}
+    run = client.fine_tuning.alpha.graders.run(grader=judge, model_sample="4", item={"q": "2+2"})  # type: ignore[arg-type]
+    errors = run.metadata.errors
+    assert not errors.model_grader_server_error, errors.model_grader_server_error_details
+    assert run.metadata.token_usage and run.metadata.token_usage > 0  # the tiny model really answered
+    assert 0 <= run.reward <= 10 and (run.reward > 0 or errors.model_grader_parse_error)
+    again = client.fine_tuning.alpha.graders.run(grader=judge, model_sample="4", item={"q": "2+2"})  # type: ignore[arg-type]
+    assert again.reward == run.reward  # greedy: the same verdict
+    missing = client.fine_tuning.alpha.graders.run(grader={**judge, "model": "no-such-model"}, model_sample="4",  # type: ignore[arg-type]
+                                                   item={"q": "2+2"})
+    assert missing.reward == 0.0 and missing.metadata.errors.model_grader_server_error

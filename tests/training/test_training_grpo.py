@@ -173,3 +173,20 @@ def test_a_grpo_config_without_a_usable_grader_is_refused_with_every_problem(tmp
     message = str(caught.value)
     assert "grader: input" in message and "grpo_group_size must be >= 2" in message
     assert "grpo_epsilon must be in (0, 1)" in message
+
+
+@pytest.mark.slow
+def test_a_score_model_grader_is_judged_in_the_training_process(
+        tiny_llama: Path, formatted: Path, files: dict[str, str], tmp_path: Path) -> None:
+    judge = {"type": "score_model", "name": "judge", "model": "tunery/tiny-llama", "range": [0, 9],
+             "input": [{"role": "user", "content": "{{ item.messages[0].content }}{{ sample.output_text }}"}],
+             "sampling_params": {"temperature": 0, "max_completions_tokens": 3}}
+    cfg = grpo_config(tiny_llama, formatted, files, tmp_path, grader=judge, batch_size=2, grpo_group_size=2,
+                      validation_file=None, eval_interval=0, judge_model_dirs={"tunery/tiny-llama": str(formatted)})
+    reporter = ListReporter(stop_when=lambda r: len(r.metric_steps()) >= 1)
+    grpo.run(cfg, reporter)
+    [step] = [r["values"] for r in reporter.of_kind("metrics") if "train/loss" in r["values"]]
+    # The formatted tiny model answers with digits, which the judge reads as its score (or fails to).
+    assert 0 <= step["train/grader/judge"] <= 9 and step["train/grader_errors"] <= 4
+    with pytest.raises(ValueError, match="not available as a judge here; available: none"):
+        grpo_config(tiny_llama, formatted, files, tmp_path, grader=judge)

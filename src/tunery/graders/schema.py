@@ -168,8 +168,8 @@ def check_grader(grader: Any, *, has_embedder: bool = False, judge_models: set[s
             problems.append("evaluation_metric cosine needs an embedding model, and this server has none "
                             "configured (TUNERY_EMBEDDING_MODEL); use another metric or configure one")
     if isinstance(grader, ScoreModelGrader) and judge_models is not None and grader.model not in judge_models:
-        problems.append(f"model {grader.model!r} is not served here; judges can be: "
-                        f"{', '.join(sorted(judge_models)) or '(none)'}")
+        problems.append(f"model {grader.model!r} is not available as a judge here; available: "
+                        f"{', '.join(sorted(judge_models)) or 'none'}")
     return problems
 
 

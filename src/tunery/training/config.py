@@ -97,6 +97,7 @@ class TrainConfig(BaseModel):
     grader_wall_seconds: float = 10.0
     grader_cpu_seconds: int = 5
     grader_memory_mb: int = 1024
+    judge_model_dirs: dict[str, str] = {}  # score_model graders' models -> where the worker put them
 
     wandb_api_key: SecretStr | None = None
     wandb_base_url: str | None = None
@@ -167,7 +168,7 @@ def _grpo_problems(c: TrainConfig) -> list[str | None]:
 
     grader_problems: list[str | None] = ["grpo needs a grader"]
     if c.grader is not None:
-        grader_problems = [f"grader: {p}" for p in read_grader(c.grader)[1]]
+        grader_problems = [f"grader: {p}" for p in read_grader(c.grader, judge_models=set(c.judge_model_dirs))[1]]
     return [
         *grader_problems,
         _positive_int("grpo_group_size", c.grpo_group_size, minimum=2),

@@ -4,7 +4,8 @@
 lists every problem. ``run`` grades one ``model_sample`` (the model's text) against one ``item`` (a
 dataset row) as a reinforcement job would, python graders in the sandbox, and answers OpenAI's
 ``GraderRunResponse``: the reward, sub-rewards and which errors happened (a failed grader is a
-reward of 0 with its error flag, not an HTTP error).
+reward of 0 with its error flag, not an HTTP error). score_model graders are judged by the inference
+engine (``api/judging.py``), with any model the caller may chat with.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
 
-from tunery.api.deps import CurrentUser
+from tunery.api.deps import Ctx, CurrentUser
+from tunery.api.judging import EngineJudge
 from tunery.errors import InvalidRequest
 from tunery.graders.grading import Grade, GraderEnv, grade, sample_namespace
 from tunery.graders.schema import read_grader
@@ -47,8 +50,10 @@ def validate_grader(body: ValidateRequest, user: CurrentUser) -> dict[str, Any]:
 
 
 @router.post("/v1/fine_tuning/alpha/graders/run")
-def run_grader(body: RunRequest, user: CurrentUser) -> dict[str, Any]:
-    result = grade(_grader(body.grader), sample_namespace(body.model_sample), body.item or {}, GraderEnv())
+async def run_grader(body: RunRequest, ctx: Ctx, user: CurrentUser) -> dict[str, Any]:
+    grader = _grader(body.grader)
+    env = GraderEnv(judge=EngineJudge(ctx, user))
+    result = await run_in_threadpool(grade, grader, sample_namespace(body.model_sample), body.item or {}, env)
     return run_response(result)
 
 

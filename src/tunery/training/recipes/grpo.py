@@ -6,7 +6,8 @@ Run it:
 
 Same config, report, outputs and exit codes as ``recipes/sft.py``. The training file holds prompts
 (``training/data/prompts.py``: OpenAI's reinforcement rows, ``{"messages": [...], ...fields}``) and the
-config a grader (``graders/``), which scores each completion against its row.
+config a grader (``graders/``), which scores each completion against its row; score_model graders' judge
+models run in this process (``training/judge.py``).
 
 Every ``grpo_iterations`` steps a rollout samples ``grpo_group_size`` completions for each of
 ``batch_size`` prompts with the policy's current weights (through the inference core, see
@@ -50,6 +51,7 @@ from tunery.training.data.collate import collate
 from tunery.training.data.prompts import PromptSet, load_prompts
 from tunery.training.data.render import IGNORE, Example
 from tunery.training.distributed import Dist
+from tunery.training.judge import ModelJudge
 from tunery.training.launch import entry_point
 from tunery.training.losses import grpo_token_losses
 from tunery.training.model import LoadedModel, forward_logps, load_for_training, mask_dtype
@@ -144,7 +146,9 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, R
     s = start_session(cfg, reporter, loaded, plan, dist)
     limits = SandboxLimits(wall_seconds=cfg.grader_wall_seconds, cpu_seconds=cfg.grader_cpu_seconds,
                            memory_bytes=cfg.grader_memory_mb << 20)
-    rl = Rl(train, val, parse_grader(cfg.grader), GraderEnv(limits=limits, parallelism=os.cpu_count() or 1))
+    judge = ModelJudge(cfg.judge_model_dirs, loaded.device) if cfg.judge_model_dirs else None
+    rl = Rl(train, val, parse_grader(cfg.grader),
+            GraderEnv(limits=limits, judge=judge, parallelism=os.cpu_count() or 1))
     if cfg.grpo_beta > 0 and not loaded.is_lora:
         rl.reference = replace(loaded, model=_frozen_start(cfg), ddp=None)
     return s, rl
