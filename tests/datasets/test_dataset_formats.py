@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tunery.datasets import DatasetFormat, RecordFacts, check_record, detect_format
-from tunery.datasets.formats import MAX_IMAGES_PER_SAMPLE, show
+from tunery.datasets.formats import MAX_IMAGES_PER_SAMPLE, NO_FACTS, show
 from tunery.errors import DatasetInvalid
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
@@ -324,11 +324,6 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
         'messages[3].role must be assistant or tool after a tool message; got "user"',
     ),
     (
-        "no assistant",
-        _conversation({"role": "system", "content": "s"}, user()),
-        'messages must contain at least one assistant message; got ["system", "user"]',
-    ),
-    (
         "tool_calls on user",
         _conversation(user(tool_calls=[call()]), assistant()),
         "messages[0].tool_calls is only allowed on assistant messages; got "
@@ -386,6 +381,14 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
         "tools[0].function.name must be a string; got null",
     ),
 ]
+
+
+def test_messages_awaiting_an_answer_are_a_reinforcement_prompt_with_any_fields() -> None:
+    prompt = {"messages": [{"role": "system", "content": "s"}, user()], "answer": "4", "meta": {"tags": [1]}}
+    assert detect_format(prompt, 7) is DatasetFormat.REINFORCEMENT and check(prompt) == NO_FACTS
+    assert detect_format({"messages": [user()]}, 7) is DatasetFormat.REINFORCEMENT
+    # a conversation with an answer still may not carry unknown keys (a typo in an SFT file)
+    assert 'unknown key "answer"' in error_of({"messages": [user(), assistant()], "answer": "4"}).message
 
 
 @pytest.mark.parametrize(
@@ -454,9 +457,21 @@ PREFERENCE_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "output missing content",
         {**PREFERENCE_OK, "preferred_output": [{"role": "assistant"}]},
-        'preferred_output[0] is missing "content"; got {"role": "assistant"}',
+        'preferred_output[0] is missing "content" (only an output with tool_calls may omit it); '
+        'got {"role": "assistant"}',
     ),
 ]
+
+
+def test_preference_outputs_may_call_tools_and_reason() -> None:
+    call = {"id": "call12345", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    record = {**PREFERENCE_OK,
+              "preferred_output": [{"role": "assistant", "content": None, "tool_calls": [call, call]}],
+              "non_preferred_output": [{"role": "assistant", "content": "No.", "reasoning": "Refuse."}]}
+    facts = check_record(record, DatasetFormat.PREFERENCE, 7)
+    assert (facts.has_tools, facts.has_parallel_tool_calls, facts.has_reasoning) == (True, True, True)
+    bad = {**record, "preferred_output": [{"role": "assistant", "content": None, "tool_calls": [{"function": {}}]}]}
+    assert error_of(bad).message.startswith("line 7: preferred_output[0].tool_calls[0].function.name must be a string")
 
 
 @pytest.mark.parametrize(
@@ -473,7 +488,8 @@ def test_preference_unknown_keys() -> None:
         'line 7: input has unknown key "x"; a preference input has keys messages, tools, parallel_tool_calls'
     )
     assert error_of({**PREFERENCE_OK, "preferred_output": [assistant(weight=1)]}).message == (
-        'line 7: preferred_output[0] has unknown key "weight"; an output message has keys role, content'
+        'line 7: preferred_output[0] has unknown key "weight"; an output message has keys role, content, '
+        "tool_calls, reasoning, reasoning_content"
     )
 
 
