@@ -48,7 +48,7 @@ def child(a: argparse.Namespace) -> dict[str, Any]:
         row, used = [], 0
         while used < 240:
             n = min(int(torch.randint(16, 96, (1,), generator=gen)), 256 - used)
-            ids = torch.randint(5, 1000, (n,), generator=gen).tolist()
+            ids = torch.randint(5, 500, (n,), generator=gen).tolist()
             row.append(Example(ids, ids))
             used += n
         rows.append(row)
