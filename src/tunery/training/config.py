@@ -50,8 +50,11 @@ class TrainConfig(BaseModel):
     file_type: Literal["jsonl", "parquet"] = "jsonl"
     output_dir: str
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 mixed precision where the device multiplies bf16 natively, else fp32 (model.py)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
+    train_vision: bool = False  # a vision-language model's vision tower and projector train too
     n_epochs: int = 1
     learning_rate: float = 1e-5
     lr_scheduler_type: Literal["linear", "cosine"] = "cosine"
