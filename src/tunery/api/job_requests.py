@@ -187,7 +187,8 @@ def _grpo(req: FinetuneRequest, problems: Problems) -> GRPO:
               ("clip_range", 0 < values["clip_range"] < 1, "clip_range must be in (0, 1)"),
               ("num_iterations", values["num_iterations"] >= 1, "num_iterations must be >= 1"),
               ("max_new_tokens", values["max_new_tokens"] >= 1, "max_new_tokens must be >= 1"),
-              ("temperature", 0 <= values["temperature"] <= 2, "temperature must be in [0, 2]"),
+              ("temperature", 0 < values["temperature"] <= 2,
+               "temperature must be in (0, 2] (at 0 a group's completions are all the same: nothing to compare)"),
               ("eval_interval", values["eval_interval"] >= 0, "eval_interval must be >= 0"),
               ("eval_samples", values["eval_samples"] >= 1, "eval_samples must be >= 1")]
     for name, ok, message in checks:
