@@ -47,7 +47,6 @@ MARK_OPEN, MARK_CLOSE = "\ufdd0", "\ufdd1"  # Unicode noncharacters: never in re
 _MARKER = re.compile(f"{MARK_OPEN}(\\d+){MARK_CLOSE}")
 # What a template may test content for: <tags> (Qwen3's </think>, <tool_response>) and special tokens.
 _TAG = re.compile(r"(<[^<>\s]{1,64}>)")
-_EDGE = re.compile(r"^(\s*)(.*?)(\s*)$", re.S)
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 TEXT_KEYS = ("content", *REASONING_KEYS)  # and tool call names, under "tool_calls"
@@ -150,7 +149,7 @@ class ChatTemplate:
                 wanted: list[int]) -> RenderedChat:
         template = self.source(tools)
         skeleton = _skeleton(prepared)
-        shaped = _render(template, skeleton.messages, tools, False, self.kwargs)
+        shaped = _render_shaped(template, skeleton.messages, tools, False, self.kwargs)
         marks = _align(shaped, real, skeleton.runs)
         if marks is None:
             raise ConversationRefused(
@@ -189,7 +188,6 @@ class ChatTemplate:
             if prepared in tried:
                 continue
             tried.append(prepared)
-            _check_markers_absent(prepared, tools)
             try:
                 real = _render(template, prepared, tools, False, self.kwargs)
             except ConversationRefused as error:
@@ -221,6 +219,17 @@ class _Boundaries:
         self.marks, self.real_length, self.tools = marks, real_length, tools
         self._ends = [mark.shaped_end for mark in marks]  # increasing: occurrences do not overlap
         self._splits: dict[int, tuple[int, int]] = {}
+        self._shape = tuple((m.get("role"), bool(m.get("tool_calls")), _kind(m.get("content")))
+                            for m in skeleton.messages)
+        # first_text[j]: where the first text of any message >= j is in the skeleton rendering.
+        count = len(skeleton.messages)
+        first_text = [len(shaped)] * (count + 1)
+        for mark in marks:
+            message = skeleton.runs[mark.run].message
+            first_text[message] = min(first_text[message], mark.shaped_start)
+        for j in range(count - 1, -1, -1):
+            first_text[j] = min(first_text[j], first_text[j + 1])
+        self._first_text = first_text
 
     def cut(self, j: int) -> int:
         """Where turn j starts (= where turn j-1 ends)."""
@@ -244,13 +253,10 @@ class _Boundaries:
         """
         if j in self._splits:
             return self._splits[j]
-        runs = self.skeleton.runs
-        first_later = min((m.shaped_start for m in self.marks if runs[m.run].message >= j), default=len(self.shaped))
-        anchors = sorted((m for m in self.marks if m.shaped_end <= first_later), key=lambda m: -m.shaped_end)
+        first_later = self._first_text[j]
+        anchors = self.marks[:bisect.bisect_right(self._ends, first_later)][::-1]
         nearest = anchors[0].shaped_end if anchors else 0
-        shape = tuple((m.get("role"), bool(m.get("tool_calls")), _kind(m.get("content")))
-                      for m in self.skeleton.messages)
-        key = (self.template, bool(self.tools), shape, j, self.shaped[nearest:first_later])
+        key = (self.template, bool(self.tools), self._shape, j, self.shaped[nearest:first_later])
 
         def compute() -> tuple[int, int, int]:
             ends, starts = (self._prefix(j, generation_prompt) for generation_prompt in (False, True))
@@ -271,7 +277,7 @@ class _Boundaries:
     def _prefix(self, j: int, generation_prompt: bool) -> str:
         """The skeleton rendering of the conversation stopped before message j."""
         try:
-            return _render(self.template, self.skeleton.messages[:j], self.tools, generation_prompt,
+            return _render_shaped(self.template, self.skeleton.messages[:j], self.tools, generation_prompt,
                            self.owner.kwargs)
         except ConversationRefused:
             return ""  # a template that cannot stop here splits nothing off the glue
@@ -354,29 +360,25 @@ def _parsed_call(call: Any) -> Any:
     return {**call, "function": {**function, "arguments": arguments}}
 
 
-def _check_markers_absent(messages: list[dict[str, Any]], tools: Sequence[Any] | None) -> None:
-    text = json.dumps([messages, tools], ensure_ascii=False)
-    if MARK_OPEN in text or MARK_CLOSE in text:
-        raise ConversationRefused("the conversation contains U+FDD0 or U+FDD1, Unicode noncharacters that "
-                                  "tunery reserves to locate turns; remove them")
-
-
 def _skeleton(messages: list[dict[str, Any]]) -> _Skeleton:
     runs: list[_Run] = []
 
     def shape(text: str, owner: int, key: str) -> str:
-        pieces = []
-        for piece in _TAG.split(text):
-            if not piece or _TAG.fullmatch(piece):
-                pieces.append(piece)
-                continue
-            lead, core, trail = _EDGE.match(piece).groups()  # type: ignore[union-attr]
-            if core:
-                runs.append(_Run(owner, key, core))
-                pieces.append(f"{lead}{MARK_OPEN}{len(runs) - 1}{MARK_CLOSE}{trail}")
-            else:
-                pieces.append(piece)
-        return "".join(pieces)
+        if MARK_OPEN in text or MARK_CLOSE in text:
+            raise ConversationRefused("the conversation contains U+FDD0 or U+FDD1, Unicode noncharacters that "
+                                      "tunery reserves to locate turns; remove them")
+        pieces = _TAG.split(text) if "<" in text else (text,)
+        return "".join(piece if not piece or (piece[0] == "<" and _TAG.fullmatch(piece)) else word(piece, owner, key)
+                       for piece in pieces)
+
+    def word(piece: str, owner: int, key: str) -> str:
+        """The piece with its words (all but the whitespace at its edges) as one marker."""
+        core = piece.strip()
+        if not core:
+            return piece
+        runs.append(_Run(owner, key, core))
+        start = len(piece) - len(piece.lstrip())
+        return f"{piece[:start]}{MARK_OPEN}{len(runs) - 1}{MARK_CLOSE}{piece[start + len(core):]}"
 
     shaped = []
     for i, message in enumerate(messages):
@@ -415,6 +417,30 @@ def _named_call(call: Any, shape: Callable[[str], str]) -> Any:
 def _render(template: str, messages: list[dict[str, Any]], tools: Sequence[Any] | None,
             generation_prompt: bool, kwargs: dict[str, Any]) -> str:
     return _jinja(template, messages, tools, generation_prompt, kwargs, blocks=False)[0]
+
+
+def _render_shaped(template: str, messages: list[dict[str, Any]], tools: Sequence[Any] | None,
+                   generation_prompt: bool, kwargs: dict[str, Any]) -> str:
+    """A skeleton rendering, straight through the template ``apply_chat_template`` compiles (the
+    messages are plain JSON already, so its defensive copy is skipped). Exactness does not rest
+    on it: a skeleton rendering that differs from the real one fails ``_align``."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    aliased = [_with_reasoning_aliases(m) for m in messages]
+    try:
+        return str(_compile_jinja_template(template).render(
+            messages=aliased, tools=list(tools) if tools else None, documents=None,
+            add_generation_prompt=generation_prompt, **kwargs))
+    except Exception as error:  # noqa: BLE001 - whatever a template raises is its verdict on the data
+        raise ConversationRefused(f"the chat template refuses this conversation: {_template_message(error)}") \
+            from None
+
+
+def _with_reasoning_aliases(message: dict[str, Any]) -> dict[str, Any]:
+    """Reasoning under every name templates read, as ``apply_chat_template`` passes it."""
+    reasoning = next((message[key] for key in ("reasoning_content", "thinking", "reasoning")
+                      if message.get(key) is not None), None)
+    return message if reasoning is None else {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
 def _jinja(template: str, messages: list[dict[str, Any]], tools: Sequence[Any] | None, generation_prompt: bool,
@@ -470,18 +496,10 @@ def _align(shaped: str, real: str, runs: list[_Run]) -> list[_Mark] | None:
     found = list(_MARKER.finditer(shaped))
     cuts = [0, *[x for m in found for x in (m.start(), m.end())], len(shaped)]
     glue = [shaped[cuts[i]:cuts[i + 1]] for i in range(0, len(cuts), 2)]
-    texts = [runs[int(m.group(1))].text for m in found]
-    if "".join(g + t for g, t in zip(glue, texts, strict=False)) + glue[-1] == real:
-        spans, offset = [], 0
-        for g, t in zip(glue, texts, strict=False):
-            spans.append((offset + len(g), offset + len(g) + len(t)))
-            offset += len(g) + len(t)
-    else:
-        placed = _place(real, glue, texts)
-        if placed is None:
-            return None
-        spans = placed
-    return [_Mark(m.start(), m.end(), a, b, int(m.group(1))) for m, (a, b) in zip(found, spans, strict=True)]
+    placed = _place(real, glue, [runs[int(m.group(1))].text for m in found])
+    if placed is None:
+        return None
+    return [_Mark(m.start(), m.end(), a, b, int(m.group(1))) for m, (a, b) in zip(found, placed, strict=True)]
 
 
 def _forms(text: str) -> list[str]:
