@@ -115,6 +115,7 @@ class ChatTemplate:
         self._splits: dict[tuple[Any, ...], tuple[int, int, int]] = {}
         self._first_error: ConversationRefused | None = None
         self._rendered_without_calls = False
+        self._always_prompts: dict[str, bool] = {}
 
     def source(self, tools: Sequence[Any] | None) -> str:
         try:
@@ -148,6 +149,13 @@ class ChatTemplate:
     def _locate(self, real: str, prepared: list[dict[str, Any]], tools: Sequence[Any] | None,
                 wanted: list[int]) -> RenderedChat:
         template = self.source(tools)
+        if template not in self._always_prompts:
+            self._always_prompts[template] = _always_prompts(template, self.kwargs)
+        if self._always_prompts[template]:
+            raise ConversationRefused(
+                "the chat template appends the assistant prompt even when no generation prompt is asked for, so "
+                "where an assistant turn ends cannot be told from the header after it; wrap that prompt in "
+                "{% if add_generation_prompt %} in the template, or set train_on_inputs=true")
         skeleton = _skeleton(prepared)
         shaped = _render_shaped(template, skeleton.messages, tools, False, self.kwargs)
         marks = _align(shaped, real, skeleton.runs)
@@ -232,12 +240,46 @@ class _Boundaries:
         self._first_text = first_text
 
     def cut(self, j: int) -> int:
-        """Where turn j starts (= where turn j-1 ends)."""
+        """Where turn j starts (= where turn j-1 ends); for j past the last message, where the last
+        turn ends."""
         if j <= 0:
             return 0
         if j >= len(self.skeleton.messages):
-            return self.real_length
+            return self._last_end()
         return self._split(j)[0]
+
+    def _last_end(self) -> int:
+        """The end of the last turn: the text after its last text, up to the end, less trailing
+        whitespace that the template does not also write when another message follows.
+
+        Everything the template writes after the last message closes it (Phi-3's final
+        ``<|endoftext|>`` included), except whitespace a template leaves at its very end (the
+        newline after the loop of widely copied Llama 3 templates): the model never writes that.
+        Whitespace that is part of the turn's own closing (Gemma's ``<end_of_turn>\\n``) stays, as
+        a rendering with one more message shows.
+        """
+        anchor = self.marks[-1] if self.marks else None
+        start = anchor.shaped_end if anchor is not None else 0
+        tail = self.shaped[start:]
+        kept = len(tail.rstrip())
+        if kept == len(tail):
+            return self.real_length
+        last = self.skeleton.messages[-1]
+        follower = {"role": "user" if last.get("role") == "assistant" else "assistant", "content": "x"}
+        key = (self.template, bool(self.tools), self._shape, "last", tail)
+
+        def compute() -> tuple[int, int, int]:
+            try:
+                longer = _render_shaped(self.template, [*self.skeleton.messages, follower], self.tools, False,
+                                        self.owner.kwargs)
+            except ConversationRefused:
+                return 0, len(tail), 0
+            marker = "" if anchor is None else f"{MARK_OPEN}{anchor.run}{MARK_CLOSE}"
+            at = longer.rfind(marker) + len(marker) if marker in longer else -1
+            return 0, len(tail) if at < 0 else _common_prefix(longer[at:], tail), 0
+
+        _, closing, _ = self.owner.cached_split(key, compute)
+        return self._to_real(start + max(kept, closing))
 
     def body(self, j: int) -> int:
         """Where the generated part of assistant turn j starts."""
@@ -299,6 +341,22 @@ def _outside_markers(glue: str, length: int) -> int:
     """``length`` moved back to the start of a marker it would end inside."""
     opened = glue.rfind(MARK_OPEN, 0, length)
     return opened if opened > glue.rfind(MARK_CLOSE, 0, length) else length
+
+
+def _always_prompts(template: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the template writes the assistant header after every conversation, asked or not
+    (Meta-Llama-3-8B-Instruct's first template did): then a conversation ending with a user
+    message ends with exactly the text that separates it from an assistant answer, and one ending
+    with that answer ends the same way."""
+    user = [{"role": "user", "content": f"{MARK_OPEN}0{MARK_CLOSE}"}]
+    answered = [*user, {"role": "assistant", "content": f"{MARK_OPEN}1{MARK_CLOSE}"}]
+    try:
+        after_user = _render_shaped(template, user, None, False, kwargs).rpartition(MARK_CLOSE)[2]
+        both = _render_shaped(template, answered, None, False, kwargs)
+    except ConversationRefused:
+        return False
+    between = both.partition(f"{MARK_OPEN}0{MARK_CLOSE}")[2].partition(f"{MARK_OPEN}1{MARK_CLOSE}")[0]
+    return bool(after_user.strip()) and after_user == between == both.rpartition(MARK_CLOSE)[2]
 
 
 def _common_prefix(a: str, b: str) -> int:
