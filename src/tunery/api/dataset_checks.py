@@ -16,10 +16,12 @@ from sqlalchemy.orm import Session
 
 from tunery.api.deps import AppContext
 from tunery.errors import InvalidRequest, NotFound
+from tunery.jobspec import SFT, JobSpec
 from tunery.store.base_models import registered_models
 from tunery.store.models import File
 from tunery.training.data.dataset import FileScan
-from tunery.training.data.render import TrainOnInputs
+from tunery.training.data.images import VisionRenderer, with_images
+from tunery.training.data.render import Renderer, TrainOnInputs
 
 
 @lru_cache(maxsize=32)
@@ -30,20 +32,35 @@ def tokenizer_for(model_dir: str) -> Any:
     return load_tokenizer(model_dir)
 
 
+@lru_cache(maxsize=8)
+def processor_for(model_dir: str) -> Any | None:
+    """A vision-language model's processor, as training loads it (None for a text model)."""
+    from tunery.training.data.images import load_processor
+
+    return load_processor(model_dir)
+
+
+def renderer_for(model_dir: str, train_on_inputs: TrainOnInputs) -> Renderer | VisionRenderer:
+    """The renderer training uses for the model in ``model_dir``: with images placed by its processor
+    for a vision-language model (so image tokens are counted and shown)."""
+    processor = processor_for(model_dir)
+    tokenizer = processor.tokenizer if processor is not None else tokenizer_for(model_dir)
+    return with_images(Renderer(tokenizer, train_on_inputs), processor)
+
+
 _SCANS: dict[tuple[Any, ...], FileScan] = {}  # a file's bytes never change: its verdicts stay true
 _SCANS_KEPT = 256
 
 
 def scan(ctx: AppContext, f: File, model_dir: str, train_on_inputs: TrainOnInputs = "auto", method: str = "sft",
          what: str = "training file") -> FileScan:
-    """``scan_file`` of ``f`` with the model's tokenizer, remembered by file id (not by the local
+    """``scan_file`` of ``f`` with the model's renderer, remembered by file id (not by the local
     path, which an object store gives anew for every copy)."""
     from tunery.training.data.dataset import scan_file
-    from tunery.training.data.render import Renderer
 
     key = (f.id, f.bytes, model_dir, train_on_inputs, method, what)
     if key not in _SCANS:
-        renderer = Renderer(tokenizer_for(model_dir), False if method == "dpo" else train_on_inputs)
+        renderer = renderer_for(model_dir, False if method == "dpo" else train_on_inputs)
         with ctx.blobs.local_copy(f.blob_key) as path:
             verdict = scan_file(path, f.file_type, renderer, method, what=what)
         if len(_SCANS) >= _SCANS_KEPT:
@@ -61,17 +78,17 @@ def model_dir_of(ctx: AppContext, s: Session, model: str) -> str | None:
         return None
 
 
-def check_job_files(ctx: AppContext, s: Session, model: str, params: dict[str, Any],
-                    files: list[tuple[File, str]]) -> None:
+def check_job_files(ctx: AppContext, s: Session, spec: JobSpec, files: list[tuple[File, str]]) -> None:
     """Raise ``InvalidRequest`` (param ``training_file`` or ``validation_file``) when the job's
     model cannot train on one of ``files`` (``(file, param)`` pairs)."""
+    model, method = spec.model, spec.training_method
     model_dir = model_dir_of(ctx, s, model)
     if model_dir is None:
         return
-    method = params["training_method"]
+    train_on_inputs = method.train_on_inputs if isinstance(method, SFT) else "auto"
     for f, param in files:
         what = param.replace("_", " ")
-        verdict = scan(ctx, f, model_dir, method.get("train_on_inputs", "auto"), method["method"], what)
+        verdict = scan(ctx, f, model_dir, train_on_inputs, method.method, what)
         if verdict.problem:
             raise InvalidRequest(f'{param} "{f.id}" cannot be trained on with model {model}: {verdict.problem}',
                                  param=param)

@@ -1,9 +1,9 @@
 """The training job's configuration: written as JSON by the worker, read once by a recipe.
 
-Every Together create-API hyperparameter has a field here, even those the SFT recipe does not use
-yet (DPO, W&B), so the worker has one place to put them. Paths are local: the worker has already
-fetched files, base model and parent checkpoint. Validation reports every problem at once, in
-messages that say what to change.
+The worker builds it from the job's spec (``tunery.jobspec.JobSpec.train_config``) plus the local
+paths it fetched the inputs to (files, base model, parent checkpoint); a recipe run by hand on a
+GPU box reads the same JSON. Validation reports every problem at once, in messages that say what
+to change.
 """
 
 from __future__ import annotations
@@ -50,8 +50,11 @@ class TrainConfig(BaseModel):
     file_type: Literal["jsonl", "parquet"] = "jsonl"
     output_dir: str
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 mixed precision where the device multiplies bf16 natively, else fp32 (model.py)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
+    train_vision: bool = False  # a vision-language model's vision tower and projector train too
     n_epochs: int = 1
     learning_rate: float = 1e-5
     lr_scheduler_type: Literal["linear", "cosine"] = "cosine"
