@@ -352,3 +352,14 @@ def test_a_template_that_always_prompts_is_refused_not_mis_split(tokenizers: dic
     tokenizer = fixture_tokenizer_with(tokenizers["llama-3.1-8b-instruct"], LLAMA3_ALWAYS_PROMPTS)
     with pytest.raises(ConversationRefused, match="appends the assistant prompt even when no generation prompt"):
         Renderer(tokenizer).conversation(CASES["system"][0])
+
+
+def test_preference_outputs_may_call_tools_and_reason(tokenizers: dict[str, Any]) -> None:
+    tokenizer = tokenizers["qwen3-0.6b"]
+    call = {"id": "call12345", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    record = {"input": {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": TOOLS},
+              "preferred_output": [{"role": "assistant", "content": None, "tool_calls": [call]}],
+              "non_preferred_output": [{"role": "assistant", "content": "No idea.", "reasoning": "Guess."}]}
+    chosen, rejected = Renderer(tokenizer).preference(record)
+    assert trained_text(tokenizer, chosen) == [f"{EMPTY_THINK}{QWEN_TOOL_CALL}"]
+    assert trained_text(tokenizer, rejected) == [f"<think>\nGuess.\n</think>\n\nNo idea.{CHATML}"]
