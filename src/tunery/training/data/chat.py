@@ -26,9 +26,12 @@ glue, and only glue has to be split between turns. A glue piece between the last
   everything the model has to generate itself - ``<think>`` blocks, tool calls, the end marker - is
   in the body.
 
-Those two renderings of a prefix are cached by the shape of the conversation and the glue text,
-so a dataset costs about two renders per row. Templates with ``{% generation %}`` blocks say
-outright which text an assistant generates; their blocks are used for assistant bodies.
+The last turn ends at the end of the text, less whitespace the template writes after every
+conversation but not between turns. Those renderings of a prefix are cached by the shape of the
+conversation and the glue text, so a dataset costs about two renders per row. Templates with
+``{% generation %}`` blocks say outright which text an assistant generates; their blocks are used
+for assistant bodies. A template that writes the assistant header even when no generation prompt
+is asked for leaves no way to tell a turn's end from the next header, and is refused.
 """
 
 from __future__ import annotations
@@ -104,17 +107,16 @@ class _Skeleton:
 class ChatTemplate:
     """One tokenizer's chat template, rendering conversations and locating their turns.
 
-    ``render(messages, tools)`` renders exactly what ``tokenizer.apply_chat_template(messages,
-    tools=tools, tokenize=False)`` renders. ``locate(messages, tools)`` also returns each message's
-    turn. Both raise :class:`ConversationRefused` with the template's own message when it refuses.
+    ``render(messages, tools)`` renders what ``tokenizer.apply_chat_template(messages, tools=tools,
+    tokenize=False)`` renders for the messages as Hugging Face and vLLM hand them to templates (see
+    ``_renderings``). ``locate(messages, tools)`` also returns each message's turn. Both raise
+    :class:`ConversationRefused` with the template's own message when it refuses.
     """
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.kwargs = dict(tokenizer.special_tokens_map)
         self._splits: dict[tuple[Any, ...], tuple[int, int, int]] = {}
-        self._first_error: ConversationRefused | None = None
-        self._rendered_without_calls = False
         self._always_prompts: dict[str, bool] = {}
 
     def source(self, tools: Sequence[Any] | None) -> str:
@@ -125,11 +127,12 @@ class ChatTemplate:
                 from None
 
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> str:
-        for real, prepared in self._renderings(messages, tools):
+        attempts = _Attempts()
+        for real, prepared in self._renderings(messages, tools, attempts):
             if all(_calls_in(real, message) for message in prepared):
                 return real
-            self._rendered_without_calls = True
-        raise self._refusal(messages)
+            attempts.without_calls = True
+        raise attempts.refusal(messages)
 
     def locate(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None,
                needed: Sequence[int] | None = None) -> RenderedChat:
@@ -139,12 +142,13 @@ class ChatTemplate:
         renders of a prefix (cached across conversations of the same shape).
         """
         wanted = list(range(len(messages))) if needed is None else list(needed)
-        for real, prepared in self._renderings(messages, tools):
+        attempts = _Attempts()
+        for real, prepared in self._renderings(messages, tools, attempts):
             chat = self._locate(real, prepared, tools, wanted)
             if not any((i, "tool_calls") in chat.dropped for i in wanted):
                 return chat
-            self._rendered_without_calls = True
-        raise self._refusal(messages)
+            attempts.without_calls = True
+        raise attempts.refusal(messages)
 
     def _locate(self, real: str, prepared: list[dict[str, Any]], tools: Sequence[Any] | None,
                 wanted: list[int]) -> RenderedChat:
@@ -178,8 +182,8 @@ class ChatTemplate:
             turns[i] = Turn(start, body, max(body, end))
         return RenderedChat(real, tuple(turns), dropped)
 
-    def _renderings(self, messages: Sequence[Mapping[str, Any]],
-                    tools: Sequence[Any] | None) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    def _renderings(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None,
+                    attempts: _Attempts) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """Real renderings of the conversation, each with the messages it was rendered from.
 
         Templates disagree on how a message without text looks, so the messages are offered as
@@ -187,10 +191,9 @@ class ChatTemplate:
         parsed into objects), then with empty content on tool-calling messages (Qwen3's template
         fails on missing content), then as written (DeepSeek-R1's concatenates argument strings
         and tests ``content is none``). Callers take the first rendering that renders every tool
-        call; the first refusal is kept for ``_refusal``.
+        call; the first refusal is kept in ``attempts``.
         """
         template = self.source(tools)
-        self._first_error, self._rendered_without_calls = None, False
         tried: list[list[dict[str, Any]]] = []
         for prepared in _variants(messages):
             if prepared in tried:
@@ -199,16 +202,9 @@ class ChatTemplate:
             try:
                 real = _render(template, prepared, tools, False, self.kwargs)
             except ConversationRefused as error:
-                self._first_error = self._first_error or error
+                attempts.first_error = attempts.first_error or error
                 continue
             yield real, prepared
-
-    def _refusal(self, messages: Sequence[Mapping[str, Any]]) -> ConversationRefused:
-        if self._first_error is not None and not self._rendered_without_calls:
-            return self._first_error
-        calls = next(i for i, m in enumerate(messages) if m.get("tool_calls"))
-        return ConversationRefused(f"the chat template leaves out the tool calls of messages[{calls}], so they "
-                                   "cannot be trained")
 
     def cached_split(self, key: tuple[Any, ...],
                      compute: Callable[[], tuple[int, int, int]]) -> tuple[int, int, int]:
@@ -216,6 +212,21 @@ class ChatTemplate:
         if found is None:
             found = self._splits[key] = compute()
         return found
+
+
+@dataclass
+class _Attempts:
+    """How the renderings of one conversation went, for the refusal when none would do."""
+
+    first_error: ConversationRefused | None = None
+    without_calls: bool = False  # a rendering worked but left tool calls out
+
+    def refusal(self, messages: Sequence[Mapping[str, Any]]) -> ConversationRefused:
+        if self.first_error is not None and not self.without_calls:
+            return self.first_error
+        calls = next(i for i, m in enumerate(messages) if m.get("tool_calls"))
+        return ConversationRefused(f"the chat template leaves out the tool calls of messages[{calls}], so they "
+                                   "cannot be trained")
 
 
 class _Boundaries:
