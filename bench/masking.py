@@ -86,7 +86,7 @@ def tokenizer_with(name: str) -> Any:
 Rows = list[tuple[list[dict[str, Any]], list[Any] | None]]
 
 
-def run(name: str, rows: Rows, check: bool) -> dict[str, Any]:
+def run(name: str, rows: Rows, check: bool, progress: int = 10_000) -> dict[str, Any]:
     from tunery.training.data.render import Renderer
 
     tokenizer = tokenizer_with(name)
@@ -106,6 +106,9 @@ def run(name: str, rows: Rows, check: bool) -> dict[str, Any]:
         trained += example.num_trained
         if check:
             assert example.input_ids == list(ids), "tunery's tokens differ from apply_chat_template's"
+        if (i + 1) % progress == 0:
+            print(f"  {name}: {i + 1:,} rows, plain {spent['plain']:.1f} s, tunery {spent['tunery']:.1f} s, "
+                  f"tunery/plain {spent['tunery'] / spent['plain']:.2f}x, load {os.getloadavg()[0]:.1f}", flush=True)
     return {"template": name, "rows": len(rows), "tokens": tokens, "trained": trained,
             "plain_s": spent["plain"], "tunery_s": spent["tunery"], "ratio": spent["tunery"] / spent["plain"]}
 
