@@ -39,12 +39,17 @@ def engine_model(ctx: AppContext, user: User, name: str) -> ModelRef:
                     adapter_key=served.adapter_key, weights_key=served.weights_key)
 
 
+async def open_events(ctx: AppContext, user: User, name: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """Resolve ``name`` and open the engine's event stream for ``request`` (the engine's fields but
+    ``model`` and ``user``). Refusals raise here, before any event."""
+    ref = await run_in_threadpool(engine_model, ctx, user, name)
+    return await ctx.engine.open(GenerateRequest(model=ref, user=user.id, **request))
+
+
 async def generate(ctx: AppContext, user: User, name: str, request: dict[str, Any], kind: Kind, stream: bool,
                    logprobs: LogprobStyle, include_usage: bool = False) -> JSONResponse | StreamingResponse:
-    """Resolve ``name``, open the engine's stream for ``request`` (the engine's fields but ``model`` and
-    ``user``), and answer it whole or as server-sent events. Refusals raise before anything is sent."""
-    ref = await run_in_threadpool(engine_model, ctx, user, name)
-    events = await ctx.engine.open(GenerateRequest(model=ref, user=user.id, **request))
+    """Answer ``request`` for model ``name`` whole or as server-sent events."""
+    events = await open_events(ctx, user, name, request)
     render = Render(kind, name, logprobs, include_usage)
     if stream:
         return StreamingResponse(render.chunks(events), media_type="text/event-stream",
