@@ -160,8 +160,10 @@ class Render:
                 yield _sse(self._chunk(e["index"], {"content": ""}))
             delta = {k: e[k] for k in ("content", "reasoning") if e.get(k)}
             if e["type"] == "token" and (delta or "logprob" in e):
-                logprobs = self._logprobs_chunk(e) if "logprob" in e else None
-                yield _sse(self._chunk(e["index"], delta, logprobs=logprobs))
+                chunk = self._chunk(e["index"], delta)
+                if "logprob" in e:
+                    chunk["choices"][0].update(self._logprobs_chunk(e))
+                yield _sse(chunk)
                 continue
             if e["type"] != "end":
                 continue
@@ -185,19 +187,21 @@ class Render:
         return {"id": self.id, "object": f"{self.object}.chunk" if self.kind == "chat" else self.object,
                 "created": self.created, "model": self.model, "system_fingerprint": None}
 
-    def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None,
-               logprobs: Any = None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason, "logprobs": logprobs}
+    def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason, "logprobs": None}
         if self.kind == "chat":
             choice["delta"] = {"role": "assistant", **delta}
         else:
             choice["text"] = delta.get("content", "")
         return {**self._envelope(), "choices": [choice], "usage": None}
 
-    def _logprobs_chunk(self, e: dict[str, Any]) -> Any:
+    def _logprobs_chunk(self, e: dict[str, Any]) -> dict[str, Any]:
+        """The logprob fields of one token's chunk choice, in the request's dialect."""
         if self.logprobs == "openai":
-            return {"content": [_openai_entry(e)], "refusal": None}
-        return self._logprobs([e])
+            return {"logprobs": {"content": [_openai_entry(e)], "refusal": None}}
+        if self.logprobs == "together":  # Together's chunk: the token's logprob and a {token: logprob} map
+            return {"logprobs": e["logprob"], "top_logprobs": {t: lp for t, lp in e["top_logprobs"]}}
+        return {"logprobs": self._logprobs([e])}
 
 
 def _openai_entry(e: dict[str, Any]) -> dict[str, Any]:
