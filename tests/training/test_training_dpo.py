@@ -49,10 +49,10 @@ def test_dpo_loss_on_hand_computed_values() -> None:
 
 
 def test_sequence_logps_sums_per_segment() -> None:
-    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75], [0.9, 0.1], [0.5, 0.5]]]))
+    token_logps = torch.log(torch.tensor([[0.5, 0.75, 0.9, 1.0]]))
     targets = torch.tensor([[1, 1, 0, IGNORE]])
     segments = torch.tensor([[0, 0, 1, 2]])
-    sums, counts = sequence_logps(logits, targets, segments, 3)
+    sums, counts = sequence_logps(token_logps, targets, segments, 3)
     assert sums[0].tolist() == pytest.approx([math.log(0.5) + math.log(0.75), math.log(0.9), 0.0])
     assert counts[0].tolist() == [2.0, 1.0, 0.0]
 
@@ -76,6 +76,7 @@ def dpo_config(tiny_llama: Path, files: tuple[Path, Path], out: Path, **override
         "job_id": "ft-dpo", "method": "dpo", "base_model_dir": str(tiny_llama), "train_file": str(files[0]),
         "validation_file": str(files[1]), "n_evals": 1, "output_dir": str(out), "lora": {"r": 16},
         "n_epochs": 3, "learning_rate": 5e-3, "batch_size": 2, "max_seq_length": 64, "dpo_beta": 0.5, "seed": 3,
+        "precision": "fp32",  # compared to 1e-5..1e-7; see test_training_sft.config
     }
     values.update(overrides)
     return TrainConfig(**values)

@@ -228,6 +228,24 @@ def _check_formats(train: File | None, val: File | None, method: str, problems: 
             problems.add(param, f'{param} "{f.id}" is a preference dataset; use training_method dpo for it')
 
 
+def _multimodal_params(req: FinetuneRequest, model: str, limits: dict[str, Any], train: File | None,
+                       val: File | None, problems: Problems) -> dict[str, bool] | None:
+    """``{"train_vision": bool}`` for a vision-language model, else None; images or ``train_vision``
+    for a text model are refused (they would be ignored)."""
+    train_vision = bool(req.multimodal_params and req.multimodal_params.train_vision)
+    if limits["supports_vision"]:
+        return {"train_vision": train_vision}
+    if train_vision:
+        problems.add("multimodal_params",
+                     f"Vision encoder training is not supported for the non-multimodal model `{model}`")
+    for f, param in ((train, "training_file"), (val, "validation_file")):
+        if f is not None and (f.report or {}).get("dataset_is_multimodal"):
+            problems.add(param, f'{param} "{f.id}" has images, but `{model}` does not take images '
+                                "(supports_vision is false); fine-tune a vision-language model on it, "
+                                "such as tunery/tiny-vlm")
+    return None
+
+
 @dataclass(frozen=True)
 class ResolvedJob:
     model: str
@@ -276,8 +294,7 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
     if req.suffix is not None:
         p.check(bool(SUFFIX_RE.match(req.suffix)), "suffix",
                 "suffix must be 1-40 characters of letters, digits, '-', '_' or '.', starting with a letter or digit")
-    if req.multimodal_params and req.multimodal_params.train_vision and not limits["supports_vision"]:
-        p.add("multimodal_params", f"Vision encoder training is not supported for the non-multimodal model `{model}`")
+    multimodal = _multimodal_params(req, model, limits, train, val, p)
     p.raise_if_any()
     assert train is not None
     params: dict[str, Any] = {
@@ -285,7 +302,7 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
         "training_type": training_type, "training_method": method,
         "random_seed": DEFAULT_SEED if req.random_seed is None else req.random_seed,
         "from_hf_model": req.from_hf_model, "hf_model_revision": req.hf_model_revision,
-        "hf_output_repo_name": req.hf_output_repo_name,
+        "hf_output_repo_name": req.hf_output_repo_name, "multimodal_params": multimodal,
         "wandb_project_name": req.wandb_project_name or ("together" if (req.wandb_key or req.wandb_api_key) else None),
         "wandb_name": req.wandb_name, "wandb_entity": req.wandb_entity, "wandb_base_url": req.wandb_base_url,
         "parent_job_id": parent.job.id if parent else None, "parent_step": parent.step if parent else None,

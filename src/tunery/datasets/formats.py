@@ -24,6 +24,7 @@ them once per sample on files of many GB.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from enum import StrEnum
 from itertools import combinations
 from typing import Any, NoReturn
 
+from tunery.datasets.images import MAX_IMAGES_PER_SAMPLE, ImageInvalid, image_bytes, open_image
 from tunery.errors import DatasetInvalid
 
 
@@ -42,6 +44,9 @@ class DatasetFormat(StrEnum):
     INSTRUCTION = "instruction"
     PREFERENCE = "preference"
     PRETOKENIZED = "pretokenized"
+    # Prompts for reinforcement fine-tuning (OpenAI's format): ``messages`` that end with the turn the
+    # model answers, plus any other fields, which graders read as ``{{ item.field }}``.
+    REINFORCEMENT = "reinforcement"
 
 
 # Required and optional top-level keys of each JSONL format, in the order messages list them.
@@ -100,12 +105,8 @@ _PLAIN_NEXT: dict[str | None, tuple[str, ...]] = {
 }
 _MESSAGE_KEY_SET = frozenset(MESSAGE_KEYS)
 _PREFERENCE_INPUT_KEYS = frozenset(("messages", "tools", "parallel_tool_calls"))
-_OUTPUT_MESSAGE_KEYS = frozenset(("role", "content"))
-
-# Multimodal limits (Together's data-preparation docs): base64 data URLs only, in user messages.
-MAX_IMAGES_PER_SAMPLE = 10
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-IMAGE_MEDIA_TYPES: tuple[str, ...] = ("image/jpeg", "image/jpg", "image/png", "image/webp")
+OUTPUT_MESSAGE_KEYS: tuple[str, ...] = ("role", "content", "tool_calls", "reasoning", "reasoning_content")
+_OUTPUT_MESSAGE_KEYS = frozenset(OUTPUT_MESSAGE_KEYS)
 
 _SHOW_MAX_CHARS = 80
 
@@ -135,7 +136,7 @@ def detect_format(record: dict[str, Any], line: int) -> DatasetFormat:
         raise DatasetInvalid(f"line {line}: the line must be a JSON object; got {show(record)}", line=line)
     fmt = _FORMAT_BY_KEYS.get(frozenset(record))
     if fmt is not None:  # the common case: exactly the keys of one format
-        return fmt
+        return DatasetFormat.REINFORCEMENT if fmt is DatasetFormat.CONVERSATION and _awaits_answer(record) else fmt
     matches = [fmt for fmt, required in _REQUIRED_SETS if required <= record.keys()]
     if len(matches) > 1:
         names = ", ".join(fmt.value for fmt in matches)
@@ -145,8 +146,17 @@ def detect_format(record: dict[str, Any], line: int) -> DatasetFormat:
         )
     if not matches:
         raise _no_format_error(record, line)
+    if matches == [DatasetFormat.CONVERSATION] and _awaits_answer(record):
+        return DatasetFormat.REINFORCEMENT  # its other keys are the item's fields
     _check_keys(record, matches[0], line)
     return matches[0]
+
+
+def _awaits_answer(record: dict[str, Any]) -> bool:
+    """Messages whose last turn is not the assistant's: a prompt, not a sample to imitate."""
+    messages = record.get("messages")
+    return (isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict)
+            and messages[-1].get("role") != "assistant")
 
 
 def check_record(record: dict[str, Any], fmt: DatasetFormat, line: int) -> RecordFacts:
@@ -162,6 +172,8 @@ def check_record(record: dict[str, Any], fmt: DatasetFormat, line: int) -> Recor
         raise DatasetInvalid(
             f"line {line}: the pretokenized format is only accepted as Parquet; got a JSON sample", line=line
         )
+    if fmt is DatasetFormat.REINFORCEMENT:
+        return _check_reinforcement(record, line)
     keys = record.keys()
     if not (keys >= _REQUIRED[fmt] and keys <= _ALL_KEYS[fmt]):
         missing = [key for key in REQUIRED_KEYS[fmt] if key not in record]
@@ -265,6 +277,21 @@ def _check_conversation(record: dict[str, Any], line: int) -> RecordFacts:
         has_tools = has_tools or bool(record["functions"])
     facts = _check_messages(record["messages"], "messages", line, preference_input=False)
     _check_parallel_tool_calls(record, record["messages"], "", line, facts)
+    return _with_tools(facts) if has_tools else facts
+
+
+def _check_reinforcement(record: dict[str, Any], line: int) -> RecordFacts:
+    """A reinforcement prompt: its messages as a preference input's (no assistant turn needed, not
+    ending with one) and its tools; every other key is the grader's to read."""
+    if "messages" not in record:
+        raise DatasetInvalid(f'line {line}: sample is missing key "messages" (a reinforcement sample has '
+                             "messages ending with the turn the model answers, plus any fields)",
+                             line=line, param="messages")
+    has_tools = False
+    if "tools" in record:
+        _check_tools(record["tools"], "tools", line)
+        has_tools = bool(record["tools"])
+    facts = _check_messages(record["messages"], "messages", line, preference_input=True)
     return _with_tools(facts) if has_tools else facts
 
 
@@ -534,6 +561,12 @@ def _check_tools(tools: Any, path: str, line: int) -> None:
             _fail(line, f"{item}.function.parameters", "must be a JSON schema object", function["parameters"])
 
 
+def _merged(a: RecordFacts, b: RecordFacts) -> RecordFacts:
+    if b is NO_FACTS:
+        return a
+    return RecordFacts(*(x or y for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True)))
+
+
 def _with_tools(facts: RecordFacts) -> RecordFacts:
     return RecordFacts(
         facts.has_message_weights,
@@ -585,21 +618,14 @@ def _check_part_keys(part: dict[str, Any], field: str, path: str, line: int) -> 
 
 
 def _check_image_url(image: Any, path: str, line: int) -> None:
-    """An image is ``{"url": "data:image/<png|jpeg|webp>;base64,...", "detail"?}`` of at most 10 MiB."""
+    """An image is ``{"url": "data:image/<png|jpeg|webp>;base64,...", "detail"?}``: at most 10 MiB, and
+    decodable (a broken image would otherwise only fail the training job, far from its line)."""
     if not isinstance(image, dict) or not isinstance(image.get("url"), str):
         _fail(line, path, 'must be an object with a "url" string', image)
-    url: str = image["url"]
-    header, comma, payload = url.partition(",")
-    media_type = header[5:].removesuffix(";base64") if header.startswith("data:") else ""
-    if not comma or not header.endswith(";base64") or media_type not in IMAGE_MEDIA_TYPES:
-        _fail(line, f"{path}.url", "must be a base64 data URL (data:image/png|jpeg|webp;base64,...)", url)
-    if len(payload) * 3 // 4 > MAX_IMAGE_BYTES:
-        _fail(
-            line,
-            f"{path}.url",
-            f"must hold an image of at most {MAX_IMAGE_BYTES // (1024 * 1024)} MiB",
-            f"{len(payload) * 3 // 4} bytes",
-        )
+    try:
+        open_image(image_bytes(image["url"]))
+    except ImageInvalid as exc:
+        _fail(line, f"{path}.url", exc.problem, exc.value)
 
 
 # --- preference ------------------------------------------------------------------------------
@@ -626,13 +652,14 @@ def _check_preference(record: dict[str, Any], line: int) -> RecordFacts:
         has_tools = bool(prompt["tools"])
     facts = _check_messages(prompt["messages"], "input.messages", line, preference_input=True)
     _check_parallel_tool_calls(prompt, prompt["messages"], "input.", line, facts)
-    _check_output(record["preferred_output"], "preferred_output", line)
-    _check_output(record["non_preferred_output"], "non_preferred_output", line)
+    for output in ("preferred_output", "non_preferred_output"):
+        facts = _merged(facts, _check_output(record[output], output, line))
     return _with_tools(facts) if has_tools else facts
 
 
-def _check_output(output: Any, path: str, line: int) -> None:
-    """A preference output is a list of exactly one ``{"role": "assistant", "content": str}``."""
+def _check_output(output: Any, path: str, line: int) -> RecordFacts:
+    """A preference output is a list of exactly one assistant message: ``content``, and optionally
+    ``tool_calls`` (then content may be null or absent) and ``reasoning``/``reasoning_content``."""
     if not isinstance(output, list) or len(output) != 1:
         _fail(line, path, "must be a list of exactly one assistant message", output)
     message = output[0]
@@ -642,15 +669,24 @@ def _check_output(output: Any, path: str, line: int) -> None:
     if not message.keys() <= _OUTPUT_MESSAGE_KEYS:
         unknown = next(key for key in message if key not in _OUTPUT_MESSAGE_KEYS)
         raise DatasetInvalid(
-            f'line {line}: {item} has unknown key "{unknown}"; an output message has keys role, content',
+            f'line {line}: {item} has unknown key "{unknown}"; an output message has keys '
+            f"{', '.join(OUTPUT_MESSAGE_KEYS)}",
             line=line,
             param=f"{item}.{unknown}",
         )
     if message.get("role") != "assistant":
         _fail(line, f"{item}.role", 'must be "assistant"', message.get("role"))
-    if "content" not in message:
-        _fail(line, item, 'is missing "content"', message)
-    _require_str(message["content"], f"{item}.content", line)
+    calls = _check_optional_fields(message, "assistant", item, line)
+    if message.get("content") is None and not calls:
+        if "content" in message:
+            _fail(line, f"{item}.content", "must be a string (null only with tool_calls)", None)
+        _fail(line, item, 'is missing "content" (only an output with tool_calls may omit it)', message)
+    if message.get("content") is not None:
+        _require_str(message["content"], f"{item}.content", line)
+    reasoning = "reasoning" in message or "reasoning_content" in message
+    if not (calls or reasoning):
+        return NO_FACTS
+    return RecordFacts(False, calls > 0, False, reasoning, calls > 1)
 
 
 _FIELD_CHECKS: dict[DatasetFormat, Callable[[dict[str, Any], int], RecordFacts]] = {

@@ -209,7 +209,7 @@ def _train_config(job: Job, model_dir: Path, train_path: Path, file_type: str, v
         job_id=job.id, method=tm["method"], base_model_dir=str(model_dir), base_model_name=job.model,
         init_from=init_from, resume_from=resume_from, train_file=str(train_path),
         validation_file=str(val_path) if val_path else None, file_type=file_type,  # type: ignore[arg-type]  # TrainConfig validates it
-        output_dir=str(out), lora=lora,
+        output_dir=str(out), lora=lora, train_vision=bool((p.get("multimodal_params") or {}).get("train_vision")),
         n_epochs=p["n_epochs"], learning_rate=p["learning_rate"], lr_scheduler_type=sched["lr_scheduler_type"],
         min_lr_ratio=sched["lr_scheduler_args"].get("min_lr_ratio", 0.0),
         num_cycles=sched["lr_scheduler_args"].get("num_cycles", 0.5), warmup_ratio=p["warmup_ratio"],

@@ -31,12 +31,12 @@ from tunery.training.attention import attention_for
 from tunery.training.config import TrainConfig
 from tunery.training.data.collate import Batch, collate
 from tunery.training.data.dataset import TokenizedDataset, load_examples
+from tunery.training.data.images import image_encoder, with_images
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
 from tunery.training.launch import entry_point
-from tunery.training.losses import token_loss_sum
-from tunery.training.model import forward_logits, load_for_training, mask_dtype
+from tunery.training.model import forward_logps, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
 from tunery.training.session import (
     Session,
@@ -81,7 +81,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
 def _train(s: Session, data: Data) -> TrainResult:
     cfg, state = s.cfg, s.state
     val_tokens = data.val.num_tokens if data.val else 0
-    report_start(s, cfg.n_epochs * data.train.num_tokens + len(s.plan.eval_steps) * val_tokens)
+    report_start(s, cfg.n_epochs * data.train.num_tokens + len(s.plan.eval_steps) * val_tokens,
+                 trained_tokens_per_epoch=sum(e.num_trained for e in data.train.examples))
     while state.epoch < cfg.n_epochs:
         groups = step_groups(s, data.train.lengths, state.epoch)
         for group in groups[state.step_in_epoch :]:
@@ -104,7 +105,7 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
     seed_everything(cfg.seed)
     loaded = load_for_training(cfg)
     max_len = max_seq_length_for(cfg, loaded)
-    renderer = Renderer(loaded.tokenizer, cfg.train_on_inputs)
+    renderer = with_images(Renderer(loaded.tokenizer, cfg.train_on_inputs), loaded.processor)
     train = load_examples(cfg.train_file, cfg.file_type, renderer, max_len)
     val = None
     if cfg.validation_file:
@@ -165,12 +166,15 @@ def _evaluate(s: Session, data: Data) -> float:
 
 def _collate(s: Session, dataset: TokenizedDataset, rows: list[list[int]]) -> Batch:
     examples = dataset.examples
-    return collate([[examples[i] for i in row] for row in rows], s.loaded.tokenizer.pad_token_id).to(s.loaded.device)
+    return collate([[examples[i] for i in row] for row in rows], s.loaded.tokenizer.pad_token_id,
+                   image_encoder(s.loaded.processor)).to(s.loaded.device)
 
 
 def _loss_sum(s: Session, batch: Batch) -> torch.Tensor:
+    """Sum of ``-log p(target)`` over the batch's trained targets."""
     isolation = attention_for(batch, mask_dtype(s.loaded))
-    return token_loss_sum(forward_logits(s.loaded, batch.input_ids, batch.position_ids, isolation), batch.targets)
+    return -forward_logps(s.loaded, batch.input_ids, batch.position_ids, batch.targets, isolation,
+                          **batch.vision).sum()
 
 
 def main(argv: list[str] | None = None) -> int:
