@@ -39,9 +39,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.sample_images: the same data and evaluation as the proof test
 
-from tunery.worker.packaging import unpack  # noqa: E402
-
 from tests.sample_images import COLOURS, answer_accuracy, colour_samples, load_vlm  # noqa: E402
+from tunery.storage.archives import unpack  # noqa: E402
 
 MODEL = "tunery/tiny-vlm"
 CONFIGS: dict[str, dict[str, Any]] = {
