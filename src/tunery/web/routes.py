@@ -224,7 +224,7 @@ def _playground_job(ctx: AppContext, request: Request, job_id: str,
 
 
 def playground_models(job: Job) -> dict[str, str]:
-    return {"tuned": job.model_output_name, "base": str(job.params.get("from_hf_model") or job.model)}
+    return {"tuned": job.model_output_name, "base": job.spec.from_hf_model or job.model}
 
 
 @router.post("/jobs/{job_id}/playground")
