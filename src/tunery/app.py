@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from tunery import __version__
 from tunery.api.app import install_api
 from tunery.api.deps import AppContext
+from tunery.inference.client import EngineClient
+from tunery.inference.protocol import engine_token
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import direct_uploads, open_blob_store
@@ -17,7 +19,9 @@ from tunery.store.files import release_interrupted_uploads
 from tunery.web.routes import router as web_router
 
 
-def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
+def create_app(settings: Settings, db: Database | None = None, engine: EngineClient | None = None) -> FastAPI:
+    """``engine`` is how the API reaches inference: ``tunery serve`` passes the client of the engine
+    process it supervises; by default it is the nodes in ``TUNERY_INFERENCE_URLS``."""
     app = FastAPI(title="tunery", version=__version__, description="The Together AI fine-tuning API, self-hosted.")
     if db is None:
         db = Database(settings.resolved_database_url)
@@ -29,7 +33,10 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         with db.session() as s:
             release_interrupted_uploads(s)
     app.state.ctx = AppContext(settings=settings, db=db, blobs=blobs,
-                               catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads))
+                               catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads),
+                               engine=engine or EngineClient(settings.inference_url_list,
+                                                             engine_token(settings.signing_key()),
+                                                             settings.inference_start_timeout_s))
     install_api(app, settings)
     app.include_router(web_router)
     return app

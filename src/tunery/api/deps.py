@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from tunery.errors import Unauthorized
+from tunery.inference.client import EngineClient
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import BlobStore
@@ -24,6 +25,7 @@ class AppContext:
     db: Database
     blobs: BlobStore
     catalog: ModelCatalog
+    engine: EngineClient
 
 
 def get_ctx(request: Request) -> AppContext:

@@ -35,8 +35,7 @@ from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
 from tunery.training.launch import entry_point
-from tunery.training.losses import token_loss_sum
-from tunery.training.model import forward_logits, load_for_training, mask_dtype
+from tunery.training.model import forward_logps, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
 from tunery.training.session import (
     Session,
@@ -169,8 +168,9 @@ def _collate(s: Session, dataset: TokenizedDataset, rows: list[list[int]]) -> Ba
 
 
 def _loss_sum(s: Session, batch: Batch) -> torch.Tensor:
+    """Sum of ``-log p(target)`` over the batch's trained targets."""
     isolation = attention_for(batch, mask_dtype(s.loaded))
-    return token_loss_sum(forward_logits(s.loaded, batch.input_ids, batch.position_ids, isolation), batch.targets)
+    return -forward_logps(s.loaded, batch.input_ids, batch.position_ids, batch.targets, isolation).sum()
 
 
 def main(argv: list[str] | None = None) -> int:
