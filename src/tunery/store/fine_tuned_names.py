@@ -35,7 +35,7 @@ class NamedModel:
     step: int | None  # None: the final model
 
 
-def find_named_model(s: Session, user: User, name: str) -> NamedModel | None:
+def find_named_model(s: Session, user_id: str, name: str) -> NamedModel | None:
     """The user's job (and checkpoint step) an ``ft:`` name stands for, or None when ``name`` is not
     exactly such a name of one of the user's jobs."""
     if not name.startswith(PREFIX):
@@ -44,7 +44,7 @@ def find_named_model(s: Session, user: User, name: str) -> NamedModel | None:
     m = _CHECKPOINT.match(name)
     if m:
         final, step = m.group(1), int(m.group(2))
-    job = s.get(Job, final.rsplit(":", 1)[-1])
-    if job is None or job.user_id != user.id or fine_tuned_model_name(job, user.name) != final:
+    job, user = s.get(Job, final.rsplit(":", 1)[-1]), s.get(User, user_id)
+    if job is None or user is None or job.user_id != user.id or fine_tuned_model_name(job, user.name) != final:
         return None
     return NamedModel(job, step)
