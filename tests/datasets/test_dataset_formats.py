@@ -454,9 +454,21 @@ PREFERENCE_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "output missing content",
         {**PREFERENCE_OK, "preferred_output": [{"role": "assistant"}]},
-        'preferred_output[0] is missing "content"; got {"role": "assistant"}',
+        'preferred_output[0] is missing "content" (only an output with tool_calls may omit it); '
+        'got {"role": "assistant"}',
     ),
 ]
+
+
+def test_preference_outputs_may_call_tools_and_reason() -> None:
+    call = {"id": "call12345", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    record = {**PREFERENCE_OK,
+              "preferred_output": [{"role": "assistant", "content": None, "tool_calls": [call, call]}],
+              "non_preferred_output": [{"role": "assistant", "content": "No.", "reasoning": "Refuse."}]}
+    facts = check_record(record, DatasetFormat.PREFERENCE, 7)
+    assert (facts.has_tools, facts.has_parallel_tool_calls, facts.has_reasoning) == (True, True, True)
+    bad = {**record, "preferred_output": [{"role": "assistant", "content": None, "tool_calls": [{"function": {}}]}]}
+    assert error_of(bad).message.startswith("line 7: preferred_output[0].tool_calls[0].function.name must be a string")
 
 
 @pytest.mark.parametrize(
@@ -473,7 +485,8 @@ def test_preference_unknown_keys() -> None:
         'line 7: input has unknown key "x"; a preference input has keys messages, tools, parallel_tool_calls'
     )
     assert error_of({**PREFERENCE_OK, "preferred_output": [assistant(weight=1)]}).message == (
-        'line 7: preferred_output[0] has unknown key "weight"; an output message has keys role, content'
+        'line 7: preferred_output[0] has unknown key "weight"; an output message has keys role, content, '
+        "tool_calls, reasoning, reasoning_content"
     )
 
 

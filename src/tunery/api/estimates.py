@@ -4,51 +4,25 @@ optional per-user token quota."""
 
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tunery.api.dataset_checks import scan
 from tunery.api.deps import AppContext
 from tunery.api.job_requests import base_model_of, resolve_parent
 from tunery.api.schemas.fine_tunes import PriceEstimateRequest
-from tunery.errors import NotFound, TrainingFailed
+from tunery.errors import NotFound
 from tunery.store.base_models import registered_models
 from tunery.store.files import get_file
 from tunery.store.models import File, Job, User
+from tunery.training.data.render import TrainOnInputs
 
 
-@lru_cache(maxsize=32)
-def tokenizer_for(model_dir: str) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
-
-
-@lru_cache(maxsize=256)
-def _file_tokens(path: str, file_type: str, dataset_format: str | None, model_dir: str) -> int:
-    """Tokens in one pass over a dataset file (cached: files are immutable)."""
-    tok = tokenizer_for(model_dir)
-    if dataset_format == "preference":
-        from tunery.datasets import iter_records
-
-        with open(path, "rb") as f:
-            return sum(len(tok(json.dumps(rec, ensure_ascii=False))["input_ids"]) for _, rec in iter_records(f))
-    from tunery.training.data.dataset import load_examples
-    from tunery.training.data.render import Renderer
-
-    return load_examples(path, file_type, Renderer(tok, True), 10**9).num_tokens
-
-
-def _tokens(ctx: AppContext, f: File, model_dir: str) -> int:
-    with ctx.blobs.local_copy(f.blob_key) as path:
-        return _file_tokens(str(path), f.file_type, f.dataset_format, model_dir)
-
-
-def _unavailable(reason: str) -> dict[str, Any]:
-    return {"estimation_available": False, "unavailable_reason": reason}
+def _unavailable(reason: str, message: str | None = None) -> dict[str, Any]:
+    """Together's shape, plus ``message`` saying what is wrong where there is more to say."""
+    return {"estimation_available": False, "unavailable_reason": reason, **({"message": message} if message else {})}
 
 
 def estimate_price(ctx: AppContext, s: Session, user: User, body: PriceEstimateRequest) -> dict[str, Any]:
@@ -69,10 +43,17 @@ def estimate_price(ctx: AppContext, s: Session, user: User, body: PriceEstimateR
             return _unavailable(f"{kind}_file_invalid" if f.processing_status == "INVALID_FORMAT"
                                 else f"{kind}_file_not_validated")
         files.append((f, kind))
-    try:
-        counts = {kind: _tokens(ctx, f, model_dir) for f, kind in files}
-    except TrainingFailed:
-        return _unavailable("train_file_invalid")
+    method = body.training_method.method.lower() if body.training_method else "sft"
+    train_on_inputs: TrainOnInputs = "auto"
+    if body.training_method and body.training_method.train_on_inputs is not None:
+        train_on_inputs = body.training_method.train_on_inputs
+    counts = {}
+    for f, kind in files:
+        verdict = scan(ctx, f, model_dir, train_on_inputs, method,
+                       "training file" if kind == "train" else "validation file")
+        if verdict.problem:
+            return _unavailable(f"{kind}_file_invalid", verdict.problem)
+        counts[kind] = verdict.tokens
     train = counts.get("train", 0) * max(1, body.n_epochs)
     evals = counts.get("eval", 0) * max(0, body.n_evals)
     price = (train + evals) * ctx.settings.price_per_million_tokens / 1e6

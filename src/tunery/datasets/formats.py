@@ -24,6 +24,7 @@ them once per sample on files of many GB.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -100,7 +101,8 @@ _PLAIN_NEXT: dict[str | None, tuple[str, ...]] = {
 }
 _MESSAGE_KEY_SET = frozenset(MESSAGE_KEYS)
 _PREFERENCE_INPUT_KEYS = frozenset(("messages", "tools", "parallel_tool_calls"))
-_OUTPUT_MESSAGE_KEYS = frozenset(("role", "content"))
+OUTPUT_MESSAGE_KEYS: tuple[str, ...] = ("role", "content", "tool_calls", "reasoning", "reasoning_content")
+_OUTPUT_MESSAGE_KEYS = frozenset(OUTPUT_MESSAGE_KEYS)
 
 # Multimodal limits (Together's data-preparation docs): base64 data URLs only, in user messages.
 MAX_IMAGES_PER_SAMPLE = 10
@@ -534,6 +536,12 @@ def _check_tools(tools: Any, path: str, line: int) -> None:
             _fail(line, f"{item}.function.parameters", "must be a JSON schema object", function["parameters"])
 
 
+def _merged(a: RecordFacts, b: RecordFacts) -> RecordFacts:
+    if b is NO_FACTS:
+        return a
+    return RecordFacts(*(x or y for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True)))
+
+
 def _with_tools(facts: RecordFacts) -> RecordFacts:
     return RecordFacts(
         facts.has_message_weights,
@@ -626,13 +634,14 @@ def _check_preference(record: dict[str, Any], line: int) -> RecordFacts:
         has_tools = bool(prompt["tools"])
     facts = _check_messages(prompt["messages"], "input.messages", line, preference_input=True)
     _check_parallel_tool_calls(prompt, prompt["messages"], "input.", line, facts)
-    _check_output(record["preferred_output"], "preferred_output", line)
-    _check_output(record["non_preferred_output"], "non_preferred_output", line)
+    for output in ("preferred_output", "non_preferred_output"):
+        facts = _merged(facts, _check_output(record[output], output, line))
     return _with_tools(facts) if has_tools else facts
 
 
-def _check_output(output: Any, path: str, line: int) -> None:
-    """A preference output is a list of exactly one ``{"role": "assistant", "content": str}``."""
+def _check_output(output: Any, path: str, line: int) -> RecordFacts:
+    """A preference output is a list of exactly one assistant message: ``content``, and optionally
+    ``tool_calls`` (then content may be null or absent) and ``reasoning``/``reasoning_content``."""
     if not isinstance(output, list) or len(output) != 1:
         _fail(line, path, "must be a list of exactly one assistant message", output)
     message = output[0]
@@ -642,15 +651,24 @@ def _check_output(output: Any, path: str, line: int) -> None:
     if not message.keys() <= _OUTPUT_MESSAGE_KEYS:
         unknown = next(key for key in message if key not in _OUTPUT_MESSAGE_KEYS)
         raise DatasetInvalid(
-            f'line {line}: {item} has unknown key "{unknown}"; an output message has keys role, content',
+            f'line {line}: {item} has unknown key "{unknown}"; an output message has keys '
+            f"{', '.join(OUTPUT_MESSAGE_KEYS)}",
             line=line,
             param=f"{item}.{unknown}",
         )
     if message.get("role") != "assistant":
         _fail(line, f"{item}.role", 'must be "assistant"', message.get("role"))
-    if "content" not in message:
-        _fail(line, item, 'is missing "content"', message)
-    _require_str(message["content"], f"{item}.content", line)
+    calls = _check_optional_fields(message, "assistant", item, line)
+    if message.get("content") is None and not calls:
+        if "content" in message:
+            _fail(line, f"{item}.content", "must be a string (null only with tool_calls)", None)
+        _fail(line, item, 'is missing "content" (only an output with tool_calls may omit it)', message)
+    if message.get("content") is not None:
+        _require_str(message["content"], f"{item}.content", line)
+    reasoning = "reasoning" in message or "reasoning_content" in message
+    if not (calls or reasoning):
+        return NO_FACTS
+    return RecordFacts(False, calls > 0, False, reasoning, calls > 1)
 
 
 _FIELD_CHECKS: dict[DatasetFormat, Callable[[dict[str, Any], int], RecordFacts]] = {

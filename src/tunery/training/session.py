@@ -113,11 +113,10 @@ def start_session(cfg: TrainConfig, reporter: Reporter, loaded: LoadedModel, pla
     return s
 
 
-def report_start(s: Session, token_count: int) -> None:
-    s.reporter.event(
-        "training_start",
-        f"Training started: {s.plan.total_steps} steps over {s.cfg.n_epochs} epochs"
-        + (f" in {s.dist.world} processes" if s.dist.world > 1 else ""),
+def report_start(s: Session, token_count: int, trained_tokens_per_epoch: int | None = None) -> None:
+    """``trained_tokens_per_epoch`` (SFT): the tokens whose prediction one pass trains, which a
+    preview of the whole file adds up to."""
+    fields: dict[str, Any] = dict(
         total_steps=s.plan.total_steps,
         token_count=token_count,
         param_count=s.loaded.param_count,
@@ -126,6 +125,14 @@ def report_start(s: Session, token_count: int) -> None:
         max_seq_length=s.plan.max_seq_length,
         resumed_from_step=s.state.step,
         processes=s.dist.world,
+    )
+    if trained_tokens_per_epoch is not None:
+        fields["trained_tokens_per_epoch"] = trained_tokens_per_epoch
+    s.reporter.event(
+        "training_start",
+        f"Training started: {s.plan.total_steps} steps over {s.cfg.n_epochs} epochs"
+        + (f" in {s.dist.world} processes" if s.dist.world > 1 else ""),
+        **fields,
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
+from tunery.api.dataset_checks import check_job_files
 from tunery.api.deps import Ctx, CurrentUser, DbSession
 from tunery.api.estimates import estimate_price as estimate
 from tunery.api.job_requests import base_model_of, output_name, resolve_job_request
@@ -59,6 +60,10 @@ def preview_tokenization(ctx: Ctx, s: DbSession, user: CurrentUser, body: Previe
 @router.post("")
 def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, req: FinetuneRequest) -> dict[str, Any]:
     resolved = resolve_job_request(s, req, user, ctx.catalog, registered_models(s))
+    if not req.from_hf_model:  # those train with the hub model's tokenizer, fetched by the worker
+        files = [(resolved.training_file, "training_file")]
+        files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
+        check_job_files(ctx, s, resolved.model, resolved.params, files)
     job_id = job_store.new_job_id()
     job = job_store.create_job(s, Job(
         id=job_id, user_id=user.id, model=resolved.model,

@@ -80,7 +80,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
 def _train(s: Session, data: Data) -> TrainResult:
     cfg, state = s.cfg, s.state
     val_tokens = data.val.num_tokens if data.val else 0
-    report_start(s, cfg.n_epochs * data.train.num_tokens + len(s.plan.eval_steps) * val_tokens)
+    report_start(s, cfg.n_epochs * data.train.num_tokens + len(s.plan.eval_steps) * val_tokens,
+                 trained_tokens_per_epoch=sum(e.num_trained for e in data.train.examples))
     while state.epoch < cfg.n_epochs:
         groups = step_groups(s, data.train.lengths, state.epoch)
         for group in groups[state.step_in_epoch :]:

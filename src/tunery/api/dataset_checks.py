@@ -1,0 +1,71 @@
+"""What a job's model makes of its dataset files, found before the job is queued.
+
+A file is valid on its own at upload; whether a *model* can train on it depends on that model's
+chat template (Gemma 2 refuses system messages, Mistral wants 9-character tool call ids, some
+templates render no reasoning). ``scan`` renders a whole file with the model's tokenizer and the
+job's masking, exactly as training will, and caches the verdict: files are immutable, and the SDK
+asks for a price estimate with the same settings just before it creates the job.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from tunery.api.deps import AppContext
+from tunery.errors import InvalidRequest, NotFound
+from tunery.store.base_models import registered_models
+from tunery.store.models import File
+from tunery.training.data.dataset import FileScan
+from tunery.training.data.render import TrainOnInputs
+
+
+@lru_cache(maxsize=32)
+def tokenizer_for(model_dir: str) -> Any:
+    """The tokenizer training uses for the model in ``model_dir`` (chat template included)."""
+    from tunery.training.model import load_tokenizer
+
+    return load_tokenizer(model_dir)
+
+
+@lru_cache(maxsize=256)
+def _scan(path: str, file_type: str, model_dir: str, train_on_inputs: TrainOnInputs, method: str,
+          what: str) -> FileScan:
+    from tunery.training.data.dataset import scan_file
+    from tunery.training.data.render import Renderer
+
+    renderer = Renderer(tokenizer_for(model_dir), False if method == "dpo" else train_on_inputs)
+    return scan_file(path, file_type, renderer, method, what=what)
+
+
+def scan(ctx: AppContext, f: File, model_dir: str, train_on_inputs: TrainOnInputs = "auto", method: str = "sft",
+         what: str = "training file") -> FileScan:
+    with ctx.blobs.local_copy(f.blob_key) as path:
+        return _scan(str(path), f.file_type, model_dir, train_on_inputs, method, what)
+
+
+def model_dir_of(ctx: AppContext, s: Session, model: str) -> str | None:
+    """The local directory of a base model, or None where it is not here (a hub model not yet
+    downloaded: its job will download it and check the data itself)."""
+    try:
+        return str(ctx.catalog.resolve(model, registered_models(s)).path)
+    except NotFound:
+        return None
+
+
+def check_job_files(ctx: AppContext, s: Session, model: str, params: dict[str, Any],
+                    files: list[tuple[File, str]]) -> None:
+    """Raise ``InvalidRequest`` (param ``training_file`` or ``validation_file``) when the job's
+    model cannot train on one of ``files`` (``(file, param)`` pairs)."""
+    model_dir = model_dir_of(ctx, s, model)
+    if model_dir is None:
+        return
+    method = params["training_method"]
+    for f, param in files:
+        what = param.replace("_", " ")
+        verdict = scan(ctx, f, model_dir, method.get("train_on_inputs", "auto"), method["method"], what)
+        if verdict.problem:
+            raise InvalidRequest(f'{param} "{f.id}" cannot be trained on with model {model}: {verdict.problem}',
+                                 param=param)
