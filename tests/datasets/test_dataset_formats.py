@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tunery.datasets import DatasetFormat, RecordFacts, check_record, detect_format
-from tunery.datasets.formats import MAX_IMAGES_PER_SAMPLE, show
+from tunery.datasets.formats import MAX_IMAGES_PER_SAMPLE, NO_FACTS, show
 from tunery.errors import DatasetInvalid
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
@@ -324,11 +324,6 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
         'messages[3].role must be assistant or tool after a tool message; got "user"',
     ),
     (
-        "no assistant",
-        _conversation({"role": "system", "content": "s"}, user()),
-        'messages must contain at least one assistant message; got ["system", "user"]',
-    ),
-    (
         "tool_calls on user",
         _conversation(user(tool_calls=[call()]), assistant()),
         "messages[0].tool_calls is only allowed on assistant messages; got "
@@ -386,6 +381,14 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
         "tools[0].function.name must be a string; got null",
     ),
 ]
+
+
+def test_messages_awaiting_an_answer_are_a_reinforcement_prompt_with_any_fields() -> None:
+    prompt = {"messages": [{"role": "system", "content": "s"}, user()], "answer": "4", "meta": {"tags": [1]}}
+    assert detect_format(prompt, 7) is DatasetFormat.REINFORCEMENT and check(prompt) == NO_FACTS
+    assert detect_format({"messages": [user()]}, 7) is DatasetFormat.REINFORCEMENT
+    # a conversation with an answer still may not carry unknown keys (a typo in an SFT file)
+    assert 'unknown key "answer"' in error_of({"messages": [user(), assistant()], "answer": "4"}).message
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,9 @@ class DatasetFormat(StrEnum):
     INSTRUCTION = "instruction"
     PREFERENCE = "preference"
     PRETOKENIZED = "pretokenized"
+    # Prompts for reinforcement fine-tuning (OpenAI's format): ``messages`` that end with the turn the
+    # model answers, plus any other fields, which graders read as ``{{ item.field }}``.
+    REINFORCEMENT = "reinforcement"
 
 
 # Required and optional top-level keys of each JSONL format, in the order messages list them.
@@ -137,7 +140,7 @@ def detect_format(record: dict[str, Any], line: int) -> DatasetFormat:
         raise DatasetInvalid(f"line {line}: the line must be a JSON object; got {show(record)}", line=line)
     fmt = _FORMAT_BY_KEYS.get(frozenset(record))
     if fmt is not None:  # the common case: exactly the keys of one format
-        return fmt
+        return DatasetFormat.REINFORCEMENT if fmt is DatasetFormat.CONVERSATION and _awaits_answer(record) else fmt
     matches = [fmt for fmt, required in _REQUIRED_SETS if required <= record.keys()]
     if len(matches) > 1:
         names = ", ".join(fmt.value for fmt in matches)
@@ -147,8 +150,17 @@ def detect_format(record: dict[str, Any], line: int) -> DatasetFormat:
         )
     if not matches:
         raise _no_format_error(record, line)
+    if matches == [DatasetFormat.CONVERSATION] and _awaits_answer(record):
+        return DatasetFormat.REINFORCEMENT  # its other keys are the item's fields
     _check_keys(record, matches[0], line)
     return matches[0]
+
+
+def _awaits_answer(record: dict[str, Any]) -> bool:
+    """Messages whose last turn is not the assistant's: a prompt, not a sample to imitate."""
+    messages = record.get("messages")
+    return (isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict)
+            and messages[-1].get("role") != "assistant")
 
 
 def check_record(record: dict[str, Any], fmt: DatasetFormat, line: int) -> RecordFacts:
@@ -164,6 +176,8 @@ def check_record(record: dict[str, Any], fmt: DatasetFormat, line: int) -> Recor
         raise DatasetInvalid(
             f"line {line}: the pretokenized format is only accepted as Parquet; got a JSON sample", line=line
         )
+    if fmt is DatasetFormat.REINFORCEMENT:
+        return _check_reinforcement(record, line)
     keys = record.keys()
     if not (keys >= _REQUIRED[fmt] and keys <= _ALL_KEYS[fmt]):
         missing = [key for key in REQUIRED_KEYS[fmt] if key not in record]
@@ -267,6 +281,21 @@ def _check_conversation(record: dict[str, Any], line: int) -> RecordFacts:
         has_tools = has_tools or bool(record["functions"])
     facts = _check_messages(record["messages"], "messages", line, preference_input=False)
     _check_parallel_tool_calls(record, record["messages"], "", line, facts)
+    return _with_tools(facts) if has_tools else facts
+
+
+def _check_reinforcement(record: dict[str, Any], line: int) -> RecordFacts:
+    """A reinforcement prompt: its messages as a preference input's (no assistant turn needed, not
+    ending with one) and its tools; every other key is the grader's to read."""
+    if "messages" not in record:
+        raise DatasetInvalid(f'line {line}: sample is missing key "messages" (a reinforcement sample has '
+                             "messages ending with the turn the model answers, plus any fields)",
+                             line=line, param="messages")
+    has_tools = False
+    if "tools" in record:
+        _check_tools(record["tools"], "tools", line)
+        has_tools = bool(record["tools"])
+    facts = _check_messages(record["messages"], "messages", line, preference_input=True)
     return _with_tools(facts) if has_tools else facts
 
 
