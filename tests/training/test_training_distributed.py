@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
+from tests.job_rows import claimed_job, sqlite_database
 from tests.training.samples import preference_pairs, qa_conversations, write_jsonl
+from tunery.storage import LocalBlobStore
 from tunery.training.config import TrainConfig
 from tunery.training.recipes import dpo, sft
 from tunery.training.reporter import ListReporter
@@ -164,6 +166,9 @@ def test_a_user_error_under_torchrun_stays_the_users(tiny_llama: Path, sft_data:
     proc, report = launch(cfg, tmp_path / "run")
     code, out = finish(proc)
     assert code != 0, out
-    relay = Relay(db=None, blobs=None, job_id="ft-ddp", worker_id="w", report_path=report)  # type: ignore[arg-type]
+    db = sqlite_database(tmp_path / "tunery.db")
+    claimed_job(db, "ft-ddp", "w")
+    relay = Relay(db=db, blobs=LocalBlobStore(tmp_path / "blobs"), job_id="ft-ddp", worker_id="w", report_path=report)
     relay.pump()
     assert relay.error_is_users and relay.error_message, out
+    db.dispose()

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from tunery.api.deps import AppContext
 from tunery.errors import InvalidRequest, NotFound
+from tunery.jobspec import SFT, JobSpec
 from tunery.store.base_models import registered_models
 from tunery.store.models import File
 from tunery.training.data.dataset import FileScan
@@ -55,17 +56,17 @@ def model_dir_of(ctx: AppContext, s: Session, model: str) -> str | None:
         return None
 
 
-def check_job_files(ctx: AppContext, s: Session, model: str, params: dict[str, Any],
-                    files: list[tuple[File, str]]) -> None:
+def check_job_files(ctx: AppContext, s: Session, spec: JobSpec, files: list[tuple[File, str]]) -> None:
     """Raise ``InvalidRequest`` (param ``training_file`` or ``validation_file``) when the job's
     model cannot train on one of ``files`` (``(file, param)`` pairs)."""
+    model, method = spec.model, spec.training_method
     model_dir = model_dir_of(ctx, s, model)
     if model_dir is None:
         return
-    method = params["training_method"]
+    train_on_inputs = method.train_on_inputs if isinstance(method, SFT) else "auto"
     for f, param in files:
         what = param.replace("_", " ")
-        verdict = scan(ctx, f, model_dir, method.get("train_on_inputs", "auto"), method["method"], what)
+        verdict = scan(ctx, f, model_dir, train_on_inputs, method.method, what)
         if verdict.problem:
             raise InvalidRequest(f'{param} "{f.id}" cannot be trained on with model {model}: {verdict.problem}',
                                  param=param)

@@ -73,10 +73,6 @@ BUILTINS: dict[str, BuiltinSpec] = {
 }
 
 
-def is_builtin(name: str) -> bool:
-    return name in BUILTINS
-
-
 def ensure_builtin(name: str, cache_dir: str | os.PathLike[str]) -> Path:
     """Return the directory of built-in model ``name`` under ``cache_dir``, building it if missing.
 

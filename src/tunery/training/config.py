@@ -1,9 +1,9 @@
 """The training job's configuration: written as JSON by the worker, read once by a recipe.
 
-Every Together create-API hyperparameter has a field here, even those the SFT recipe does not use
-yet (DPO, W&B), so the worker has one place to put them. Paths are local: the worker has already
-fetched files, base model and parent checkpoint. Validation reports every problem at once, in
-messages that say what to change.
+The worker builds it from the job's spec (``tunery.jobspec.JobSpec.train_config``) plus the local
+paths it fetched the inputs to (files, base model, parent checkpoint); a recipe run by hand on a
+GPU box reads the same JSON. Validation reports every problem at once, in messages that say what
+to change.
 """
 
 from __future__ import annotations
