@@ -1,6 +1,7 @@
 """A job's results file: its per-step metrics as a CSV with OpenAI's columns, stored when the job
-completes as a file of its owner's (purpose ``fine-tune-results``, id ``file-<job id>-results``), so
-OpenAI's ``result_files`` and ``files.content`` give it, and Together's files API lists it too.
+completes (in the transaction that completes it) as a file of its owner's — purpose
+``fine-tune-results``, id ``file-<job id>-results`` — so OpenAI's ``result_files`` and
+``files.content`` give it, and Together's files API lists it too.
 
     step,train_loss,train_accuracy,train_mean_token_accuracy,valid_loss,valid_mean_token_accuracy,
     full_valid_loss,full_valid_mean_token_accuracy
@@ -16,7 +17,11 @@ import csv
 import io
 import os
 import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from tunery.storage import BlobStore
 from tunery.store import files as file_store
@@ -61,19 +66,31 @@ def metrics_csv(rows: list[JobMetric]) -> str:
     return out.getvalue()
 
 
-def store_results_file(db: Database, blobs: BlobStore, job_id: str) -> None:
-    """Write the job's results file (once: a job completed again after a restart keeps the first)."""
-    file_id = results_file_id(job_id)
+@dataclass(frozen=True)
+class ResultsBlob:
+    key: str
+    size: int
+
+
+def store_results_blob(db: Database, blobs: BlobStore, job_id: str) -> ResultsBlob:
+    """Write the CSV of the job's metrics so far to the blob store (not listed as a file yet)."""
     with db.session() as s:
-        if s.get(File, file_id) is not None:
-            return
-        job = job_store.get_job(s, job_id)
         text = metrics_csv(job_store.list_metrics(s, job_id)).encode()
     fd, name = tempfile.mkstemp(dir=blobs.staging_dir(), prefix="results-", suffix=".csv")
     with os.fdopen(fd, "wb") as f:
         f.write(text)
-    key = file_store.blob_key(file_id)
+    key = f"{file_store.blob_key(results_file_id(job_id))}-{uuid.uuid4().hex[:12]}"
     blobs.put(key, Path(name))
-    with db.session() as s:
-        file_store.create_stored_file(s, file_id=file_id, user_id=job.user_id, filename=f"{job_id}-results.csv",
-                                      purpose=PURPOSE, file_type="csv", size=len(text), key=key)
+    return ResultsBlob(key, len(text))
+
+
+def list_results_file(s: Session, job_id: str, user_id: str, blob: ResultsBlob) -> bool:
+    """List ``blob`` as the job's results file, in the caller's transaction (the one that completes
+    the job). False, listing nothing, when the job has one already (a completion retried after a
+    restart): the caller then deletes ``blob``."""
+    if s.get(File, results_file_id(job_id)) is not None:
+        return False
+    file_store.create_stored_file(s, file_id=results_file_id(job_id), user_id=user_id,
+                                  filename=f"{job_id}-results.csv", purpose=PURPOSE, file_type="csv",
+                                  size=blob.size, key=blob.key)
+    return True

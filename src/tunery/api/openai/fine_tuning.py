@@ -5,6 +5,8 @@ Together's ``/v1/fine-tunes`` — a job made through either API is read, cancell
     GET  /v1/fine_tuning/jobs                      list, newest first: ``after``, ``limit``, ``metadata[k]=v``
     GET  /v1/fine_tuning/jobs/{id}                 retrieve
     POST /v1/fine_tuning/jobs/{id}/cancel          cancel
+    POST /v1/fine_tuning/jobs/{id}/pause           pause: its worker saves a checkpoint and takes other jobs
+    POST /v1/fine_tuning/jobs/{id}/resume          resume: queued again, it continues from that checkpoint
     GET  /v1/fine_tuning/jobs/{id}/events          message and metrics events, newest first (cursor)
     GET  /v1/fine_tuning/jobs/{id}/checkpoints     the job's usable checkpoints, newest first (cursor)
 """
@@ -17,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from sqlalchemy.orm import Session
 
+from tunery.api.dataset_checks import check_job_files
 from tunery.api.deps import Ctx, CurrentUser, DbSession
 from tunery.api.openai.job_requests import resolve_openai_job
 from tunery.api.openai.schemas import (
@@ -48,6 +51,9 @@ def _render(s: Session, job: Job, user: User) -> dict[str, Any]:
 def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, body: JobCreateRequest) -> dict[str, Any]:
     """Create a job; it is queued at once (the files were validated when they were uploaded)."""
     resolved = resolve_openai_job(s, body, user, ctx.catalog, registered_models(s), model_aliases(s), ctx.settings)
+    files = [(resolved.training_file, "training_file")]
+    files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
+    check_job_files(ctx, s, resolved.spec, files)  # the model's chat template can render every sample
     job = lifecycle.create(s, user, resolved.spec, resolved.secrets, resolved.training_file)
     return _render(s, job, user)
 
@@ -97,6 +103,24 @@ def cancel_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     """Cancel a job that has not ended: at once if it waits, else at its worker's next step."""
     job = job_store.get_job(s, job_id, user.id)
     lifecycle.cancel(s, job, user.name)
+    s.refresh(job)
+    return _render(s, job, user)
+
+
+@router.post("/{job_id}/pause", responses=_ERRORS)
+def pause_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    """Pause a queued or running job (``paused``); nothing is lost, ``resume`` continues it."""
+    job = job_store.get_job(s, job_id, user.id)
+    lifecycle.pause(s, job, user.name)
+    s.refresh(job)
+    return _render(s, job, user)
+
+
+@router.post("/{job_id}/resume", responses=_ERRORS)
+def resume_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    """Queue a paused job again; a worker continues it from the checkpoint it paused at."""
+    job = job_store.get_job(s, job_id, user.id)
+    lifecycle.resume(s, job, user.name)
     s.refresh(job)
     return _render(s, job, user)
 

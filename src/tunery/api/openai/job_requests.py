@@ -106,6 +106,6 @@ def resolve_openai_job(s: Session, req: JobCreateRequest, user: User, catalog: M
     spec = resolved.spec.model_copy(update={
         "suffix": req.suffix, "metadata": req.metadata, "model_alias": req.model if model != req.model else None,
         "wandb": Wandb(project_name=run.project, entity=run.entity, name=run.name,
-                       tags=[*OPENAI_TAGS, f"openai/{req.model}", *(run.tags or ())]) if run else Wandb(),
+                       tags=(*OPENAI_TAGS, f"openai/{req.model}", *(run.tags or ()))) if run else Wandb(),
     })
-    return ResolvedJob(spec, resolved.secrets, resolved.training_file)
+    return ResolvedJob(spec, resolved.secrets, resolved.training_file, resolved.validation_file)

@@ -137,7 +137,7 @@ JOB_STATUS = {
     JobStatus.PENDING: "validating_files", JobStatus.QUEUED: "queued", JobStatus.RUNNING: "running",
     JobStatus.COMPRESSING: "running", JobStatus.UPLOADING: "running", JobStatus.CANCEL_REQUESTED: "cancelled",
     JobStatus.CANCELLED: "cancelled", JobStatus.COMPLETED: "succeeded", JobStatus.ERROR: "failed",
-    JobStatus.USER_ERROR: "failed",
+    JobStatus.USER_ERROR: "failed", JobStatus.PAUSE_REQUESTED: "paused", JobStatus.PAUSED: "paused",
 }
 EVENT_LEVEL = {"info": "info", "warning": "warn", "error": "error"}
 
@@ -187,7 +187,7 @@ def job_object(job: Job, org: str, result_files: list[str]) -> dict[str, Any]:
         "estimated_finish": int(time.time() + job.seconds_remaining) if running and job.seconds_remaining else None,
         "result_files": result_files, "error": error,
         "integrations": [{"type": "wandb", "wandb": {"project": wandb.project_name, "entity": wandb.entity,
-                                                     "name": wandb.name, "tags": list(wandb.tags or [])}}]
+                                                     "name": wandb.name, "tags": list(wandb.tags)}}]
         if wandb.project_name else [],
         "user_provided_suffix": spec.suffix,
     }
