@@ -196,6 +196,7 @@ class JobSpec(_Part):
             resume_from=_text(inputs.resume_from), train_file=str(inputs.train_file),
             validation_file=_text(inputs.validation_file), file_type=inputs.file_type,
             output_dir=str(inputs.output_dir),
+            train_vision=self.multimodal_params is not None and self.multimodal_params.train_vision,
             lora=None if lora is None else LoraSettings(r=lora.lora_r, alpha=lora.lora_alpha,
                                                         dropout=lora.lora_dropout,
                                                         target_modules=lora.target_modules),

@@ -104,8 +104,9 @@ def test_lifecycle_pause_resume_events_checkpoints_results(client: openai.OpenAI
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=7))  # every page, newest first
     assert len({e.id for e in events}) == len(events) > 7
     assert [e.created_at for e in events] == sorted((e.created_at for e in events), reverse=True)
-    metrics = [e for e in events if e.type == "metrics"]
-    assert metrics and {"step", "train_loss", "total_steps"} <= set(metrics[0].data)  # type: ignore[arg-type]
+    metrics = [e.data for e in events if e.type == "metrics"]
+    assert {"step", "train_loss", "total_steps"} <= set(metrics[-1])  # type: ignore[arg-type]
+    assert any("full_valid_loss" in m for m in metrics)  # type: ignore[operator]
 
     checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id, limit=2))
     assert checkpoints[0].step_number == STEPS

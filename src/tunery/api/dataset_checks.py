@@ -20,7 +20,8 @@ from tunery.jobspec import SFT, JobSpec
 from tunery.store.base_models import registered_models
 from tunery.store.models import File
 from tunery.training.data.dataset import FileScan
-from tunery.training.data.render import TrainOnInputs
+from tunery.training.data.images import VisionRenderer, with_images
+from tunery.training.data.render import Renderer, TrainOnInputs
 
 
 @lru_cache(maxsize=32)
@@ -31,13 +32,28 @@ def tokenizer_for(model_dir: str) -> Any:
     return load_tokenizer(model_dir)
 
 
+@lru_cache(maxsize=8)
+def processor_for(model_dir: str) -> Any | None:
+    """A vision-language model's processor, as training loads it (None for a text model)."""
+    from tunery.training.data.images import load_processor
+
+    return load_processor(model_dir)
+
+
+def renderer_for(model_dir: str, train_on_inputs: TrainOnInputs) -> Renderer | VisionRenderer:
+    """The renderer training uses for the model in ``model_dir``: with images placed by its processor
+    for a vision-language model (so image tokens are counted and shown)."""
+    processor = processor_for(model_dir)
+    tokenizer = processor.tokenizer if processor is not None else tokenizer_for(model_dir)
+    return with_images(Renderer(tokenizer, train_on_inputs), processor)
+
+
 @lru_cache(maxsize=256)
 def _scan(path: str, file_type: str, model_dir: str, train_on_inputs: TrainOnInputs, method: str,
           what: str) -> FileScan:
     from tunery.training.data.dataset import scan_file
-    from tunery.training.data.render import Renderer
 
-    renderer = Renderer(tokenizer_for(model_dir), False if method == "dpo" else train_on_inputs)
+    renderer = renderer_for(model_dir, False if method == "dpo" else train_on_inputs)
     return scan_file(path, file_type, renderer, method, what=what)
 
 

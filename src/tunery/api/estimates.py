@@ -30,7 +30,8 @@ def estimate_price(ctx: AppContext, s: Session, user: User, body: PriceEstimateR
     model = body.model or ""
     if body.from_checkpoint:
         model = resolve_parent(s, body.from_checkpoint, user).job.model
-    model_dir = str(ctx.catalog.resolve(base_model_of(s, model, user), registered).path)
+    base = base_model_of(s, model, user)
+    model_dir = str(ctx.catalog.resolve(base, registered).path)
     files: list[tuple[File, str]] = []
     for file_id, kind in ((body.training_file, "train"), (body.validation_file, "eval")):
         if not file_id:
@@ -42,6 +43,9 @@ def estimate_price(ctx: AppContext, s: Session, user: User, body: PriceEstimateR
         if f.processing_status != "COMPLETED":
             return _unavailable(f"{kind}_file_invalid" if f.processing_status == "INVALID_FORMAT"
                                 else f"{kind}_file_not_validated")
+        images = bool((f.report or {}).get("dataset_is_multimodal"))
+        if images and not ctx.catalog.limits(base, registered)["supports_vision"]:  # and create refuses it
+            return _unavailable("multimodal_dataset", f"file {f.id} has images, but {model} does not take images")
         files.append((f, kind))
     method = body.training_method.method.lower() if body.training_method else "sft"
     train_on_inputs: TrainOnInputs = "auto"

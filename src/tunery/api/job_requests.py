@@ -259,6 +259,24 @@ def _check_formats(train: File | None, val: File | None, method: str, problems: 
             problems.add(param, f'{param} "{f.id}" is a preference dataset; use training_method dpo for it')
 
 
+def _multimodal_params(req: FinetuneRequest, model: str, limits: dict[str, Any], train: File | None,
+                       val: File | None, problems: Problems) -> MultimodalParams | None:
+    """The settings of a vision-language model's job, else None; images or ``train_vision`` for a
+    text model are refused (they would be ignored)."""
+    train_vision = bool(req.multimodal_params and req.multimodal_params.train_vision)
+    if limits["supports_vision"]:
+        return MultimodalParams(train_vision=train_vision)
+    if train_vision:
+        problems.add("multimodal_params",
+                     f"Vision encoder training is not supported for the non-multimodal model `{model}`")
+    for f, param in ((train, "training_file"), (val, "validation_file")):
+        if f is not None and (f.report or {}).get("dataset_is_multimodal"):
+            problems.add(param, f'{param} "{f.id}" has images, but `{model}` does not take images '
+                                "(supports_vision is false); fine-tune a vision-language model on it, "
+                                "such as tunery/tiny-vlm")
+    return None
+
+
 @dataclass(frozen=True)
 class ResolvedJob:
     spec: JobSpec
@@ -305,8 +323,7 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
     if req.suffix is not None:
         p.check(bool(SUFFIX_RE.match(req.suffix)), "suffix",
                 "suffix must be 1-40 characters of letters, digits, '-', '_' or '.', starting with a letter or digit")
-    if req.multimodal_params and req.multimodal_params.train_vision and not limits["supports_vision"]:
-        p.add("multimodal_params", f"Vision encoder training is not supported for the non-multimodal model `{model}`")
+    multimodal = _multimodal_params(req, model, limits, train, val, p)
     p.raise_if_any()
     assert train is not None
     wandb_key = req.wandb_key or req.wandb_api_key
@@ -319,8 +336,7 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
         wandb=Wandb(project_name=req.wandb_project_name or ("together" if wandb_key else None), name=req.wandb_name,
                     entity=req.wandb_entity, base_url=req.wandb_base_url),
         training_type=training_type, training_method=method,
-        multimodal_params=MultimodalParams(train_vision=req.multimodal_params.train_vision)
-        if req.multimodal_params else None,
+        multimodal_params=multimodal,
         n_epochs=schedule.n_epochs, n_checkpoints=schedule.n_checkpoints, n_evals=schedule.n_evals,
         batch_size=batch, gradient_accumulation_steps=schedule.gradient_accumulation_steps,
         learning_rate=schedule.learning_rate, lr_scheduler=schedule.lr_scheduler, warmup_ratio=schedule.warmup_ratio,

@@ -1,5 +1,6 @@
 """``POST /v1/fine-tunes/preview``: how the first rows of a training file are tokenized and masked,
-so users can check which tokens are trained before paying for a job."""
+so users can check which tokens are trained before paying for a job. With a vision-language model
+each image shows as the image tokens its processor puts in the sequence (never trained)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from tunery.api.dataset_checks import tokenizer_for
+from tunery.api.dataset_checks import renderer_for
 from tunery.api.deps import AppContext
 from tunery.api.schemas.fine_tunes import PreviewRequest
 from tunery.datasets import DatasetFormat, detect_format, iter_records
@@ -17,7 +18,7 @@ from tunery.store.base_models import registered_models
 from tunery.store.files import get_file
 from tunery.store.models import User
 from tunery.training.data.chat import ConversationRefused
-from tunery.training.data.render import IGNORE, Marked, Renderer
+from tunery.training.data.render import IGNORE, Marked
 
 DEFAULT_ROWS = 5
 MAX_ROWS = 50
@@ -45,7 +46,9 @@ def preview_row(marked: Marked, tokenizer: Any, max_seq_length: int) -> dict[str
             "tokens": tokenizer.convert_ids_to_tokens(example.input_ids), "num_tokens": len(example),
             "num_trained_tokens": sum(1 for t in example.labels if t != IGNORE),
             "trained_spans": trained_spans(example.labels), "truncated": cut, "text": marked.text,
-            "segments": [{"text": text, "trained": trained} for text, trained in marked.segments()]}
+            "segments": [{"text": text, "trained": trained} for text, trained in marked.segments()],
+            "num_images": len(example.images), "num_image_tokens": sum(i.end - i.start for i in example.images),
+            "image_spans": [[i.start, i.end] for i in example.images]}
 
 
 def preview(ctx: AppContext, s: Session, user: User, req: PreviewRequest) -> dict[str, Any]:
@@ -65,9 +68,9 @@ def preview(ctx: AppContext, s: Session, user: User, req: PreviewRequest) -> dic
                              "cannot train on (preference data trains with dpo)", param="training_file")
     limits = ctx.catalog.limits(req.model, registered_models(s))
     model_dir = str(ctx.catalog.resolve(req.model, registered_models(s)).path)
-    tokenizer = tokenizer_for(model_dir)
     train_on_inputs = "auto" if req.train_on_inputs is None else req.train_on_inputs
-    renderer = Renderer(tokenizer, train_on_inputs)
+    renderer = renderer_for(model_dir, train_on_inputs)
+    tokenizer = renderer.tokenizer
     top_k = min(MAX_ROWS, max(1, req.top_k or DEFAULT_ROWS))
     max_len = limits[f"max_seq_length_{method}"]
     rows = []

@@ -32,6 +32,7 @@ from enum import StrEnum
 from itertools import combinations
 from typing import Any, NoReturn
 
+from tunery.datasets.images import MAX_IMAGES_PER_SAMPLE, ImageInvalid, image_bytes, open_image
 from tunery.errors import DatasetInvalid
 
 
@@ -106,11 +107,6 @@ _MESSAGE_KEY_SET = frozenset(MESSAGE_KEYS)
 _PREFERENCE_INPUT_KEYS = frozenset(("messages", "tools", "parallel_tool_calls"))
 OUTPUT_MESSAGE_KEYS: tuple[str, ...] = ("role", "content", "tool_calls", "reasoning", "reasoning_content")
 _OUTPUT_MESSAGE_KEYS = frozenset(OUTPUT_MESSAGE_KEYS)
-
-# Multimodal limits (Together's data-preparation docs): base64 data URLs only, in user messages.
-MAX_IMAGES_PER_SAMPLE = 10
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-IMAGE_MEDIA_TYPES: tuple[str, ...] = ("image/jpeg", "image/jpg", "image/png", "image/webp")
 
 _SHOW_MAX_CHARS = 80
 
@@ -622,21 +618,14 @@ def _check_part_keys(part: dict[str, Any], field: str, path: str, line: int) -> 
 
 
 def _check_image_url(image: Any, path: str, line: int) -> None:
-    """An image is ``{"url": "data:image/<png|jpeg|webp>;base64,...", "detail"?}`` of at most 10 MiB."""
+    """An image is ``{"url": "data:image/<png|jpeg|webp>;base64,...", "detail"?}``: at most 10 MiB, and
+    decodable (a broken image would otherwise only fail the training job, far from its line)."""
     if not isinstance(image, dict) or not isinstance(image.get("url"), str):
         _fail(line, path, 'must be an object with a "url" string', image)
-    url: str = image["url"]
-    header, comma, payload = url.partition(",")
-    media_type = header[5:].removesuffix(";base64") if header.startswith("data:") else ""
-    if not comma or not header.endswith(";base64") or media_type not in IMAGE_MEDIA_TYPES:
-        _fail(line, f"{path}.url", "must be a base64 data URL (data:image/png|jpeg|webp;base64,...)", url)
-    if len(payload) * 3 // 4 > MAX_IMAGE_BYTES:
-        _fail(
-            line,
-            f"{path}.url",
-            f"must hold an image of at most {MAX_IMAGE_BYTES // (1024 * 1024)} MiB",
-            f"{len(payload) * 3 // 4} bytes",
-        )
+    try:
+        open_image(image_bytes(image["url"]))
+    except ImageInvalid as exc:
+        _fail(line, f"{path}.url", exc.problem, exc.value)
 
 
 # --- preference ------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
     lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
+    train_vision: bool = False  # a vision-language model's vision tower and projector train too
     n_epochs: int = 1
     learning_rate: float = 1e-5
     lr_scheduler_type: Literal["linear", "cosine"] = "cosine"

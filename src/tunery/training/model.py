@@ -5,6 +5,9 @@ LoRA, its ``model/`` for full), ``init_from`` (an adapter dir continues that ada
 becomes the base), else ``base_model_dir``. Precision: fp32 on CPU (bf16 matmuls are far slower
 there); on CUDA with bf16 support, LoRA keeps the frozen base in bf16 and the adapters in fp32,
 full fine-tuning keeps fp32 weights, and both run the forward pass under bf16 autocast.
+
+A vision-language model loads with ``AutoModelForImageTextToText`` and its processor; ``train_vision``
+decides whether its vision part trains (see ``vision.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from tunery.errors import TrainingFailed
+from tunery.models.architecture import auto_model_class
 from tunery.training import attention
 from tunery.training.attention import Segments
 from tunery.training.config import TrainConfig
+from tunery.training.data.images import load_processor
 from tunery.training.logprobs import TargetLogps
+from tunery.training.vision import freeze_vision, lora_targets
 
 ATTN_IMPLEMENTATION = attention.PACKED  # SDPA, plus per-example attention for wide packed rows
 
@@ -34,6 +41,7 @@ class LoadedModel:
     autocast_dtype: torch.dtype | None
     param_count: int  # parameters of the underlying model, adapters excluded
     ddp: Any = None  # DistributedDataParallel over ``scorer`` when training in several processes
+    processor: Any = None  # a vision-language model's AutoProcessor (its tokenizer is ``tokenizer``)
     scorer: TargetLogps = field(init=False)  # ``model`` as batch -> target log-probabilities
 
     def __post_init__(self) -> None:
@@ -70,10 +78,12 @@ def load_tokenizer(model_dir: str | Path) -> Any:
 
 
 def load_causal_lm(model_dir: str | Path, dtype: torch.dtype) -> Any:
-    from transformers import AutoModelForCausalLM
+    """A text model, or a vision-language model (whose language model is the causal LM)."""
+    from transformers import AutoConfig
 
     attention.register()
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
+    auto = auto_model_class(AutoConfig.from_pretrained(model_dir))
+    return auto.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
 
 
 def load_for_training(cfg: TrainConfig) -> LoadedModel:
@@ -88,24 +98,30 @@ def load_for_training(cfg: TrainConfig) -> LoadedModel:
     base_dtype = torch.bfloat16 if (bf16 and is_lora) else torch.float32
     model = load_causal_lm(base_dir, base_dtype)
     param_count = sum(p.numel() for p in model.parameters())
+    processor = load_processor(cfg.base_model_dir)
+    if cfg.train_vision and processor is None:
+        raise TrainingFailed("train_vision needs a vision-language model; this one is text-only", user_error=True)
     adapter = _adapter_to_continue(cfg, init_adapter)
     if is_lora:
-        model = _with_lora(model, cfg, adapter)
+        model = _with_lora(model, cfg, adapter, vision=processor is not None)
     elif adapter is not None:  # full training from a LoRA export: fold the adapter in first
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    if processor is not None and not is_lora and not cfg.train_vision:
+        freeze_vision(model)
     model.config.use_cache = False
     model.to(device)
     model.train()
     return LoadedModel(
         model=model,
-        tokenizer=load_tokenizer(cfg.base_model_dir),
+        tokenizer=processor.tokenizer if processor is not None else load_tokenizer(cfg.base_model_dir),
         base_dir=base_dir,
         is_lora=is_lora,
         device=device,
         autocast_dtype=torch.bfloat16 if bf16 else None,
         param_count=param_count,
+        processor=processor,
     )
 
 
@@ -117,17 +133,20 @@ def _adapter_to_continue(cfg: TrainConfig, init_adapter: bool) -> Path | None:
     return None
 
 
-def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None) -> Any:
+def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None, vision: bool = False) -> Any:
+    """LoRA on ``cfg.lora.target_modules``; on a vision-language model (``vision``) those of its
+    language model, and of its vision part too with ``train_vision``."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if adapter is not None:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     assert cfg.lora is not None
+    targets = lora_targets(model, cfg.lora.target_modules, cfg.train_vision) if vision else cfg.lora.target_modules
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cast(int, cfg.lora.lora_alpha),  # annotated int; any positive number works
         lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
+        target_modules=targets,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
