@@ -50,6 +50,8 @@ class TrainConfig(BaseModel):
     file_type: Literal["jsonl", "parquet"] = "jsonl"
     output_dir: str
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 mixed precision where the device multiplies bf16 natively, else fp32 (model.py)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
     train_vision: bool = False  # a vision-language model's vision tower and projector train too

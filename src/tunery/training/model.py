@@ -2,9 +2,9 @@
 
 Where the weights come from, in order: ``resume_from`` (this job's checkpoint: its ``adapter/`` for
 LoRA, its ``model/`` for full), ``init_from`` (an adapter dir continues that adapter; a model dir
-becomes the base), else ``base_model_dir``. Precision: fp32 on CPU (bf16 matmuls are far slower
-there); on CUDA with bf16 support, LoRA keeps the frozen base in bf16 and the adapters in fp32,
-full fine-tuning keeps fp32 weights, and both run the forward pass under bf16 autocast.
+becomes the base), else ``base_model_dir``. Precision (``precision``, see ``autocast_dtype_for``): in
+bf16 mixed precision LoRA keeps the frozen base in bf16 and the adapters in fp32, full fine-tuning
+keeps fp32 weights, and both run the forward pass under bf16 autocast; in fp32, everything is fp32.
 
 A vision-language model loads with ``AutoModelForImageTextToText`` and its processor; ``train_vision``
 decides whether its vision part trains (see ``vision.py``).
@@ -25,6 +25,7 @@ from tunery.training import attention
 from tunery.training.attention import Segments
 from tunery.training.config import TrainConfig
 from tunery.training.data.images import load_processor
+from tunery.training.fused_lora import fuse_lora_layers
 from tunery.training.logprobs import TargetLogps
 from tunery.training.vision import freeze_vision, lora_targets
 
@@ -58,6 +59,22 @@ def pick_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
+def autocast_dtype_for(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 when ``precision`` says so, or for ``auto`` where the device multiplies bf16 natively: CUDA
+    GPUs with bf16, and CPUs with AVX512-BF16 or AMX (on the 2-core Zen 4 box a bf16 GEMM ran 2.4x
+    fp32's and a small-llama LoRA step 2x; without those instructions bf16 is emulated, far slower
+    than fp32). None means fp32."""
+    if precision == "bf16" or (precision == "auto" and _native_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
@@ -89,7 +106,7 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype) -> Any:
 def load_for_training(cfg: TrainConfig) -> LoadedModel:
     """Build the model to train from ``cfg``; call after seeding (LoRA init draws random numbers)."""
     device = pick_device(cfg.device)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = autocast_dtype_for(device, cfg.precision) == torch.bfloat16
     is_lora = cfg.lora is not None
     init_adapter = cfg.init_from is not None and is_adapter_dir(cfg.init_from)
     base_dir = Path(cfg.init_from if cfg.init_from and not init_adapter else cfg.base_model_dir)
@@ -139,7 +156,9 @@ def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None, vision: bool 
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if adapter is not None:
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        fuse_lora_layers(model)
+        return model
     assert cfg.lora is not None
     targets = lora_targets(model, cfg.lora.target_modules, cfg.train_vision) if vision else cfg.lora.target_modules
     lora = LoraConfig(
@@ -149,7 +168,9 @@ def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None, vision: bool 
         target_modules=targets,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    fuse_lora_layers(model)
+    return model
 
 
 def forward_logps(
