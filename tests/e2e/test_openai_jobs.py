@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import LiveServer, sdk_client, start_server
+from tests.conftest import TUNERY, LiveServer, sdk_client, start_server
 from tests.e2e.test_jobs_sdk import MODEL, extract
 from tests.sample_data import conversation_file, preference_file
 
@@ -25,7 +26,8 @@ EPOCHS, STEPS = 6, 48  # 16 examples in batches of 2: no packing for OpenAI's jo
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    s = start_server(tmp_path_factory.mktemp("openai-jobs"), TUNERY_WORKERS="1", TUNERY_HEARTBEAT_INTERVAL_S="0.5")
+    s = start_server(tmp_path_factory.mktemp("openai-jobs"), TUNERY_WORKERS="1", TUNERY_HEARTBEAT_INTERVAL_S="0.5",
+                     TUNERY_INFERENCE_THREADS="1")
     yield s
     s.stop()
 
@@ -121,6 +123,12 @@ def test_lifecycle_pause_resume_events_checkpoints_results(client: openai.OpenAI
     assert len(losses) == STEPS and sum(losses[-8:]) < sum(losses[:8])
     assert sum(bool(r["valid_loss"]) for r in rows) == EPOCHS  # one full validation pass per epoch
 
+    # The pipeline's last step: chat with the fine-tuned model, and with one of its checkpoints.
+    question = [{"role": "user", "content": "What color is the sky0?"}]
+    for name in (done.fine_tuned_model, checkpoints[1].fine_tuned_model_checkpoint):
+        reply = client.chat.completions.create(model=name, messages=question, max_tokens=6, temperature=0)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content
+
     # The same model through the Together API: downloadable, and named in /v1/models both ways.
     archive = tmp_path / "m.tar.zst"
     sdk_client(server).fine_tuning.content(ft_id=job.id, checkpoint="adapter").write_to_file(archive)
@@ -134,6 +142,14 @@ def test_lifecycle_pause_resume_events_checkpoints_results(client: openai.OpenAI
 
 def test_jobs_cross_both_apis(client: openai.OpenAI, server: LiveServer, files: dict[str, str]) -> None:
     together = sdk_client(server)
+    subprocess.run([TUNERY, "models", "alias", "gpt-4o-mini-2024-07-18", MODEL, "--data-dir", str(server.data_dir)],
+                   env=server.env, check=True, capture_output=True)
+    assert client.models.retrieve("gpt-4o-mini-2024-07-18").alias_for == MODEL  # type: ignore[attr-defined]
+    aliased = client.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=files["train"])
+    assert aliased.model == "gpt-4o-mini-2024-07-18" and together.fine_tuning.retrieve(aliased.id).model == MODEL
+    assert client.fine_tuning.jobs.pause(aliased.id).status == "paused"
+    assert client.fine_tuning.jobs.cancel(aliased.id).status == "cancelled"
+
     made_there = together.fine_tuning.create(training_file=files["train"], model=MODEL, lora=True, n_epochs=1,
                                              batch_size=8, learning_rate=1e-3)
     seen_here = client.fine_tuning.jobs.retrieve(made_there.id)
@@ -160,7 +176,7 @@ def test_request_errors_raise_the_sdks_exception_classes(client: openai.OpenAI, 
         client.fine_tuning.jobs.create(model=MODEL, training_file=files["train"], method={"type": "dpo"})
     assert "preference" in dpo_on_chat.value.message
     with pytest.raises(openai.BadRequestError) as unknown_model:
-        client.fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=files["train"])
+        client.fine_tuning.jobs.create(model="gpt-3.5-turbo-0125", training_file=files["train"])
     assert unknown_model.value.param == "model"
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.create(model=MODEL, training_file=files["train"], suffix="has:colon")
