@@ -29,19 +29,18 @@ import os
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import zstandard
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.sample_images: the same data and evaluation as the proof test
 
 from tests.sample_images import COLOURS, answer_accuracy, colour_samples  # noqa: E402
+from tunery.storage.archives import unpack  # noqa: E402
 
 MODEL = "tunery/tiny-vlm"
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -74,14 +73,6 @@ def start_server(data_dir: Path, workers: int) -> tuple[subprocess.Popen[bytes],
             time.sleep(0.5)
     proc.kill()
     raise SystemExit("tunery serve did not start; see " + str(data_dir.parent / "server.log"))
-
-
-def extract(archive: Path, dest: Path) -> Path:
-    with open(archive, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as zr, \
-            tarfile.open(fileobj=zr, mode="r|") as tar:
-        tar.extractall(dest, filter="data")
-    (top,) = list(dest.iterdir())
-    return top
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -133,7 +124,7 @@ def main() -> None:
                 raise SystemExit(f"{job_id}: {job.status}: {events[-3:]}")
             archive = work / f"{job_id}.tar.zst"
             client.fine_tuning.content(ft_id=job_id, checkpoint="merged").write_to_file(archive)
-            results[(name, blank)] = (answer_accuracy(extract(archive, work / job_id), held_out), job.total_steps)
+            results[(name, blank)] = (answer_accuracy(unpack(archive, work / job_id), held_out), job.total_steps)
             print(f"{name} {'blanked' if blank else 'images'}: {results[(name, blank)]}", flush=True)
     finally:
         proc.terminate()

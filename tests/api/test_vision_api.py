@@ -4,13 +4,14 @@ count the image tokens the processor puts in each sequence."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import TUNERY, LiveServer
 from tests.sample_data import conversation_file, write_jsonl
 from tests.sample_images import colour_samples
 
@@ -46,6 +47,19 @@ def create(http: httpx.Client, **body: Any) -> httpx.Response:
 def test_limits_say_which_models_see_images(together_client) -> None:  # type: ignore[no-untyped-def]
     assert together_client.fine_tuning.model_limits(model_name=VLM).supports_vision is True
     assert together_client.fine_tuning.model_limits(model_name=TEXT).supports_vision is False
+
+
+@pytest.mark.slow  # the CLI imports torch
+def test_a_registered_vision_language_directory_goes_the_same_path(together_client, http: httpx.Client,  # type: ignore[no-untyped-def]
+                                                                    live_server: LiveServer, tiny_vlm: Path,
+                                                                    images_id: str) -> None:
+    subprocess.run([TUNERY, "models", "add", "acme/my-vlm", str(tiny_vlm), "--data-dir", str(live_server.data_dir)],
+                   env=live_server.env, check=True, capture_output=True)
+    assert together_client.fine_tuning.model_limits(model_name="acme/my-vlm").supports_vision is True
+    rows = together_client.fine_tuning.preview(model="acme/my-vlm", training_file=images_id, top_k=1).rows
+    assert rows[0].model_dump()["num_image_tokens"] == IMAGE_TOKENS
+    r = create(http, model="acme/my-vlm", training_file=images_id, multimodal_params={"train_vision": True})
+    assert r.status_code == 200 and r.json()["multimodal_params"] == {"train_vision": True}
 
 
 def test_a_text_model_refuses_images_and_train_vision_by_name(http: httpx.Client, images_id: str,
