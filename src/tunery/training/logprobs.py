@@ -18,7 +18,7 @@ the model's own logits, then ``log_softmax``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +122,7 @@ class TargetLogps(nn.Module):
         body, head = self.split
         hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **inputs).last_hidden_state
         trained = targets != IGNORE
-        hidden, bias = hidden[trained], head.bias
+        hidden, bias = hidden[trained], cast(torch.Tensor | None, head.bias)
         if temperature != 1:  # (h·Wᵀ + b) / T = (h / T)·Wᵀ + b / T
             hidden, bias = hidden / temperature, None if bias is None else bias / temperature
         picked = target_logps(hidden, head.weight, bias, targets[trained])

@@ -152,7 +152,7 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, R
     rl = Rl(train, val, parse_grader(cfg.grader),
             GraderEnv(limits=limits, judge=judge, parallelism=os.cpu_count() or 1))
     if cfg.grpo_beta > 0 and not _adapter_off_is_the_start(cfg):
-        rl.reference = replace(loaded, model=_frozen_start(cfg), ddp=None)
+        rl.reference = replace(loaded, model=_frozen_start(cfg), parallel=None)
     return s, rl
 
 
@@ -255,7 +255,7 @@ def _token_logps(loaded: LoadedModel, examples: list[Example], temperature: floa
     batch = collate([[e] for e in examples], loaded.tokenizer.pad_token_id).to(loaded.device)
     trained = batch.targets != IGNORE
     logps = forward_logps(loaded, batch.input_ids, batch.position_ids, batch.targets,
-                          attention_for(batch, mask_dtype(loaded)), temperature=temperature)[trained]
+                          attention_for(batch, mask_dtype(loaded)), temperature)[trained]
     if advantages is None:
         return logps, torch.empty(0)
     per_row = trained.sum(dim=1).cpu()
