@@ -14,13 +14,20 @@ must start fast import it where they use it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import transformers.processing_utils
 from transformers.video_processing_utils import VideoProcessorMixin
 
 from tunery.errors import TrainingFailed
 from tunery.models.architecture import is_vision_language
+
+# A processor checks each part's class by name in transformers' namespace, where the video processors'
+# base class is exported only with torchvision: name it there (the same class), so ``NoVideos`` passes.
+if not hasattr(transformers.processing_utils.transformers_module, "VideoProcessorMixin"):
+    transformers.processing_utils.transformers_module.VideoProcessorMixin = VideoProcessorMixin  # type: ignore[attr-defined]
 
 # The files that make up a model's tokenizer and processor (chat template included), by name pattern.
 PROCESSOR_FILE_PATTERNS = (
@@ -74,14 +81,8 @@ def processor_files(model_dir: str | Path) -> list[Path]:
 
 def _without_videos(cls: Any, model_dir: str | Path) -> Any:
     """``cls`` from the directory's tokenizer and image processor, with ``NoVideos`` for its video processor."""
-    import transformers.processing_utils
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    # transformers checks each part's class by name in its own namespace, where the video processors'
-    # base class is only exported with torchvision; it is the same class either way.
-    namespace = transformers.processing_utils.transformers_module
-    if not hasattr(namespace, "VideoProcessorMixin"):
-        namespace.VideoProcessorMixin = VideoProcessorMixin  # type: ignore[attr-defined]
     parts = {"tokenizer": lambda: AutoTokenizer.from_pretrained(model_dir),
              "image_processor": lambda: AutoImageProcessor.from_pretrained(model_dir),
              "video_processor": NoVideos}
@@ -119,3 +120,9 @@ def renders_string_content(tokenizer: Any) -> bool:
 
 
 _PROBE = "tunery probe text"
+
+
+def content_as_parts(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with each string content as one ``{"type": "text"}`` part (see ``renders_string_content``)."""
+    return [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m.get("content"), str) else m
+            for m in messages]

@@ -43,7 +43,8 @@ class LoadedModel:
     autocast_dtype: torch.dtype | None
     param_count: int  # parameters of the underlying model, adapters excluded
     ddp: Any = None  # DistributedDataParallel over ``scorer`` when training in several processes
-    processor: Any = None  # a vision-language model's AutoProcessor (its tokenizer is ``tokenizer``)
+    processor: Any = None  # a vision-language model's processor (its tokenizer is ``tokenizer``)
+    processor_dir: Path | None = None  # the directory the processor's files come from
     scorer: TargetLogps = field(init=False)  # ``model`` as batch -> target log-probabilities
     images: ImageInputs | None = field(init=False)  # what collating images needs, for a vision-language model
 
@@ -151,6 +152,7 @@ def load_for_training(cfg: TrainConfig) -> LoadedModel:
         autocast_dtype=torch.bfloat16 if bf16 else None,
         param_count=param_count,
         processor=processor,
+        processor_dir=Path(cfg.base_model_dir) if processor is not None else None,
     )
 
 

@@ -25,7 +25,9 @@ import torch
 
 from tunery.datasets import DatasetFormat
 from tunery.datasets.images import ImageInvalid, image_bytes, open_image
-from tunery.models.processor import renders_string_content
+from tunery.errors import TrainingFailed
+from tunery.models.architecture import vision_refusal
+from tunery.models.processor import content_as_parts, renders_string_content
 from tunery.training.data.chat import ConversationRefused
 from tunery.training.data.render import IGNORE, Example, ExampleImage, Marked, Renderer, TrainOnInputs
 
@@ -86,10 +88,7 @@ class VisionRenderer:
 
     def _contents(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """Text contents as a text part, for templates that render parts only (SmolVLM's, Idefics3's)."""
-        if not self.as_parts:
-            return list(messages)
-        return [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m.get("content"), str)
-                else m for m in messages]
+        return content_as_parts(messages) if self.as_parts else list(messages)
 
     def _expand(self, marked: Marked, urls: list[str]) -> Marked:
         """``marked`` with each image placeholder expanded into the processor's image tokens, labelled
@@ -97,6 +96,9 @@ class VisionRenderer:
         it put each expansion (``text_replacement_offsets``), tokens are mapped through those offsets;
         otherwise each placeholder token is replaced by the tokens the processor makes of it alone, which
         must give exactly what it makes of the whole text."""
+        placeholders = marked.text.count(self.processor.image_token)
+        if placeholders != len(urls):
+            raise ConversationRefused(self._misplaced(placeholders, len(urls)))
         files = [_image_file(url, i) for i, url in enumerate(urls)]
         images = [open_image(f) for f in files]
         expanded = self.processor(text=[marked.text], images=[images], add_special_tokens=False,
@@ -157,8 +159,8 @@ class VisionRenderer:
         return Marked(Example(ids, labels, kept), "".join(pieces), offsets)
 
     def _misplaced(self, placed: int, wanted: int) -> str:
-        return (f"the model's processor placed {placed} of the sample's {wanted} images: its chat template must "
-                f"render each image part as {self.processor.image_token!r}")
+        return (f"the model's chat template rendered {placed} image placeholders for the sample's {wanted} images: "
+                f"it must render each image part as {self.processor.image_token!r}")
 
 
 def _image_file(url: str, index: int) -> bytes:
@@ -217,6 +219,7 @@ class ImageInputs:
     def __init__(self, processor: Any, model: Any = None):
         self.processor = processor
         inner = _transformers_model(model)
+        self.refusal = vision_refusal(inner) if inner is not None else None
         self.rope_index = next((m.get_rope_index for m in inner.modules() if hasattr(m, "get_rope_index")),
                                None) if inner is not None else None
         self.block_ids = getattr(sys.modules[type(inner).__module__], "get_block_sequence_ids_for_mask", None) \
@@ -225,6 +228,8 @@ class ImageInputs:
     def encode(self, images: Sequence[ExampleImage]) -> dict[str, torch.Tensor]:
         if not images:
             return {}
+        if self.refusal is not None:
+            raise TrainingFailed(f"this model cannot train on images: {self.refusal}", user_error=True)
         out = self.processor(images=[open_image(image.data) for image in images], return_tensors="pt")
         # Some processors (Gemma 3's) also make a text of placeholders for images given alone: its ids are not ours.
         text = {*self.processor.tokenizer.model_input_names, "token_type_ids", "mm_token_type_ids"}
