@@ -15,11 +15,11 @@ import torch
 from tests.sample_images import COLOURS, draw_shape, solid_url
 from tunery.datasets import DatasetFormat
 from tunery.errors import TrainingFailed
+from tunery.models.processor import load_processor
 from tunery.training.attention import attention_for
 from tunery.training.data.chat import ConversationRefused
 from tunery.training.data.collate import collate
 from tunery.training.data.dataset import load_examples
-from tunery.models.processor import load_processor
 from tunery.training.data.images import ImageInputs, VisionRenderer, split_images
 from tunery.training.data.render import IGNORE, Renderer, truncate
 from tunery.training.model import LoadedModel, forward_logps, load_causal_lm
