@@ -89,7 +89,7 @@ def check_job_files(ctx: AppContext, s: Session, spec: JobSpec, files: list[tupl
     for f, param in files:
         what = param.replace("_", " ")
         if isinstance(method, GRPO):
-            _check_prompts(ctx, f, model_dir, spec.max_seq_length - method.max_new_tokens, param)
+            _check_prompts(ctx, f, model_dir, spec.max_seq_length - method.max_new_tokens, param, method)
             continue
         verdict = scan(ctx, f, model_dir, train_on_inputs, method.method, what)
         if verdict.problem:
@@ -97,15 +97,18 @@ def check_job_files(ctx: AppContext, s: Session, spec: JobSpec, files: list[tupl
                                  param=param)
 
 
-def _check_prompts(ctx: AppContext, f: File, model_dir: str, room: int, param: str) -> None:
-    """GRPO's prompts render with the model's template and leave room for the completions."""
+def _check_prompts(ctx: AppContext, f: File, model_dir: str, room: int, param: str, method: GRPO) -> None:
+    """GRPO's prompts render with the model's template (and the job's reasoning effort, as training
+    renders them) and leave room for the completions."""
     from tunery.training.data.prompts import load_prompts
 
     if room < 1:
         raise InvalidRequest(f"max_seq_length must exceed training_method.max_new_tokens; room for prompts: {room}",
                              param="max_seq_length")
+    effort = method.reasoning_effort
     try:
         with ctx.blobs.local_copy(f.blob_key) as path:
-            load_prompts(str(path), f.file_type, tokenizer_for(model_dir), room, param.replace("_", " "))
+            load_prompts(str(path), f.file_type, tokenizer_for(model_dir), room, param.replace("_", " "),
+                         {"reasoning_effort": effort} if effort else None)
     except DatasetInvalid as exc:
         raise InvalidRequest(f'{param} "{f.id}": {exc.message}', param=param) from None
