@@ -5,6 +5,7 @@ Every field can be set with a ``TUNERY_<NAME>`` environment variable, e.g. ``TUN
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,14 @@ class Settings(BaseSettings):
     secret_key: str = ""
     upload_url_ttl_s: int = 3600
     max_upload_bytes: int = 50 * 1024**3
+    # Dataset validation, price-estimate token counts and previews run in child processes of the
+    # API (0 = min(4, CPU count) at once), each capped at task_memory_bytes of memory and given
+    # validation_timeout_s (validation) or task_timeout_s (the others); a file that needs more is
+    # refused, and the API process never holds its data.
+    task_processes: int = 0
+    task_memory_bytes: int = 2 * 1024**3
+    validation_timeout_s: float = 1800.0
+    task_timeout_s: float = 120.0
     # Embedded workers started by `tunery serve`.
     workers: int = 1
     # Training child processes per job (>1 launches torchrun).
@@ -96,6 +105,10 @@ class Settings(BaseSettings):
             return self.worker_jobs
         devices = self.worker_device_list
         return max(1, len(devices) // max(1, self.processes_per_job)) if devices else 1
+
+    @property
+    def task_process_count(self) -> int:
+        return self.task_processes if self.task_processes > 0 else min(4, os.cpu_count() or 1)
 
     @property
     def blob_dir(self) -> Path:

@@ -1,4 +1,4 @@
-"""The API's file validator: big JSONL split across worker processes gives the sequential verdict."""
+"""The API's file validator: big JSONL split across bounded child processes gives the sequential verdict."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tunery.api.bounded import BoundedPool
 from tunery.api.validation import FileValidator, merge_reports, split_lines, validate_path, validate_range
+
+MEMORY = 2 * 1024**3
 
 
 def conversation(i: int, weight: bool = False) -> str:
@@ -21,7 +24,7 @@ def conversation(i: int, weight: bool = False) -> str:
 
 @pytest.fixture(scope="module")
 def validator() -> Iterator[FileValidator]:
-    v = FileValidator(workers=2, min_parallel_bytes=1)
+    v = FileValidator(BoundedPool(2, MEMORY), timeout_s=120, min_parallel_bytes=1)
     yield v
     v.close()
 
@@ -78,7 +81,7 @@ def test_formats_that_differ_between_ranges_are_caught(tmp_path: Path, validator
 def test_idle_workers_exit_and_are_replaced(tmp_path: Path) -> None:
     path = tmp_path / "good.jsonl"
     path.write_text("".join(conversation(i) + "\n" for i in range(50)))
-    v = FileValidator(workers=2, min_parallel_bytes=1, worker_idle_exit_s=0.3)
+    v = FileValidator(BoundedPool(2, MEMORY, idle_exit_s=0.3), timeout_s=120, min_parallel_bytes=1)
     try:
         assert v.validate(path, "jsonl", "fine-tune").num_samples == 50
         time.sleep(1.5)  # both workers give up and exit

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunery import __version__
+from tunery.api.bounded import BoundedPool
 from tunery.api.deps import AppContext
 from tunery.api.errors import install_error_handlers
 from tunery.api.routes import download, files, fine_tunes, health, metrics, models, uploads
+from tunery.api.validation import FileValidator
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import direct_uploads, open_blob_store
@@ -30,7 +35,15 @@ class DoubleV1Alias:
 
 
 def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
-    app = FastAPI(title="tunery", version=__version__, description="The Together AI fine-tuning API, self-hosted.")
+    tasks = BoundedPool(settings.task_process_count, settings.task_memory_bytes)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        tasks.close()
+
+    app = FastAPI(title="tunery", version=__version__, description="The Together AI fine-tuning API, self-hosted.",
+                  lifespan=lifespan)
     if db is None:
         db = Database(settings.resolved_database_url)
         db.migrate()
@@ -41,7 +54,8 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
         with db.session() as s:
             release_interrupted_uploads(s)
     app.state.ctx = AppContext(settings=settings, db=db, blobs=blobs,
-                               catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads))
+                               catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads),
+                               tasks=tasks, validator=FileValidator(tasks, settings.validation_timeout_s))
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(files.router)

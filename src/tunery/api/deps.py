@@ -9,6 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from tunery.api.bounded import BoundedPool
+from tunery.api.validation import FileValidator
 from tunery.errors import Unauthorized
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
@@ -24,6 +26,9 @@ class AppContext:
     db: Database
     blobs: BlobStore
     catalog: ModelCatalog
+    # Heavy per-request work (validation, token counts, previews) in bounded child processes.
+    tasks: BoundedPool
+    validator: FileValidator
 
 
 def get_ctx(request: Request) -> AppContext:
@@ -33,6 +38,11 @@ def get_ctx(request: Request) -> AppContext:
 
 def get_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Session]:
     with ctx.db.session() as s:
+        yield s
+
+
+def get_read_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Session]:
+    with ctx.db.read() as s:
         yield s
 
 
@@ -46,7 +56,7 @@ def current_user(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)])
     key = bearer_key(request)
     if key is None:
         raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         user = user_for_key(s, key)
     if user is None:
         raise Unauthorized("invalid or revoked API key")
@@ -58,6 +68,8 @@ Ctx = Annotated[AppContext, Depends(get_ctx)]
 # a yield dependency after the response, so a client could read a 200 and then not find what it
 # just created (seen on PostgreSQL under load).
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
+# For routes that only read: a snapshot that never takes (or waits for) SQLite's write lock.
+ReadSession = Annotated[Session, Depends(get_read_session, scope="function")]
 CurrentUser = Annotated[User, Depends(current_user)]
 
 

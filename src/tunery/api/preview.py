@@ -6,8 +6,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from sqlalchemy.orm import Session
-
+from tunery.api.bounded import OverLimit
 from tunery.api.deps import AppContext
 from tunery.api.estimates import tokenizer_for
 from tunery.api.schemas.fine_tunes import PreviewRequest
@@ -43,27 +42,42 @@ def preview_row(example: Example, tokenizer: Any, max_seq_length: int) -> dict[s
             "trained_spans": trained_spans(example.labels), "truncated": cut}
 
 
-def preview(ctx: AppContext, s: Session, user: User, req: PreviewRequest) -> dict[str, Any]:
+def preview_task(path: str, model_dir: str, train_on_inputs: bool | str, top_k: int,
+                 max_seq_length: int) -> dict[str, Any]:
+    """In a bounded child (``api/bounded.py``): the first ``top_k`` rows of the file, rendered."""
+    tokenizer = tokenizer_for(model_dir)
+    renderer = Renderer(tokenizer, train_on_inputs)  # type: ignore[arg-type]  # "auto" or a bool
+    rows = []
+    fmt = DatasetFormat.GENERAL
+    with open(path, "rb") as stream:
+        for line, record in itertools.islice(iter_records(stream), top_k):
+            fmt = detect_format(record, line)
+            rows.append(preview_row(renderer.render(record, fmt), tokenizer, max_seq_length))
+    return {"dataset_format": fmt.value, "rows": rows}
+
+
+def preview(ctx: AppContext, user: User, req: PreviewRequest) -> dict[str, Any]:
     if (req.training_method or "sft") != "sft":
         raise InvalidRequest("preview supports training_method sft", param="training_method")
-    f = get_file(s, user.id, req.training_file)
+    with ctx.db.read() as s:
+        f = get_file(s, user.id, req.training_file)
+        registered = registered_models(s)
     if f.processing_status != "COMPLETED" or f.file_type != "jsonl":
         raise InvalidRequest(f'training_file "{f.id}" must be a validated JSONL dataset to preview',
                              param="training_file")
     if f.dataset_format == DatasetFormat.PREFERENCE:
         raise InvalidRequest("preview shows SFT masking; this is a preference (DPO) dataset", param="training_file")
-    limits = ctx.catalog.limits(req.model, registered_models(s))
-    model_dir = str(ctx.catalog.resolve(req.model, registered_models(s)).path)
-    tokenizer = tokenizer_for(model_dir)
+    limits = ctx.catalog.limits(req.model, registered)
+    model_dir = str(ctx.catalog.resolve(req.model, registered).path)
     train_on_inputs = "auto" if req.train_on_inputs is None else req.train_on_inputs
-    renderer = Renderer(tokenizer, train_on_inputs)
     top_k = min(MAX_ROWS, max(1, req.top_k or DEFAULT_ROWS))
     max_len = limits["max_seq_length_sft"]
-    rows = []
-    fmt = DatasetFormat.GENERAL
-    with ctx.blobs.local_copy(f.blob_key) as path, open(path, "rb") as stream:
-        for line, record in itertools.islice(iter_records(stream), top_k):
-            fmt = detect_format(record, line)
-            rows.append(preview_row(renderer.render(record, fmt), tokenizer, max_len))
-    return {"dataset_format": fmt.value, "max_seq_length": max_len, "model": req.model,
-            "train_on_inputs": train_on_inputs, "rows": rows}
+    with ctx.blobs.local_copy(f.blob_key) as path:
+        try:
+            rendered = ctx.tasks.run("preview", {"path": str(path), "model_dir": model_dir,
+                                                 "train_on_inputs": train_on_inputs, "top_k": top_k,
+                                                 "max_seq_length": max_len}, ctx.settings.task_timeout_s)
+        except OverLimit as limit:
+            raise InvalidRequest(f'previewing file "{f.id}" {limit}', param="training_file") from None
+    return {"dataset_format": rendered["dataset_format"], "max_seq_length": max_len, "model": req.model,
+            "train_on_inputs": train_on_inputs, "rows": rendered["rows"]}

@@ -52,10 +52,10 @@ def blob_key(file_id: str) -> str:
 
 def create_file(
     s: Session, *, user_id: str, filename: str, purpose: str, file_type: str, checksum: str = "",
-    size: int = 0,
+    size: int = 0, file_id: str | None = None,
 ) -> File:
     row = File(
-        id=new_file_id(), user_id=user_id, filename=filename, purpose=purpose, file_type=file_type,
+        id=file_id or new_file_id(), user_id=user_id, filename=filename, purpose=purpose, file_type=file_type,
         checksum=checksum, bytes=size, blob_key="",
     )
     s.add(row)
@@ -141,9 +141,10 @@ def release_interrupted_uploads(s: Session) -> int:
     return int(files.rowcount or 0) + int(parts.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def mark_validating(s: Session, file_id: str) -> None:
+def mark_validating(s: Session, file_id: str, status: str = RUNNING) -> None:
+    """``RUNNING`` while a validation runs (or back to ``PENDING`` when it could not start)."""
     s.execute(
-        update(File).where(File.id == file_id).values(processing_status=RUNNING)
+        update(File).where(File.id == file_id).values(processing_status=status)
         .execution_options(synchronize_session=False)
     )
 
@@ -162,6 +163,13 @@ def record_validation(
     row.num_samples = num_samples
     s.flush()
     return row
+
+
+def record_token_count(s: Session, file_id: str, tokenizer: str, tokens: int) -> None:
+    """Cache the file's token count for ``tokenizer`` (files never change, so it never goes stale)."""
+    row = s.get(File, file_id)
+    if row is not None:
+        row.token_counts = {**(row.token_counts or {}), tokenizer: tokens}
 
 
 def record_validation_failure(s: Session, file_id: str, message: str) -> None:
@@ -207,8 +215,11 @@ MP_COMPLETED = "completed"
 MP_ABORTED = "aborted"
 
 
-def create_multipart(s: Session, file_id: str, num_parts: int) -> MultipartUpload:
-    row = MultipartUpload(id=new_upload_id(), file_id=file_id, num_parts=num_parts, state=MP_OPEN)
+def create_multipart(s: Session, file_id: str, num_parts: int, file_size: int = 0,
+                     backend_id: str = "") -> MultipartUpload:
+    """An open multipart upload of ``file_size`` announced bytes (0: unknown, bounded by the cap)."""
+    row = MultipartUpload(id=new_upload_id(), file_id=file_id, num_parts=num_parts, state=MP_OPEN,
+                          file_size=file_size, backend_id=backend_id)
     s.add(row)
     s.flush()
     return row

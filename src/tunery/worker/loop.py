@@ -18,6 +18,7 @@ import time
 import uuid
 
 from sqlalchemy import update
+from sqlalchemy.exc import DBAPIError
 
 from tunery.models.catalog import ModelCatalog
 from tunery.queue.claim import claim_next, requeue_stale
@@ -31,6 +32,8 @@ from tunery.worker.run_job import WorkerContext, run_job
 log = logging.getLogger("tunery.worker")
 
 POLL_S = 0.25
+# Database errors back off exponentially from POLL_S up to this.
+MAX_BACKOFF_S = 10.0
 
 
 def new_worker_id() -> str:
@@ -77,7 +80,7 @@ def run_worker(settings: Settings, *, stop: threading.Event | None = None, model
     running: dict[str, tuple[threading.Thread, list[str]]] = {}
     log.info("worker %s started: %d job slot(s), models %s, devices %s", worker_id, slots.count,
              models or "any", settings.worker_device_list or "unpinned")
-    claimed, next_recovery = 0, 0.0
+    claimed, next_recovery, backoff = 0, 0.0, 0.0
     while not stop.is_set():
         for done_id, (thread, devices) in list(running.items()):
             if not thread.is_alive():
@@ -88,15 +91,25 @@ def run_worker(settings: Settings, *, stop: threading.Event | None = None, model
                 break
             stop.wait(POLL_S)
             continue
-        if time.monotonic() >= next_recovery:  # housekeeping once per heartbeat interval, not per poll
-            next_recovery = time.monotonic() + settings.heartbeat_interval_s
-            _register(db, worker_id)
-            with db.session() as s:
-                requeue_stale(s, settings.heartbeat_timeout_s, settings.max_restarts)
-        job_id: str | None = None
-        if slots.free:
-            with db.session() as s:
-                job_id = claim_next(s, worker_id, models)
+        try:
+            if time.monotonic() >= next_recovery:  # housekeeping once per heartbeat interval, not per poll
+                _register(db, worker_id)
+                with db.session() as s:
+                    requeue_stale(s, settings.heartbeat_timeout_s, settings.max_restarts)
+                next_recovery = time.monotonic() + settings.heartbeat_interval_s
+            job_id: str | None = None
+            if slots.free:
+                with db.session() as s:
+                    job_id = claim_next(s, worker_id, models)
+        except DBAPIError as error:
+            # The database is locked, restarting or unreachable: nothing was claimed (the
+            # transaction rolled back), so wait and try again; running jobs carry on meanwhile.
+            backoff = min(MAX_BACKOFF_S, max(POLL_S, backoff * 2))
+            log.warning("worker %s: database error (%s); retrying in %.1f s", worker_id,
+                        type(error.orig).__name__, backoff, exc_info=backoff >= MAX_BACKOFF_S)
+            stop.wait(backoff)
+            continue
+        backoff = 0.0
         if job_id is None:
             stop.wait(POLL_S)
             continue
@@ -108,9 +121,12 @@ def run_worker(settings: Settings, *, stop: threading.Event | None = None, model
         claimed += 1
     for thread, _ in running.values():  # stopping: each job checkpoints and requeues itself
         thread.join()
-    with db.session() as s:
-        row = s.get(Worker, worker_id)
-        if row is not None:
-            s.delete(row)
+    try:
+        with db.session() as s:
+            row = s.get(Worker, worker_id)
+            if row is not None:
+                s.delete(row)
+    except DBAPIError:  # the row ages out of /metrics by itself
+        log.warning("worker %s: could not remove its row on the way out", worker_id, exc_info=True)
     db.dispose()
     log.info("worker %s stopped", worker_id)

@@ -293,7 +293,7 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig,
                 paused = True
                 ctx.pause("training")
             time.sleep(0.1)
-        relay.pump()
+        relay.drain()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

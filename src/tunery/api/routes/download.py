@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from sqlalchemy.orm import Session
 
-from tunery.api.deps import Ctx, CurrentUser, DbSession
+from tunery.api.deps import Ctx, CurrentUser, ReadSession
 from tunery.api.streaming import blob_response
 from tunery.errors import InvalidRequest, NotFound
 from tunery.store import jobs as store
@@ -23,7 +23,7 @@ VARIANTS = {"merged": "model", "adapter": "adapter", "model_output_path": "model
 
 @router.get("/v1/finetune/download")
 def download(
-    request: Request, ctx: Ctx, s: DbSession, user: CurrentUser, ft_id: str,
+    request: Request, ctx: Ctx, s: ReadSession, user: CurrentUser, ft_id: str,
     checkpoint: str | None = None, checkpoint_step: int | None = None,
 ) -> Response:
     ckpt, filename = find_download(s, user.id, ft_id, checkpoint, checkpoint_step)

@@ -45,8 +45,7 @@ from tunery.api.schemas.files import (
     MultipartPart,
 )
 from tunery.api.streaming import blob_response
-from tunery.api.validation import FileValidator, file_validator
-from tunery.errors import Conflict, InvalidRequest, NotFound, TuneryError
+from tunery.errors import Busy, Conflict, InvalidRequest, NotFound, TuneryError
 from tunery.storage import DirectUploads
 from tunery.storage.staging import PartDir, StagedFile, too_large
 from tunery.store import files as store
@@ -93,17 +92,21 @@ def _validated(row: File, wrap: bool = False) -> JSONResponse:
 # ---- validation ----------------------------------------------------------------------------------
 
 
-def validate_file(ctx: AppContext, validator: FileValidator, row: File, path: Path | None = None) -> File:
-    """Stream the stored blob (or ``path``, a local copy of it) through the dataset validator and
-    record the verdict on the row."""
+def validate_file(ctx: AppContext, row: File, path: Path | None = None) -> File:
+    """Stream the stored blob (or ``path``, a local copy of it) through the dataset validator, in a
+    bounded child process, and record the verdict on the row (no transaction is open meanwhile)."""
     with ctx.db.session() as s:
         store.mark_validating(s, row.id)
     try:
         if path is not None:
-            report = validator.validate(path, row.file_type, row.purpose)
+            report = ctx.validator.validate(path, row.file_type, row.purpose)
         else:
             with ctx.blobs.local_copy(row.blob_key) as copy:
-                report = validator.validate(copy, row.file_type, row.purpose)
+                report = ctx.validator.validate(copy, row.file_type, row.purpose)
+    except Busy:
+        with ctx.db.session() as s:
+            store.mark_validating(s, row.id, store.PENDING)  # not started: a retry validates it
+        raise
     except Exception as error:
         log.exception("validating %s failed", row.id)
         with ctx.db.session() as s:
@@ -120,10 +123,10 @@ def validate_file(ctx: AppContext, validator: FileValidator, row: File, path: Pa
     return updated
 
 
-def _validate_if_needed(ctx: AppContext, validator: FileValidator, row: File) -> File:
+def _validate_if_needed(ctx: AppContext, row: File) -> File:
     if row.processing_status in (store.COMPLETED, store.INVALID_FORMAT):
         return row  # already validated: preprocess is idempotent
-    return validate_file(ctx, validator, row)
+    return validate_file(ctx, row)
 
 
 # ---- the SDK's single-request upload -------------------------------------------------------------
@@ -159,18 +162,17 @@ def create_file(
 @router.post("/{file_id}/preprocess", response_model=FileResponse, responses=_ERRORS)
 def preprocess(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) -> Response:
     """Validate an uploaded file's dataset (idempotent): 200 when valid, 400 naming the bad line."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         row = store.get_file(s, user.id, file_id)
     objects = direct(ctx)
     if objects is not None and row.upload_state == store.AWAITING_UPLOAD:
-        validator = file_validator(request)
-        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, validator, r, p)))
+        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, r, p)))
     if row.upload_state != store.UPLOADED:
         raise Conflict(
             f"file {file_id} has no content yet: PUT its bytes to the upload URL from POST /v1/files, "
             "then call preprocess", param="id",
         )
-    return _validated(_validate_if_needed(ctx, file_validator(request), row))
+    return _validated(_validate_if_needed(ctx, row))
 
 
 # ---- one-request upload for curl users -----------------------------------------------------------
@@ -206,7 +208,7 @@ async def upload_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
         staged.discard()
         raise RequestValidationError(error.errors()) from None
     row = await run_in_threadpool(_store_one_shot, ctx, user, meta, staged)
-    return _validated(await run_in_threadpool(validate_file, ctx, file_validator(request), row))
+    return _validated(await run_in_threadpool(validate_file, ctx, row))
 
 
 def _store_one_shot(ctx: AppContext, user: User, meta: FileCreateRequest, staged: StagedFile) -> File:
@@ -217,12 +219,11 @@ def _store_one_shot(ctx: AppContext, user: User, meta: FileCreateRequest, staged
                 s, user_id=user.id, filename=meta.file_name, purpose=meta.purpose, file_type=meta.file_type,
             )
             store.claim_upload(s, row.id)
-            key = store.blob_key(row.id)
-            ctx.blobs.put(key, staged.path)
+        key = store.blob_key(row.id)
+        ctx.blobs.put(key, staged.path)  # outside any transaction: blob I/O takes its time
+        with ctx.db.session() as s:
             store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256)
-            s.flush()
-            s.refresh(row)
-        return row
+            return store.get_file(s, user.id, row.id)
     except BaseException:
         staged.discard()
         if key:
@@ -238,23 +239,26 @@ def multipart_initiate(request: Request, body: MultipartInitiateRequest, user: C
     """Start a multipart upload: one signed part URL per part (PUT each, keep the ``ETag``)."""
     if body.file_size > ctx.settings.max_upload_bytes:
         raise too_large(ctx.settings.max_upload_bytes)
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         dup = store.find_duplicate(
             s, user_id=user.id, checksum=body.checksum, filename=body.file_name, purpose=body.purpose,
         )
-        if dup is not None:
-            return _exists_response(dup.id)
+    if dup is not None:
+        return _exists_response(dup.id)
+    file_id = store.new_file_id()
+    objects = direct(ctx)
+    # The object store's multipart upload is started before the transaction, which never waits on it.
+    backend_id = objects.start_multipart(upload_key(file_id)) if objects is not None else ""
+    with ctx.db.session() as s:
         row = store.create_file(
             s, user_id=user.id, filename=body.file_name, purpose=body.purpose, file_type=body.file_type,
-            checksum=body.checksum,
+            checksum=body.checksum, file_id=file_id,
         )
-        mp = store.create_multipart(s, row.id, body.num_parts)
-        objects = direct(ctx)
-        if objects is not None:  # parts go straight to an S3 multipart upload
-            mp.backend_id = objects.start_multipart(upload_key(row.id))
-            urls = part_urls(objects, ctx, row.id, mp.backend_id, body.num_parts)
-        else:
-            urls = [part_upload_url(request, mp.id, n) for n in range(1, body.num_parts + 1)]
+        mp = store.create_multipart(s, row.id, body.num_parts, body.file_size, backend_id)
+    if objects is not None:  # parts go straight to the object store
+        urls = part_urls(objects, ctx, row.id, backend_id, body.num_parts)
+    else:
+        urls = [part_upload_url(request, mp.id, n) for n in range(1, body.num_parts + 1)]
     parts = [MultipartPart(PartNumber=n, URL=url, Headers={}) for n, url in enumerate(urls, start=1)]
     out = MultipartInitiateResponse(upload_id=mp.id, file_id=row.id, parts=parts)
     return JSONResponse(out.model_dump())
@@ -277,7 +281,7 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
         if objects is None:
             store.claim_upload(s, row.id)
     if objects is not None:
-        return _complete_in_object_store(ctx, objects, file_validator(request), body, mp, row)
+        return _complete_in_object_store(ctx, objects, body, mp, row)
     staging = ctx.blobs.staging_dir()
     parts = PartDir(staging, mp.id)
     try:
@@ -308,11 +312,11 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
             store.release_upload(s, row.id)
         raise
     parts.remove()
-    return _validated(validate_file(ctx, file_validator(request), row), wrap=True)
+    return _validated(validate_file(ctx, row), wrap=True)
 
 
-def _complete_in_object_store(ctx: AppContext, objects: DirectUploads, validator: FileValidator,
-                              body: MultipartCompleteRequest, mp: MultipartUpload, row: File) -> Response:
+def _complete_in_object_store(ctx: AppContext, objects: DirectUploads, body: MultipartCompleteRequest,
+                              mp: MultipartUpload, row: File) -> Response:
     """Complete the S3 multipart upload (S3 checks the parts' ETags), then adopt it like a PUT."""
     try:
         numbers = [p.part_number for p in body.parts]
@@ -325,7 +329,7 @@ def _complete_in_object_store(ctx: AppContext, objects: DirectUploads, validator
         if objects.head(key) is None:  # else an earlier complete assembled it and then failed
             objects.complete_multipart(key, mp.backend_id, [(p.part_number, p.etag.strip().strip('"'))
                                                            for p in body.parts])
-        row = adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, validator, r, p))
+        row = adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, r, p))
     except BaseException:
         with ctx.db.session() as s:
             store.set_multipart_state(s, mp.id, (store.MP_COMPLETING,), store.MP_OPEN)
@@ -388,14 +392,14 @@ def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, ctx: Ctx) ->
 @router.get("", response_model=FileList)
 def list_files(user: CurrentUser, ctx: Ctx) -> FileList:
     """The caller's files, newest first."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         rows = store.list_files(s, user.id)
     return FileList(data=[FileResponse.from_row(r) for r in rows])
 
 
 @router.get("/{file_id}", response_model=FileResponse, responses={404: {}})
 def retrieve_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileResponse:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         return FileResponse.from_row(store.get_file(s, user.id, file_id))
 
 
@@ -405,12 +409,11 @@ def retrieve_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileResponse:
 )
 def file_content(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) -> Response:
     """The file's bytes, streamed; honours a single ``Range: bytes=…`` (206, or 416)."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         row = store.get_file(s, user.id, file_id)
     objects = direct(ctx)
     if objects is not None and row.upload_state == store.AWAITING_UPLOAD:
-        validator = file_validator(request)
-        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, validator, r, p)))
+        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, r, p)))
     if row.upload_state != store.UPLOADED:
         raise Conflict(f"file {file_id} has no content yet; finish its upload first", param="id")
     return blob_response(request, ctx.blobs, row.blob_key, row.bytes, filename=row.filename)

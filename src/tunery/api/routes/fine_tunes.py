@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
-from tunery.api.deps import Ctx, CurrentUser, DbSession
+from tunery.api.deps import Ctx, CurrentUser, DbSession, ReadSession
 from tunery.api.estimates import estimate_price as estimate
 from tunery.api.job_requests import base_model_of, output_name, resolve_job_request
 from tunery.api.preview import preview
@@ -35,23 +35,23 @@ def job_json(s: Session, job: Job, with_events: bool = True) -> dict[str, Any]:
 
 
 @router.get("/models/supported")
-def supported_models(ctx: Ctx, s: DbSession, _: CurrentUser) -> dict[str, Any]:
+def supported_models(ctx: Ctx, s: ReadSession, _: CurrentUser) -> dict[str, Any]:
     return {"models": ctx.catalog.supported(registered_models(s))}
 
 
 @router.get("/models/limits")
-def model_limits(ctx: Ctx, s: DbSession, user: CurrentUser, model_name: str = Query(...)) -> dict[str, Any]:
+def model_limits(ctx: Ctx, s: ReadSession, user: CurrentUser, model_name: str = Query(...)) -> dict[str, Any]:
     return ctx.catalog.limits(base_model_of(s, model_name, user), registered_models(s))
 
 
 @router.post("/estimate-price")
-def estimate_price(ctx: Ctx, s: DbSession, user: CurrentUser, body: PriceEstimateRequest) -> dict[str, Any]:
-    return estimate(ctx, s, user, body)
+def estimate_price(ctx: Ctx, user: CurrentUser, body: PriceEstimateRequest) -> dict[str, Any]:
+    return estimate(ctx, user, body)
 
 
 @router.post("/preview")
-def preview_tokenization(ctx: Ctx, s: DbSession, user: CurrentUser, body: PreviewRequest) -> dict[str, Any]:
-    return preview(ctx, s, user, body)
+def preview_tokenization(ctx: Ctx, user: CurrentUser, body: PreviewRequest) -> dict[str, Any]:
+    return preview(ctx, user, body)
 
 
 @router.post("")
@@ -72,12 +72,12 @@ def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, req: FinetuneRequest) 
 
 
 @router.get("")
-def list_jobs(s: DbSession, user: CurrentUser) -> dict[str, Any]:
+def list_jobs(s: ReadSession, user: CurrentUser) -> dict[str, Any]:
     return {"object": "list", "data": [job_json(s, j, with_events=False) for j in store.list_jobs(s, user.id)]}
 
 
 @router.get("/{job_id}")
-def retrieve_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+def retrieve_job(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     return job_json(s, store.get_job(s, job_id, user.id))
 
 
@@ -102,18 +102,20 @@ def request_cancel(s: Session, job: Job, user: User) -> None:
 
 
 @router.delete("/{job_id}")
-def delete_job(ctx: Ctx, s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    job = store.get_job(s, job_id, user.id)
-    if job.status not in TERMINAL:
-        raise Conflict(f"job {job.id} is {job.status}; cancel it and wait until it ends before deleting it",
-                       param="id")
-    for key in store.delete_job(s, job):
+def delete_job(ctx: Ctx, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        job = store.get_job(s, job_id, user.id)
+        if job.status not in TERMINAL:
+            raise Conflict(f"job {job.id} is {job.status}; cancel it and wait until it ends before deleting it",
+                           param="id")
+        keys = store.delete_job(s, job)
+    for key in keys:  # after the commit: no transaction waits on the blob store
         ctx.blobs.delete(key)
     return {"id": job_id, "object": "fine-tune", "deleted": True, "message": f"deleted {job_id}"}
 
 
 @router.get("/{job_id}/events")
-def list_events(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+def list_events(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     job = store.get_job(s, job_id, user.id)
     return {"object": "list", "data": [wire_event(e) for e in store.list_events(s, job.id)]}
 
@@ -123,7 +125,7 @@ CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Me
 
 
 @router.get("/{job_id}/checkpoints")
-def list_checkpoints(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+def list_checkpoints(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     job = store.get_job(s, job_id, user.id)
     lora = job.params["training_type"]["type"] == "Lora"
     data = []
@@ -142,7 +144,7 @@ def list_checkpoints(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, 
 
 @router.get("/{job_id}/metrics")
 def list_metrics(
-    s: DbSession, user: CurrentUser, job_id: str,
+    s: ReadSession, user: CurrentUser, job_id: str,
     global_step_from: int | None = None, global_step_to: int | None = None,
     logged_at_from: datetime | None = None, logged_at_to: datetime | None = None,
     resolution: int | None = None,

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from tunery.api.deps import Ctx, CurrentUser, DbSession
+from tunery.api.deps import Ctx, CurrentUser, ReadSession
 from tunery.api.schemas.timefmt import unix
 from tunery.store import jobs as store
 from tunery.store.base_models import registered_models
@@ -15,7 +15,7 @@ router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models")
-def list_models(ctx: Ctx, s: DbSession, user: CurrentUser) -> dict[str, Any]:
+def list_models(ctx: Ctx, s: ReadSession, user: CurrentUser) -> dict[str, Any]:
     base = [{"id": name, "object": "model", "type": "base", "owned_by": "tunery", "created": 0}
             for name in ctx.catalog.supported(registered_models(s))]
     tuned = [{"id": j.model_output_name, "object": "model", "type": "fine-tuned", "owned_by": user.name,

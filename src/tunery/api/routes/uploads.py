@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from tunery.api.deps import AppContext, get_ctx, public_base_url
 from tunery.api.errors import error_response
 from tunery.api.signing import FILE, PART, UploadSigner
-from tunery.api.validation import PARALLEL_MIN_BYTES, file_validator
+from tunery.api.validation import PARALLEL_MIN_BYTES
 from tunery.errors import Forbidden, InvalidRequest, NotFound
 from tunery.storage.staging import BodyPump, PartDir, StagedFile, too_large
 from tunery.store import files as store
@@ -210,7 +210,7 @@ async def put_file(request: Request, file_id: Annotated[str, Path(max_length=64)
     check_announced_length(request, limit)
     row = await run_in_threadpool(_claim_file, ctx, file_id)
     if _announced_length(request) >= PARALLEL_MIN_BYTES and row.file_type == "jsonl":
-        file_validator(request).warm()  # start the validation workers while the bytes arrive
+        ctx.validator.warm()  # start the validation children while the bytes arrive
     try:
         staged = await receive(request.stream(), StagedFile(ctx.blobs.staging_dir(), limit))
         try:
@@ -285,13 +285,13 @@ async def put_part(
 
 
 def _upload_state(ctx: AppContext, upload_id: str) -> str | None:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         mp = store.get_multipart(s, upload_id)
         return None if mp is None else mp.state
 
 
 def _check_part(ctx: AppContext, upload_id: str, part_number: int) -> None:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         mp = store.get_multipart(s, upload_id)
     if mp is None:
         raise NotFound(f"no multipart upload {upload_id}", param="upload_id")
