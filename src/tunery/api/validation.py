@@ -124,7 +124,10 @@ def merge_reports(reports: list[ValidationReport]) -> ValidationReport | None:
 
 
 def validate_task(path: str, start: int, end: int, file_type: str, purpose: str) -> dict[str, Any]:
-    """The child's side: validate ``[start, end)`` of the file; the report as JSON."""
+    """The child's side: validate ``[start, end)`` of the file (a JSONL range, or the whole file:
+    Parquet is read by seeking); the report as JSON."""
+    if start == 0 and end == Path(path).stat().st_size:
+        return validate_path(Path(path), file_type, purpose).to_json()
     return validate_range(Path(path), start, end, file_type, purpose).to_json()
 
 
