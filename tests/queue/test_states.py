@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from tunery.queue.states import ALLOWED_FROM, TERMINAL, IllegalTransition, JobStatus, transition
+from tunery.queue.states import ALLOWED_FROM, IllegalTransition, transition
 from tunery.store.db import Database
 from tunery.store.models import Job, JobEvent, User
+from tunery.store.status import TERMINAL, JobStatus
 
 # The lifecycle a user sees, spelled out independently of ALLOWED_FROM.
 EXPECTED = {

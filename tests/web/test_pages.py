@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tunery.api.app import create_app
-from tunery.queue.states import JobStatus, transition
+from tunery.app import create_app
+from tunery.queue.states import transition
 from tunery.settings import Settings
-from tunery.store import jobs as store
+from tunery.store import jobs as job_store
 from tunery.store.models import File, Job, utcnow
+from tunery.store.status import JobStatus
 from tunery.store.users import create_key, get_or_create_user, revoke_key
 
 PARAMS = {
@@ -41,9 +42,9 @@ class World:
             self.bob = get_or_create_user(s, "bob").id
 
     def job(self, user_id: str, name: str, minutes_ago: int = 0, **columns: object) -> str:
-        job_id = store.new_job_id()
+        job_id = job_store.new_job_id()
         with self.ctx.db.session() as s:
-            store.create_job(s, Job(id=job_id, user_id=user_id, model="tunery/tiny-llama", model_output_name=name,
+            job_store.create_job(s, Job(id=job_id, user_id=user_id, model="tunery/tiny-llama", model_output_name=name,
                                     training_file="file-x", params=dict(PARAMS),
                                     created_at=utcnow() - timedelta(minutes=minutes_ago), **columns))
             transition(s, job_id, JobStatus.QUEUED, event_type="job_pending", message="queued")
@@ -133,15 +134,15 @@ def test_job_page_shows_params_progress_chart_checkpoints_and_events(world: Worl
     with world.ctx.db.session() as s:
         transition(s, job_id, JobStatus.RUNNING, event_type="job_start", message="Job started on worker w1",
                    worker_id="w1", started_at=utcnow())
-        job = store.get_job(s, job_id)
+        job = job_store.get_job(s, job_id)
         job.params = {**job.params, "batch_size_resolved": 8}
-        store.update_progress(s, job_id, total_steps=10, steps_completed=4, seconds_remaining=75.0)
+        job_store.update_progress(s, job_id, total_steps=10, steps_completed=4, seconds_remaining=75.0)
         for step in range(1, 5):
-            store.add_metrics(s, job_id, step, {"train/loss": 3.0 - step * 0.5, "train/learning_rate": 1e-3})
-        store.add_metrics(s, job_id, 4, {"eval/loss": 1.4})
+            job_store.add_metrics(s, job_id, step, {"train/loss": 3.0 - step * 0.5, "train/learning_rate": 1e-3})
+        job_store.add_metrics(s, job_id, 4, {"eval/loss": 1.4})
         world.ctx.blobs.put(f"jobs/{job_id}/step-4/model", blob)
-        store.add_checkpoint(s, job_id, 4, "model", f"jobs/{job_id}/step-4/model", len(weights), final=False)
-        store.add_event(s, job_id, "checkpoint_save", "Checkpoint <saved> at step 4")
+        job_store.add_checkpoint(s, job_id, 4, "model", f"jobs/{job_id}/step-4/model", len(weights), final=False)
+        job_store.add_event(s, job_id, "checkpoint_save", "Checkpoint <saved> at step 4")
     c = world.client(world.alice_key)
     html = c.get(f"/jobs/{job_id}").text
     assert 'class="badge s-running"' in html
@@ -174,7 +175,7 @@ def test_another_users_job_is_404_everywhere(world: World) -> None:
     assert bob.post(f"/jobs/{job_id}/delete", data={"csrf": token}).status_code == 404
     assert "alice/private" not in bob.get("/").text
     with world.ctx.db.session() as s:
-        assert store.get_job(s, job_id).status == "queued"
+        assert job_store.get_job(s, job_id).status == "queued"
 
 
 def test_cancel_and_delete_need_this_sessions_csrf_token(world: World) -> None:
@@ -190,11 +191,11 @@ def test_cancel_and_delete_need_this_sessions_csrf_token(world: World) -> None:
     r = alice.post(url, data={"csrf": token}, headers={"Sec-Fetch-Site": "cross-site"})
     assert r.status_code == 403
     with world.ctx.db.session() as s:
-        assert store.get_job(s, job_id).status == "queued"
+        assert job_store.get_job(s, job_id).status == "queued"
     r = alice.post(url, data={"csrf": token})
     assert r.status_code == 303 and r.headers["location"] == f"/jobs/{job_id}"
     with world.ctx.db.session() as s:
-        assert store.get_job(s, job_id).status == "cancelled"
+        assert job_store.get_job(s, job_id).status == "cancelled"
     page = alice.get(f"/jobs/{job_id}").text
     assert 'data-status="cancelled"' in page and "Job cancelled by alice" in page
     # Cancelling again is harmless; deleting needs the token too.

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from tunery.queue.claim import claim_next
-from tunery.queue.states import JobStatus, transition
+from tunery.queue.states import transition
 from tunery.settings import Settings
 from tunery.store.db import Database
 from tunery.store.models import Job, User, utcnow
+from tunery.store.status import JobStatus
 from tunery.worker.heartbeat import JobHeartbeat, JobLost
 from tunery.worker.loop import Slots
 from tunery.worker.pause import PausePoints

@@ -20,7 +20,7 @@ from tunery.checksums import sha256_of
 from tunery.errors import Conflict, InvalidRequest, NotFound
 from tunery.storage import DirectUploads, direct_uploads
 from tunery.storage.staging import too_large
-from tunery.store import files as store
+from tunery.store import files as file_store
 from tunery.store.models import File
 
 
@@ -55,10 +55,10 @@ def adopt_upload(ctx: AppContext, store_: DirectUploads, row: File, validate: Ca
         return _adopt(ctx, store_, row, validate)
     except (Conflict, FileNotFoundError) as error:  # the bytes went away under us
         with ctx.db.session() as s:
-            current = store.get_file_any_owner(s, row.id)
+            current = file_store.get_file_any_owner(s, row.id)
         if current is None:
             raise NotFound(f"file {row.id} was deleted during the upload", param="id") from None
-        if current.upload_state == store.UPLOADED:
+        if current.upload_state == file_store.UPLOADED:
             return current  # a concurrent call took the bytes first and recorded them
         if isinstance(error, Conflict):
             raise
@@ -85,11 +85,11 @@ def _adopt(ctx: AppContext, store_: DirectUploads, row: File, validate: Callable
                 f"expected {row.checksum}; upload the file again", param="checksum",
             )
         # A key of its own: a later PUT to the still-valid URL can never change a recorded file.
-        key = f"{store.blob_key(row.id)}-{uuid.uuid4().hex[:12]}"
+        key = f"{file_store.blob_key(row.id)}-{uuid.uuid4().hex[:12]}"
         store_.promote(temp, key, etag)
         with ctx.db.session() as s:
-            recorded = store.finish_direct_upload(s, row.id, size=size, key=key, checksum=checksum)
-            current = store.get_file_any_owner(s, row.id)
+            recorded = file_store.finish_direct_upload(s, row.id, size=size, key=key, checksum=checksum)
+            current = file_store.get_file_any_owner(s, row.id)
         if not recorded:
             ctx.blobs.delete(key)
             if current is None:

@@ -114,7 +114,7 @@ def _extract(archive: Path, dest: Path) -> Path:
     import shutil
     import tempfile
 
-    from tunery.worker.packaging import unpack
+    from tunery.storage.archives import unpack
 
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".unpack-") as tmp:
         top = unpack(archive, Path(tmp))

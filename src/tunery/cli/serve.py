@@ -12,7 +12,7 @@ import typer
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from tunery.api.app import create_app
+from tunery.app import create_app
 from tunery.cli.options import DataDir, load_settings, open_db
 from tunery.logs import configure_logging, uvicorn_log_config
 from tunery.settings import Settings

@@ -14,8 +14,9 @@ from datetime import timedelta
 from sqlalchemy import Select, String, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from tunery.queue.states import WORKING, JobStatus, transition
+from tunery.queue.states import transition
 from tunery.store.models import Job, utcnow
+from tunery.store.status import WORKING, JobStatus
 
 
 def _working_per_user() -> Select:  # type: ignore[type-arg]

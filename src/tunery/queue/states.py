@@ -1,5 +1,6 @@
-"""The job state machine: statuses, the transition table, and ``transition`` — the only function
-that writes a job's status. It is a compare-and-set ``UPDATE … WHERE status IN (allowed)`` that
+"""The job state machine: the transition table, and ``transition`` — the only function that
+writes a job's status (the status values live beside the job table, in ``tunery.store.status``).
+It is a compare-and-set ``UPDATE … WHERE status IN (allowed)`` that
 records the matching event in the same transaction.
 
     pending → queued → running → compressing → uploading → completed
@@ -11,7 +12,6 @@ records the matching event in the same transaction.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import insert, update
@@ -19,26 +19,9 @@ from sqlalchemy.orm import Session
 
 from tunery.errors import Conflict
 from tunery.store.models import Job, JobEvent, utcnow
-
-
-class JobStatus(StrEnum):
-    PENDING = "pending"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPRESSING = "compressing"
-    UPLOADING = "uploading"
-    CANCEL_REQUESTED = "cancel_requested"
-    CANCELLED = "cancelled"
-    ERROR = "error"
-    USER_ERROR = "user_error"
-    COMPLETED = "completed"
-
+from tunery.store.status import ACTIVE, TERMINAL, JobStatus
 
 S = JobStatus
-TERMINAL = frozenset({S.COMPLETED, S.CANCELLED, S.ERROR, S.USER_ERROR})
-ACTIVE = frozenset(S) - TERMINAL
-# Statuses in which a worker owns the job (and heartbeats it).
-WORKING = frozenset({S.RUNNING, S.COMPRESSING, S.UPLOADING, S.CANCEL_REQUESTED})
 
 # to-status → the statuses it may be entered from.
 ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
@@ -57,10 +40,6 @@ ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
 
 class IllegalTransition(Conflict):
     """The job is not in a status from which this change is allowed."""
-
-
-def can_transition(from_: JobStatus, to: JobStatus) -> bool:
-    return from_ in ALLOWED_FROM[to]
 
 
 def transition(

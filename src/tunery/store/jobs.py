@@ -11,9 +11,8 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from tunery.errors import NotFound
-from tunery.queue.claim import queue_position
-from tunery.queue.states import WORKING, JobStatus
 from tunery.store.models import Checkpoint, Job, JobEvent, JobMetric, utcnow
+from tunery.store.status import WORKING, JobStatus
 
 
 def new_job_id() -> str:
@@ -57,12 +56,6 @@ def count_jobs(s: Session, user_id: str, status: str | None = None) -> int:
     if status:
         q = q.where(Job.status == status)
     return int(s.scalar(q) or 0)
-
-
-def queue_depth(s: Session, job: Job) -> int:
-    """How many queued jobs a worker would take before ``job`` (0 unless it is queued or pending);
-    the fair order itself lives with the claim query in ``tunery.queue.claim``."""
-    return queue_position(s, job)
 
 
 def delete_job(s: Session, job: Job) -> list[str]:

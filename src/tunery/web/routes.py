@@ -17,13 +17,12 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from sqlalchemy.orm import Session
 
 from tunery.api.deps import AppContext, Ctx
-from tunery.api.routes.download import find_download
-from tunery.api.routes.fine_tunes import request_cancel
 from tunery.api.streaming import blob_response
 from tunery.errors import Conflict, InvalidRequest, NotFound
-from tunery.queue.states import TERMINAL
+from tunery.jobs import lifecycle
+from tunery.jobs.downloads import find_download
 from tunery.store import files as file_store
-from tunery.store import jobs as store
+from tunery.store import jobs as job_store
 from tunery.web import views
 from tunery.web.auth import (
     LOGIN_CSRF_COOKIE,
@@ -49,7 +48,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-TERMINAL_VALUES = frozenset(t.value for t in TERMINAL)
 STATIC_FILES = {"style.css": "text/css", "live.js": "text/javascript"}
 Str = Annotated[str, Form()]
 
@@ -188,7 +186,7 @@ def job_detail(ctx: Ctx, request: Request, job_id: str) -> Response:
         if (sess := _session(ctx, request, s)) is None:
             return _to_login(request)
         try:
-            view = views.job_view(s, store.get_job(s, job_id, sess.user.id))
+            view = views.job_view(s, job_store.get_job(s, job_id, sess.user.id))
         except NotFound:
             return _no_job(sess, job_id)
     return render("job.html", session=sess, v=view, job=view.job)
@@ -200,7 +198,7 @@ def job_live(ctx: Ctx, request: Request, job_id: str) -> Response:
         if (sess := _session(ctx, request, s)) is None:
             return Response(status_code=401)
         try:
-            view = views.job_view(s, store.get_job(s, job_id, sess.user.id))
+            view = views.job_view(s, job_store.get_job(s, job_id, sess.user.id))
         except NotFound:
             return Response(status_code=404)
     return render("_job_live.html", session=sess, v=view, job=view.job,
@@ -215,12 +213,12 @@ def cancel(ctx: Ctx, request: Request, job_id: str, csrf: Str = "") -> Response:
             return forged
         assert sess is not None
         try:
-            job = store.get_job(s, job_id, sess.user.id)
+            job = job_store.get_job(s, job_id, sess.user.id)
         except NotFound:
             return _no_job(sess, job_id)
         # Already ended, or ended meanwhile (the compare-and-set lost): the job page shows how.
         with suppress(InvalidRequest, Conflict):
-            request_cancel(s, job, sess.user)
+            lifecycle.cancel(s, job, by=sess.user.name)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
@@ -228,18 +226,15 @@ def cancel(ctx: Ctx, request: Request, job_id: str, csrf: Str = "") -> Response:
 def delete(ctx: Ctx, request: Request, job_id: str, csrf: Str = "") -> Response:
     with ctx.db.session() as s:
         sess = _session(ctx, request, s)
-        if forged := _forged(ctx, request, sess, csrf):
-            return forged
-        assert sess is not None
-        try:
-            job = store.get_job(s, job_id, sess.user.id)
-        except NotFound:
-            return _no_job(sess, job_id)
-        if job.status not in TERMINAL_VALUES:
-            return _error(sess, 400, f"Job {job_id} is {job.status}; cancel it and wait until it ends first.")
-        keys = store.delete_job(s, job)
-    for key in keys:
-        ctx.blobs.delete(key)
+    if forged := _forged(ctx, request, sess, csrf):
+        return forged
+    assert sess is not None
+    try:
+        lifecycle.delete(ctx.db, ctx.blobs, sess.user.id, job_id)
+    except NotFound:
+        return _no_job(sess, job_id)
+    except Conflict as e:
+        return _error(sess, 400, f"{e.message}.")
     return RedirectResponse("/", status_code=303)
 
 
@@ -249,10 +244,11 @@ def download(ctx: Ctx, request: Request, job_id: str, checkpoint: str = "merged"
         if (sess := _session(ctx, request, s)) is None:
             return _to_login(request)
         try:
-            ckpt, filename = find_download(s, sess.user.id, job_id, checkpoint, step)
+            found = find_download(s, sess.user.id, job_id, checkpoint, step)
         except (NotFound, InvalidRequest) as e:
             return _error(sess, 404 if isinstance(e, NotFound) else 400, e.message)
-    return blob_response(request, ctx.blobs, ckpt.blob_key, ckpt.size, filename=filename)
+    return blob_response(request, ctx.blobs, found.checkpoint.blob_key, found.checkpoint.size,
+                         filename=found.filename)
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from tunery.queue.states import TERMINAL, JobStatus
-from tunery.store import jobs as store
+from tunery.queue.claim import queue_position
+from tunery.store import jobs as job_store
 from tunery.store.models import Checkpoint, File, Job
+from tunery.store.status import TERMINAL, JobStatus
 from tunery.web.chart import job_series, svg_chart
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
@@ -80,7 +81,7 @@ def make_env() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=when, duration=duration, filesize=filesize, show=show, breakable=breakable)
-    env.globals.update(statuses=STATUSES, terminal={s.value for s in TERMINAL})
+    env.globals.update(statuses=STATUSES)
     return env
 
 
@@ -97,15 +98,15 @@ class JobPage:
     @property
     def live(self) -> bool:
         """Whether any job on this page can still change."""
-        return any(j.status not in {s.value for s in TERMINAL} for j in self.jobs)
+        return any(j.status not in TERMINAL for j in self.jobs)
 
 
 def job_page(s: Session, user_id: str, status: str | None, page: int) -> JobPage:
     status = status if status in STATUSES else None
-    total = store.count_jobs(s, user_id, status)
+    total = job_store.count_jobs(s, user_id, status)
     pages = max(1, math.ceil(total / PAGE_SIZE))
     page = min(max(1, page), pages)
-    jobs = store.list_jobs(s, user_id, status, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+    jobs = job_store.list_jobs(s, user_id, status, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
     return JobPage(jobs, status, page, pages, total)
 
 
@@ -184,16 +185,16 @@ def hyperparameters(job: Job) -> list[tuple[str, str, str]]:
 
 
 def job_view(s: Session, job: Job) -> JobView:
-    terminal = job.status in {t.value for t in TERMINAL}
-    percent = 100.0 if job.status == "completed" else (
+    terminal = job.status in TERMINAL
+    percent = 100.0 if job.status == JobStatus.COMPLETED else (
         100.0 * job.steps_completed / job.total_steps if job.total_steps else 0.0)
-    eta = job.seconds_remaining if job.status == "running" else None
-    metrics = store.list_metrics(s, job.id)
+    eta = job.seconds_remaining if job.status == JobStatus.RUNNING else None
+    metrics = job_store.list_metrics(s, job.id)
     return JobView(
-        job=job, terminal=terminal, queue_depth=store.queue_depth(s, job), percent=min(100.0, percent), eta=eta,
+        job=job, terminal=terminal, queue_depth=queue_position(s, job), percent=min(100.0, percent), eta=eta,
         chart=Markup(svg_chart(job_series(metrics), title=f"Loss and learning rate of {job.model_output_name}")),
-        checkpoints=checkpoint_rows(job, store.list_checkpoints(s, job.id)),
-        events=store.list_events(s, job.id), hyperparameters=hyperparameters(job),
+        checkpoints=checkpoint_rows(job, job_store.list_checkpoints(s, job.id)),
+        events=job_store.list_events(s, job.id), hyperparameters=hyperparameters(job),
     )
 
 

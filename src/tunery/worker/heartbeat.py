@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from tunery.queue.states import JobStatus
-from tunery.store import jobs as store
+from tunery.store import jobs as job_store
 from tunery.store.db import Database
+from tunery.store.status import JobStatus
 
 log = logging.getLogger("tunery.worker")
 
@@ -47,7 +47,7 @@ class JobHeartbeat:
     def beat(self) -> None:
         try:
             with self.db.session() as s:
-                status = store.heartbeat(s, self.job_id, self.worker_id)
+                status = job_store.heartbeat(s, self.job_id, self.worker_id)
         except Exception:  # a database blip: keep beating; a long outage makes the job stale anyway
             log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
             return

@@ -14,7 +14,7 @@ import sys
 import threading
 
 from tunery.settings import Settings
-from tunery.worker.lifetime import on_parent_death
+from tunery.lifetime import on_parent_death
 
 log = logging.getLogger("tunery.worker")
 

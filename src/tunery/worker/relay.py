@@ -20,11 +20,11 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tunery.storage import BlobStore
-from tunery.store import jobs as store
+from tunery.storage.archives import pack_dir
+from tunery.store import jobs as job_store
 from tunery.store.db import Database
 from tunery.store.models import Job
 from tunery.worker.heartbeat import JobLost
-from tunery.worker.packaging import pack_dir
 
 log = logging.getLogger("tunery.worker")
 
@@ -105,7 +105,7 @@ def list_parts(s: Session, job_id: str, worker_id: str, step: int, stored: list[
     if s.scalar(query) != worker_id:
         raise JobLost(job_id)
     for p in stored:
-        store.add_checkpoint(s, job_id, step, p.part, p.key, p.size, final)
+        job_store.add_checkpoint(s, job_id, step, p.part, p.key, p.size, final)
 
 
 def upload_checkpoint(db: Database, blobs: BlobStore, job_id: str, worker_id: str, step: int, path: Path,
@@ -208,15 +208,15 @@ class Relay:
         elif type_ == "wandb_init" and r.get("wandb_url"):
             progress = {"wandb_url": r["wandb_url"]}
         with self.db.session() as s:
-            store.add_event(s, self.job_id, type_, message, level, r)
+            job_store.add_event(s, self.job_id, type_, message, level, r)
             if type_ == "eval_complete":
-                job = store.get_job(s, self.job_id)
+                job = job_store.get_job(s, self.job_id)
                 progress["evals_completed"] = job.evals_completed + 1
             if type_ == "training_start" and "batch_size" in r:
-                job = store.get_job(s, self.job_id)
+                job = job_store.get_job(s, self.job_id)
                 job.params = {**job.params, "batch_size_resolved": r["batch_size"]}
             if progress:
-                store.update_progress(s, self.job_id, **progress)
+                job_store.update_progress(s, self.job_id, **progress)
 
     def _metrics(self, step: int, values: dict[str, float]) -> None:
         now = time.monotonic()
@@ -228,8 +228,8 @@ class Relay:
             eta = (now - t0) / (step - first_step) * max(0, self.total_steps - step)
         self.last_step = max(self.last_step, step)
         with self.db.session() as s:
-            store.add_metrics(s, self.job_id, step, values)
-            store.update_progress(s, self.job_id, steps_completed=self.last_step, seconds_remaining=eta)
+            job_store.add_metrics(s, self.job_id, step, values)
+            job_store.update_progress(s, self.job_id, steps_completed=self.last_step, seconds_remaining=eta)
 
     def _checkpoint(self, step: int, path: Path, final: bool) -> None:
         if final:

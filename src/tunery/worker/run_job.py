@@ -24,18 +24,19 @@ from sqlalchemy.orm import Session
 
 from tunery.errors import TrainingFailed, TuneryError
 from tunery.models.catalog import ModelCatalog
-from tunery.queue.states import IllegalTransition, JobStatus, transition
+from tunery.queue.states import IllegalTransition, transition
 from tunery.settings import Settings
 from tunery.storage import BlobStore
-from tunery.store import jobs as store
+from tunery.storage.archives import unpack
+from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
 from tunery.store.db import Database
 from tunery.store.files import get_file_any_owner
 from tunery.store.models import File, Job
+from tunery.store.status import JobStatus
 from tunery.training.config import LoraSettings, TrainConfig
 from tunery.worker.heartbeat import JobHeartbeat, JobLost
 from tunery.worker.hub_push import HubPushFailed, push_model
-from tunery.worker.packaging import unpack
 from tunery.worker.relay import Relay, discard, list_parts, pack_parts, store_parts
 
 log = logging.getLogger("tunery.worker")
@@ -114,7 +115,7 @@ def fail(ctx: WorkerContext, job_id: str, message: str, *, user_error: bool) -> 
 
 def _event(ctx: WorkerContext, job_id: str, type_: str, message: str) -> None:
     with ctx.db.session() as s:
-        store.add_event(s, job_id, type_, message)
+        job_store.add_event(s, job_id, type_, message)
 
 
 def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack) -> TrainConfig:
@@ -122,14 +123,14 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
     (downloading them from the object store), and write the training config."""
     job_id = running.job_id
     with ctx.db.session() as s:
-        job = store.get_job(s, job_id)
+        job = job_store.get_job(s, job_id)
         registered = registered_models(s)
         train_file = _file(s, job.training_file)
         val_file = _file(s, job.validation_file) if job.validation_file else None
-        parent = store.find_checkpoint(s, job.params["parent_job_id"],
+        parent = job_store.find_checkpoint(s, job.params["parent_job_id"],
                                        "adapter" if _is_lora(job) else "model",
                                        job.params["parent_step"]) if job.params.get("parent_job_id") else None
-        resume = store.latest_state_checkpoint(s, job.id)
+        resume = job_store.latest_state_checkpoint(s, job.id)
         secrets = dict(job.secrets or {})
     p = job.params
     source = p.get("from_hf_model") or job.model
@@ -182,10 +183,10 @@ def _fetch_archive(ctx: WorkerContext, key: str, dest: Path) -> Path:
 
 
 def _fetch_checkpoint(ctx: WorkerContext, job: Job, step: int, dest: Path) -> Path:
-    """Rebuild ``checkpoints/step-N/`` (state plus weights) of this job from the store."""
+    """Rebuild ``checkpoints/step-N/`` (state plus weights) of this job from the job_store."""
     root = dest / f"step-{step}"
     with ctx.db.session() as s:
-        parts = [c for c in store.list_checkpoints(s, job.id) if c.step == step and not c.final]
+        parts = [c for c in job_store.list_checkpoints(s, job.id) if c.step == step and not c.final]
     for c in parts:
         _fetch_archive(ctx, c.blob_key, root)
     return root
@@ -306,7 +307,7 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig,
 
 def _cancel_if_requested(ctx: WorkerContext, job_id: str, step: int | None = None) -> bool:
     with ctx.db.session() as s:
-        job = store.get_job(s, job_id)
+        job = job_store.get_job(s, job_id)
         if job.status != JobStatus.CANCEL_REQUESTED or job.worker_id != ctx.worker_id:
             return False
         where = f" at step {step}" if step else ""
@@ -325,7 +326,7 @@ def _advance(ctx: WorkerContext, job_id: str, to: JobStatus, event_type: str, me
         if _cancel_if_requested(ctx, job_id):
             raise JobCancelled(job_id) from None
         with ctx.db.session() as s:
-            if store.get_job(s, job_id).worker_id != ctx.worker_id:
+            if job_store.get_job(s, job_id).worker_id != ctx.worker_id:
                 raise JobLost(job_id) from None
         raise
 
@@ -373,10 +374,10 @@ def package_and_complete(ctx: WorkerContext, running: Running, relay: Relay) -> 
         beat.check()
         with ctx.db.session() as s:
             list_parts(s, job_id, ctx.worker_id, relay.final_step, stored, final=True)
-            job = store.get_job(s, job_id)
+            job = job_store.get_job(s, job_id)
             price = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)  # nanodollars
             job.params = {**job.params, "total_price_nanodollars": price}
-            store.add_event(s, job_id, "model_upload_complete",
+            job_store.add_event(s, job_id, "model_upload_complete",
                             f"Model uploaded ({', '.join(p.part for p in stored)})",
                             fields={"model_path": f"jobs/{job_id}/final"})
             transition(s, job_id, JobStatus.COMPLETED, event_type="job_complete", message="Fine-tuning job completed",
@@ -395,7 +396,7 @@ def push_to_hub(ctx: WorkerContext, job_id: str, final_dir: Path) -> None:
     """Upload the model to the job's ``hf_output_repo_name``, if it has one. A refusal does not fail
     the job: the model stays downloadable here, and an error-level warning event says what went wrong."""
     with ctx.db.session() as s:
-        job = store.get_job(s, job_id)
+        job = job_store.get_job(s, job_id)
         repo, token = job.params.get("hf_output_repo_name"), (job.secrets or {}).get("hf_api_token")
     if not repo:
         return
@@ -404,7 +405,7 @@ def push_to_hub(ctx: WorkerContext, job_id: str, final_dir: Path) -> None:
         url = push_model(final_dir, repo, token, f"Fine-tuned by tunery job {job_id}")
     except HubPushFailed as e:
         with ctx.db.session() as s:
-            store.add_event(s, job_id, "warning", f"Could not upload the model to Hugging Face repo {repo}: {e}. "
+            job_store.add_event(s, job_id, "warning", f"Could not upload the model to Hugging Face repo {repo}: {e}. "
                             "The model is still downloadable from this server.", level="error")
         return
     _event(ctx, job_id, "model_upload_to_hf_complete", f"Model uploaded to Hugging Face: {url}")

@@ -48,7 +48,7 @@ from tunery.api.streaming import blob_response
 from tunery.errors import Busy, Conflict, InvalidRequest, NotFound, TuneryError
 from tunery.storage import DirectUploads
 from tunery.storage.staging import PartDir, StagedFile, too_large
-from tunery.store import files as store
+from tunery.store import files as file_store
 from tunery.store.models import File, MultipartUpload, User
 
 log = logging.getLogger("tunery.api.files")
@@ -80,9 +80,9 @@ def _invalid_response(row: File) -> JSONResponse:
 
 def _validated(row: File, wrap: bool = False) -> JSONResponse:
     """The file after validation: 200 with the FileResponse, or 400 when the dataset is invalid."""
-    if row.processing_status == store.INVALID_FORMAT:
+    if row.processing_status == file_store.INVALID_FORMAT:
         return _invalid_response(row)
-    if row.processing_status == store.FAILED:
+    if row.processing_status == file_store.FAILED:
         report = row.report or {}
         raise TuneryError(f"validating file {row.id} failed: {report.get('error', 'unknown error')}")
     wire = FileResponse.from_row(row).wire()
@@ -96,7 +96,7 @@ def validate_file(ctx: AppContext, row: File, path: Path | None = None) -> File:
     """Stream the stored blob (or ``path``, a local copy of it) through the dataset validator, in a
     bounded child process, and record the verdict on the row (no transaction is open meanwhile)."""
     with ctx.db.session() as s:
-        store.mark_validating(s, row.id)
+        file_store.mark_validating(s, row.id)
     try:
         if path is not None:
             report = ctx.validator.validate(path, row.file_type, row.purpose)
@@ -105,15 +105,15 @@ def validate_file(ctx: AppContext, row: File, path: Path | None = None) -> File:
                 report = ctx.validator.validate(copy, row.file_type, row.purpose)
     except Busy:
         with ctx.db.session() as s:
-            store.mark_validating(s, row.id, store.PENDING)  # not started: a retry validates it
+            file_store.mark_validating(s, row.id, file_store.PENDING)  # not started: a retry validates it
         raise
     except Exception as error:
         log.exception("validating %s failed", row.id)
         with ctx.db.session() as s:
-            store.record_validation_failure(s, row.id, f"{type(error).__name__}: {error}")
+            file_store.record_validation_failure(s, row.id, f"{type(error).__name__}: {error}")
         raise TuneryError(f"validating file {row.id} failed; the server log has the details") from error
     with ctx.db.session() as s:
-        updated = store.record_validation(
+        updated = file_store.record_validation(
             s, row.id, valid=report.valid, report=report.to_json(),
             dataset_format=report.dataset_format.value if report.dataset_format else None,
             num_samples=report.num_samples,
@@ -124,7 +124,7 @@ def validate_file(ctx: AppContext, row: File, path: Path | None = None) -> File:
 
 
 def _validate_if_needed(ctx: AppContext, row: File) -> File:
-    if row.processing_status in (store.COMPLETED, store.INVALID_FORMAT):
+    if row.processing_status in (file_store.COMPLETED, file_store.INVALID_FORMAT):
         return row  # already validated: preprocess is idempotent
     return validate_file(ctx, row)
 
@@ -143,12 +143,12 @@ def create_file(
 ) -> Response:
     """Register a file and answer 302 with the signed URL to PUT its bytes to."""
     with ctx.db.session() as s:
-        dup = store.find_duplicate(
+        dup = file_store.find_duplicate(
             s, user_id=user.id, checksum=form.checksum, filename=form.file_name, purpose=form.purpose,
         )
         if dup is not None:
             return _exists_response(dup.id)
-        row = store.create_file(
+        row = file_store.create_file(
             s, user_id=user.id, filename=form.file_name, purpose=form.purpose, file_type=form.file_type,
             checksum=form.checksum,
         )
@@ -163,11 +163,11 @@ def create_file(
 def preprocess(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) -> Response:
     """Validate an uploaded file's dataset (idempotent): 200 when valid, 400 naming the bad line."""
     with ctx.db.read() as s:
-        row = store.get_file(s, user.id, file_id)
+        row = file_store.get_file(s, user.id, file_id)
     objects = direct(ctx)
-    if objects is not None and row.upload_state == store.AWAITING_UPLOAD:
+    if objects is not None and row.upload_state == file_store.AWAITING_UPLOAD:
         return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, r, p)))
-    if row.upload_state != store.UPLOADED:
+    if row.upload_state != file_store.UPLOADED:
         raise Conflict(
             f"file {file_id} has no content yet: PUT its bytes to the upload URL from POST /v1/files, "
             "then call preprocess", param="id",
@@ -215,15 +215,15 @@ def _store_one_shot(ctx: AppContext, user: User, meta: FileCreateRequest, staged
     key = ""
     try:
         with ctx.db.session() as s:
-            row = store.create_file(
+            row = file_store.create_file(
                 s, user_id=user.id, filename=meta.file_name, purpose=meta.purpose, file_type=meta.file_type,
             )
-            store.claim_upload(s, row.id)
-        key = store.blob_key(row.id)
+            file_store.claim_upload(s, row.id)
+        key = file_store.blob_key(row.id)
         ctx.blobs.put(key, staged.path)  # outside any transaction: blob I/O takes its time
         with ctx.db.session() as s:
-            store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256)
-            return store.get_file(s, user.id, row.id)
+            file_store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256)
+            return file_store.get_file(s, user.id, row.id)
     except BaseException:
         staged.discard()
         if key:
@@ -240,21 +240,21 @@ def multipart_initiate(request: Request, body: MultipartInitiateRequest, user: C
     if body.file_size > ctx.settings.max_upload_bytes:
         raise too_large(ctx.settings.max_upload_bytes)
     with ctx.db.read() as s:
-        dup = store.find_duplicate(
+        dup = file_store.find_duplicate(
             s, user_id=user.id, checksum=body.checksum, filename=body.file_name, purpose=body.purpose,
         )
     if dup is not None:
         return _exists_response(dup.id)
-    file_id = store.new_file_id()
+    file_id = file_store.new_file_id()
     objects = direct(ctx)
     # The object store's multipart upload is started before the transaction, which never waits on it.
     backend_id = objects.start_multipart(upload_key(file_id)) if objects is not None else ""
     with ctx.db.session() as s:
-        row = store.create_file(
+        row = file_store.create_file(
             s, user_id=user.id, filename=body.file_name, purpose=body.purpose, file_type=body.file_type,
             checksum=body.checksum, file_id=file_id,
         )
-        mp = store.create_multipart(s, row.id, body.num_parts, body.file_size, backend_id)
+        mp = file_store.create_multipart(s, row.id, body.num_parts, body.file_size, backend_id)
     if objects is not None:  # parts go straight to the object store
         urls = part_urls(objects, ctx, row.id, backend_id, body.num_parts)
     else:
@@ -268,18 +268,18 @@ def multipart_initiate(request: Request, body: MultipartInitiateRequest, user: C
 def multipart_complete(request: Request, body: MultipartCompleteRequest, user: CurrentUser, ctx: Ctx) -> Response:
     """Assemble the parts in order, check the checksum, validate, and return ``{"file": …}``."""
     with ctx.db.session() as s:
-        mp = store.get_user_multipart(s, user.id, body.upload_id, body.file_id)
-        row = store.get_file(s, user.id, body.file_id)
+        mp = file_store.get_user_multipart(s, user.id, body.upload_id, body.file_id)
+        row = file_store.get_file(s, user.id, body.file_id)
         objects = direct(ctx)
         # In the object store completing is idempotent, so a complete interrupted by a restart
         # (left "completing") may simply be retried.
-        completable = (store.MP_OPEN,) if objects is None else (store.MP_OPEN, store.MP_COMPLETING)
-        if not store.set_multipart_state(s, mp.id, completable, store.MP_COMPLETING):
-            if mp.state == store.MP_COMPLETED:
+        completable = (file_store.MP_OPEN,) if objects is None else (file_store.MP_OPEN, file_store.MP_COMPLETING)
+        if not file_store.set_multipart_state(s, mp.id, completable, file_store.MP_COMPLETING):
+            if mp.state == file_store.MP_COMPLETED:
                 return _validated(row, wrap=True)  # a repeated complete: answer as the first did
             raise Conflict(f"multipart upload {mp.id} is {mp.state}; it cannot be completed", param="upload_id")
         if objects is None:
-            store.claim_upload(s, row.id)
+            file_store.claim_upload(s, row.id)
     if objects is not None:
         return _complete_in_object_store(ctx, objects, body, mp, row)
     staging = ctx.blobs.staging_dir()
@@ -295,21 +295,21 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
                     f"the assembled file does not match the announced checksum: sha256 {staged.sha256}, "
                     f"expected {row.checksum}", param="checksum",
                 )
-            key = store.blob_key(row.id)
+            key = file_store.blob_key(row.id)
             ctx.blobs.put(key, staged.path)
         except BaseException:
             staged.discard()
             raise
         with ctx.db.session() as s:
-            if not store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256):
+            if not file_store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256):
                 ctx.blobs.delete(key)
                 raise NotFound(f"file {row.id} was deleted during the upload", param="file_id")
-            store.set_multipart_state(s, mp.id, (store.MP_COMPLETING,), store.MP_COMPLETED)
-            row = store.get_file(s, user.id, row.id)
+            file_store.set_multipart_state(s, mp.id, (file_store.MP_COMPLETING,), file_store.MP_COMPLETED)
+            row = file_store.get_file(s, user.id, row.id)
     except BaseException:
         with ctx.db.session() as s:
-            store.set_multipart_state(s, mp.id, (store.MP_COMPLETING,), store.MP_OPEN)
-            store.release_upload(s, row.id)
+            file_store.set_multipart_state(s, mp.id, (file_store.MP_COMPLETING,), file_store.MP_OPEN)
+            file_store.release_upload(s, row.id)
         raise
     parts.remove()
     return _validated(validate_file(ctx, row), wrap=True)
@@ -332,10 +332,10 @@ def _complete_in_object_store(ctx: AppContext, objects: DirectUploads, body: Mul
         row = adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, r, p))
     except BaseException:
         with ctx.db.session() as s:
-            store.set_multipart_state(s, mp.id, (store.MP_COMPLETING,), store.MP_OPEN)
+            file_store.set_multipart_state(s, mp.id, (file_store.MP_COMPLETING,), file_store.MP_OPEN)
         raise
     with ctx.db.session() as s:
-        store.set_multipart_state(s, mp.id, (store.MP_COMPLETING,), store.MP_COMPLETED)
+        file_store.set_multipart_state(s, mp.id, (file_store.MP_COMPLETING,), file_store.MP_COMPLETED)
     return _validated(row, wrap=True)
 
 
@@ -369,15 +369,15 @@ def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, ctx: Ctx) ->
     including one that failed only because the dataset is invalid, and that file must stay listed.
     """
     with ctx.db.session() as s:
-        mp = store.get_user_multipart(s, user.id, body.upload_id, body.file_id)
-        if mp.state == store.MP_COMPLETED:
+        mp = file_store.get_user_multipart(s, user.id, body.upload_id, body.file_id)
+        if mp.state == file_store.MP_COMPLETED:
             return MultipartAbortResponse(upload_id=mp.id, file_id=mp.file_id, aborted=False)
-        abortable = (store.MP_OPEN, store.MP_ABORTED) + ((store.MP_COMPLETING,) if direct(ctx) else ())
-        if not store.set_multipart_state(s, mp.id, abortable, store.MP_ABORTED):
+        abortable = (file_store.MP_OPEN, file_store.MP_ABORTED) + ((file_store.MP_COMPLETING,) if direct(ctx) else ())
+        if not file_store.set_multipart_state(s, mp.id, abortable, file_store.MP_ABORTED):
             raise Conflict(f"multipart upload {mp.id} is {mp.state}; try again", param="upload_id")
-        row = store.get_file(s, user.id, mp.file_id)
-        if row.upload_state == store.AWAITING_UPLOAD:
-            store.delete_file(s, user.id, row.id)
+        row = file_store.get_file(s, user.id, mp.file_id)
+        if row.upload_state == file_store.AWAITING_UPLOAD:
+            file_store.delete_file(s, user.id, row.id)
     objects = direct(ctx)
     if objects is not None and mp.backend_id:
         objects.abort_multipart(upload_key(mp.file_id), mp.backend_id)
@@ -393,14 +393,14 @@ def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, ctx: Ctx) ->
 def list_files(user: CurrentUser, ctx: Ctx) -> FileList:
     """The caller's files, newest first."""
     with ctx.db.read() as s:
-        rows = store.list_files(s, user.id)
+        rows = file_store.list_files(s, user.id)
     return FileList(data=[FileResponse.from_row(r) for r in rows])
 
 
 @router.get("/{file_id}", response_model=FileResponse, responses={404: {}})
 def retrieve_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileResponse:
     with ctx.db.read() as s:
-        return FileResponse.from_row(store.get_file(s, user.id, file_id))
+        return FileResponse.from_row(file_store.get_file(s, user.id, file_id))
 
 
 @router.get(
@@ -410,11 +410,11 @@ def retrieve_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileResponse:
 def file_content(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) -> Response:
     """The file's bytes, streamed; honours a single ``Range: bytes=…`` (206, or 416)."""
     with ctx.db.read() as s:
-        row = store.get_file(s, user.id, file_id)
+        row = file_store.get_file(s, user.id, file_id)
     objects = direct(ctx)
-    if objects is not None and row.upload_state == store.AWAITING_UPLOAD:
+    if objects is not None and row.upload_state == file_store.AWAITING_UPLOAD:
         return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, r, p)))
-    if row.upload_state != store.UPLOADED:
+    if row.upload_state != file_store.UPLOADED:
         raise Conflict(f"file {file_id} has no content yet; finish its upload first", param="id")
     return blob_response(request, ctx.blobs, row.blob_key, row.bytes, filename=row.filename)
 
@@ -423,8 +423,8 @@ def file_content(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) ->
 def delete_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileDeleteResponse:
     """Delete a file and its bytes; 409 while an unfinished fine-tuning job uses it."""
     with ctx.db.session() as s:
-        upload_ids = store.multipart_ids(s, file_id)
-        row = store.delete_file(s, user.id, file_id)
+        upload_ids = file_store.multipart_ids(s, file_id)
+        row = file_store.delete_file(s, user.id, file_id)
     if row.blob_key:
         ctx.blobs.delete(row.blob_key)
     if direct(ctx) is not None:

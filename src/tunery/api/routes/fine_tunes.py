@@ -15,11 +15,13 @@ from tunery.api.job_requests import base_model_of, output_name, resolve_job_requ
 from tunery.api.preview import preview
 from tunery.api.schemas.fine_tunes import FinetuneRequest, PreviewRequest, PriceEstimateRequest, wire_job
 from tunery.api.schemas.timefmt import iso
-from tunery.errors import Conflict, InvalidRequest
-from tunery.queue.states import TERMINAL, JobStatus, transition
-from tunery.store import jobs as store
+from tunery.jobs import lifecycle
+from tunery.queue.claim import queue_position
+from tunery.queue.states import transition
+from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
-from tunery.store.models import Job, JobEvent, User
+from tunery.store.models import Job, JobEvent
+from tunery.store.status import JobStatus
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
 
@@ -30,8 +32,8 @@ def wire_event(e: JobEvent) -> dict[str, Any]:
 
 
 def job_json(s: Session, job: Job, with_events: bool = True) -> dict[str, Any]:
-    events = [wire_event(e) for e in store.list_events(s, job.id)] if with_events else []
-    return wire_job(job, events=events, queue_depth=store.queue_depth(s, job))
+    events = [wire_event(e) for e in job_store.list_events(s, job.id)] if with_events else []
+    return wire_job(job, events=events, queue_depth=queue_position(s, job))
 
 
 @router.get("/models/supported")
@@ -57,8 +59,8 @@ def preview_tokenization(ctx: Ctx, user: CurrentUser, body: PreviewRequest) -> d
 @router.post("")
 def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, req: FinetuneRequest) -> dict[str, Any]:
     resolved = resolve_job_request(s, req, user, ctx.catalog, registered_models(s))
-    job_id = store.new_job_id()
-    job = store.create_job(s, Job(
+    job_id = job_store.new_job_id()
+    job = job_store.create_job(s, Job(
         id=job_id, user_id=user.id, model=resolved.model,
         model_output_name=output_name(user, resolved.model, req.suffix, job_id), suffix=req.suffix,
         training_file=resolved.training_file.id,
@@ -73,51 +75,32 @@ def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, req: FinetuneRequest) 
 
 @router.get("")
 def list_jobs(s: ReadSession, user: CurrentUser) -> dict[str, Any]:
-    return {"object": "list", "data": [job_json(s, j, with_events=False) for j in store.list_jobs(s, user.id)]}
+    return {"object": "list", "data": [job_json(s, j, with_events=False) for j in job_store.list_jobs(s, user.id)]}
 
 
 @router.get("/{job_id}")
 def retrieve_job(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    return job_json(s, store.get_job(s, job_id, user.id))
+    return job_json(s, job_store.get_job(s, job_id, user.id))
 
 
 @router.post("/{job_id}/cancel")
 def cancel_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    job = store.get_job(s, job_id, user.id)
-    request_cancel(s, job, user)
+    job = job_store.get_job(s, job_id, user.id)
+    lifecycle.cancel(s, job, by=user.name)
     s.refresh(job)
     return job_json(s, job)
 
 
-def request_cancel(s: Session, job: Job, user: User) -> None:
-    """Cancel now if no worker has the job, else ask its worker to stop at the next step."""
-    if job.status in TERMINAL:
-        raise InvalidRequest(f"job {job.id} is {job.status}; only unfinished jobs can be cancelled", param="id")
-    if job.status in (JobStatus.PENDING, JobStatus.QUEUED):
-        transition(s, job.id, JobStatus.CANCELLED, event_type="job_stopped",
-                   message=f"Job cancelled by {user.name} before it started")
-    elif job.status != JobStatus.CANCEL_REQUESTED:
-        transition(s, job.id, JobStatus.CANCEL_REQUESTED, event_type="cancel_requested",
-                   message=f"Cancel requested by {user.name}; the job stops at the next step")
-
-
 @router.delete("/{job_id}")
 def delete_job(ctx: Ctx, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    with ctx.db.session() as s:
-        job = store.get_job(s, job_id, user.id)
-        if job.status not in TERMINAL:
-            raise Conflict(f"job {job.id} is {job.status}; cancel it and wait until it ends before deleting it",
-                           param="id")
-        keys = store.delete_job(s, job)
-    for key in keys:  # after the commit: no transaction waits on the blob store
-        ctx.blobs.delete(key)
+    lifecycle.delete(ctx.db, ctx.blobs, user.id, job_id)
     return {"id": job_id, "object": "fine-tune", "deleted": True, "message": f"deleted {job_id}"}
 
 
 @router.get("/{job_id}/events")
 def list_events(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    job = store.get_job(s, job_id, user.id)
-    return {"object": "list", "data": [wire_event(e) for e in store.list_events(s, job.id)]}
+    job = job_store.get_job(s, job_id, user.id)
+    return {"object": "list", "data": [wire_event(e) for e in job_store.list_events(s, job.id)]}
 
 
 CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Merged",
@@ -126,10 +109,10 @@ CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Me
 
 @router.get("/{job_id}/checkpoints")
 def list_checkpoints(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    job = store.get_job(s, job_id, user.id)
+    job = job_store.get_job(s, job_id, user.id)
     lora = job.params["training_type"]["type"] == "Lora"
     data = []
-    for c in store.list_checkpoints(s, job.id):
+    for c in job_store.list_checkpoints(s, job.id):
         label = CHECKPOINT_TYPES.get((c.final, c.variant))
         if label is None:
             continue  # resume state and intermediate adapters are not separate list entries
@@ -149,8 +132,9 @@ def list_metrics(
     logged_at_from: datetime | None = None, logged_at_to: datetime | None = None,
     resolution: int | None = None,
 ) -> dict[str, Any]:
-    job = store.get_job(s, job_id, user.id)
-    rows = store.list_metrics(s, job.id, global_step_from, global_step_to, _aware(logged_at_from), _aware(logged_at_to))
+    job = job_store.get_job(s, job_id, user.id)
+    rows = job_store.list_metrics(s, job.id, global_step_from, global_step_to, _aware(logged_at_from),
+                                  _aware(logged_at_to))
     train = [r for r in rows if not any(k.startswith("eval/") for k in r.values)]
     if resolution and resolution > 0 and len(train) > resolution:
         keep = {train[round(i * (len(train) - 1) / max(1, resolution - 1))].id for i in range(resolution)}

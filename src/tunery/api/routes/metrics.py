@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunery.api.deps import Ctx
-from tunery.queue.states import WORKING, JobStatus
 from tunery.store.models import Job, JobEvent, Worker, utcnow
+from tunery.store.status import WORKING, JobStatus
 
 router = APIRouter(tags=["operations"])
 access_log = logging.getLogger("tunery.access")

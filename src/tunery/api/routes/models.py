@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from tunery.api.deps import Ctx, CurrentUser, ReadSession
 from tunery.api.schemas.timefmt import unix
-from tunery.store import jobs as store
+from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
 
 router = APIRouter(tags=["models"])
@@ -20,5 +20,5 @@ def list_models(ctx: Ctx, s: ReadSession, user: CurrentUser) -> dict[str, Any]:
             for name in ctx.catalog.supported(registered_models(s))]
     tuned = [{"id": j.model_output_name, "object": "model", "type": "fine-tuned", "owned_by": user.name,
               "created": unix(j.created_at), "root": j.model, "job_id": j.id}
-             for j in store.list_jobs(s, user.id, status="completed")]
+             for j in job_store.list_jobs(s, user.id, status="completed")]
     return {"object": "list", "data": base + tuned}

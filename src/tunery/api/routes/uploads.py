@@ -33,7 +33,7 @@ from tunery.api.signing import FILE, PART, UploadSigner
 from tunery.api.validation import PARALLEL_MIN_BYTES
 from tunery.errors import Forbidden, InvalidRequest, NotFound
 from tunery.storage.staging import BodyPump, PartDir, StagedFile, too_large
-from tunery.store import files as store
+from tunery.store import files as file_store
 from tunery.store.models import File
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
@@ -234,11 +234,11 @@ async def put_file(request: Request, file_id: Annotated[str, Path(max_length=64)
 
 def _claim_file(ctx: AppContext, file_id: str) -> File:
     with ctx.db.session() as s:
-        row = store.get_file_any_owner(s, file_id)
+        row = file_store.get_file_any_owner(s, file_id)
         if row is None:
             raise NotFound(f"file {file_id} no longer exists", param="file_id")
-        if not store.claim_upload(s, file_id):
-            if row.upload_state == store.RECEIVING:
+        if not file_store.claim_upload(s, file_id):
+            if row.upload_state == file_store.RECEIVING:
                 raise Forbidden("an upload to this URL is already in progress; an upload URL is used once")
             raise Forbidden("this upload URL has already been used; request a new one with POST /v1/files")
         return row
@@ -246,14 +246,14 @@ def _claim_file(ctx: AppContext, file_id: str) -> File:
 
 def _release_file(ctx: AppContext, file_id: str) -> None:
     with ctx.db.session() as s:
-        store.release_upload(s, file_id)
+        file_store.release_upload(s, file_id)
 
 
 def _store_file(ctx: AppContext, row: File, staged: StagedFile) -> int:
-    key = store.blob_key(row.id)
+    key = file_store.blob_key(row.id)
     ctx.blobs.put(key, staged.path)
     with ctx.db.session() as s:
-        finished = store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256)
+        finished = file_store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256)
     if not finished:  # deleted while we were receiving
         ctx.blobs.delete(key)
         raise NotFound(f"file {row.id} was deleted during the upload", param="file_id")
@@ -278,7 +278,7 @@ async def put_part(
         return error_response(400, "the client disconnected before the part was uploaded", "invalid_request_error")
     parts = PartDir(staging, upload_id)
     etag = await run_in_threadpool(parts.store, part_number, staged)
-    if await run_in_threadpool(_upload_state, ctx, upload_id) in (None, store.MP_ABORTED):
+    if await run_in_threadpool(_upload_state, ctx, upload_id) in (None, file_store.MP_ABORTED):
         parts.remove()  # aborted while this part was arriving: leave nothing behind
         raise Forbidden(f"multipart upload {upload_id} was aborted; its part URLs no longer accept data")
     return JSONResponse({"part_number": part_number, "etag": etag}, headers={"ETag": f'"{etag}"'})
@@ -286,16 +286,16 @@ async def put_part(
 
 def _upload_state(ctx: AppContext, upload_id: str) -> str | None:
     with ctx.db.read() as s:
-        mp = store.get_multipart(s, upload_id)
+        mp = file_store.get_multipart(s, upload_id)
         return None if mp is None else mp.state
 
 
 def _check_part(ctx: AppContext, upload_id: str, part_number: int) -> None:
     with ctx.db.read() as s:
-        mp = store.get_multipart(s, upload_id)
+        mp = file_store.get_multipart(s, upload_id)
     if mp is None:
         raise NotFound(f"no multipart upload {upload_id}", param="upload_id")
-    if mp.state != store.MP_OPEN:
+    if mp.state != file_store.MP_OPEN:
         raise Forbidden(f"multipart upload {upload_id} is {mp.state}; its part URLs no longer accept data")
     if part_number > mp.num_parts:
         raise InvalidRequest(f"part_number must be between 1 and {mp.num_parts}; got {part_number}",

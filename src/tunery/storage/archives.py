@@ -1,4 +1,5 @@
-"""``.tar.zst`` archives of model directories, streamed (constant memory)."""
+"""``.tar.zst`` archives of model directories, streamed (constant memory): the worker packs checkpoints
+and exports, the inference engine and the CLI unpack them."""
 
 from __future__ import annotations
 

@@ -1,0 +1,49 @@
+"""``create_app(settings)``: the whole web application — the HTTP API (``tunery.api``) and the
+dashboard (``tunery.web``) over one context (database, blob store, model catalog). The one module
+that knows both front ends; ``tunery serve`` runs what it returns."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tunery import __version__
+from tunery.api.app import install_api
+from tunery.api.bounded import BoundedPool
+from tunery.api.deps import AppContext
+from tunery.api.validation import FileValidator
+from tunery.models.catalog import ModelCatalog
+from tunery.settings import Settings
+from tunery.storage import direct_uploads, open_blob_store
+from tunery.store.db import Database
+from tunery.store.files import release_interrupted_uploads
+from tunery.web.routes import router as web_router
+
+
+def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
+    tasks = BoundedPool(settings.task_process_count, settings.task_memory_bytes)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        tasks.close()
+
+    app = FastAPI(title="tunery", version=__version__, description="The Together AI fine-tuning API, self-hosted.",
+                  lifespan=lifespan)
+    if db is None:
+        db = Database(settings.resolved_database_url)
+        db.migrate()
+    blobs = open_blob_store(settings)
+    if direct_uploads(blobs) is None:
+        # The local store's uploads are received by this node alone: any still marked in
+        # progress were cut off by a restart; reopen them so the client's retry works.
+        with db.session() as s:
+            release_interrupted_uploads(s)
+    app.state.ctx = AppContext(settings=settings, db=db, blobs=blobs,
+                               catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads),
+                               tasks=tasks, validator=FileValidator(tasks, settings.validation_timeout_s))
+    install_api(app, settings)
+    app.include_router(web_router)
+    return app

@@ -1,0 +1,53 @@
+"""Which stored artifact a download request names: Together's ``ft_id`` (``JOB_ID`` or
+``JOB_ID:STEP``), ``checkpoint`` (merged, adapter, model_output_path, default) and
+``checkpoint_step``, for the API's ``/v1/finetune/download`` and the dashboard's links alike."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from tunery.errors import InvalidRequest, NotFound
+from tunery.store import jobs as job_store
+from tunery.store.models import Checkpoint
+
+COMPOUND_ID = re.compile(r"^(ft-[0-9a-f-]+):(\d+)$")
+VARIANTS = {"merged": "model", "adapter": "adapter", "model_output_path": "model", "default": "model"}
+
+
+@dataclass(frozen=True)
+class Download:
+    checkpoint: Checkpoint
+    filename: str
+
+
+def find_download(s: Session, user_id: str, ft_id: str, checkpoint: str | None,
+                  checkpoint_step: int | None) -> Download:
+    """The user's stored artifact that a download request names, and its download file name.
+    Raises ``NotFound`` / ``InvalidRequest`` naming the parameter at fault."""
+    m = COMPOUND_ID.match(ft_id)
+    if m:
+        ft_id, checkpoint_step = m.group(1), int(m.group(2))
+    job = job_store.get_job(s, ft_id, user_id)
+    lora = job.params["training_type"]["type"] == "Lora"
+    choice = checkpoint or "default"
+    if choice not in VARIANTS:
+        raise InvalidRequest(f'checkpoint must be one of merged, adapter, model_output_path, default; got "{choice}"',
+                             param="checkpoint")
+    variant = VARIANTS[choice]
+    if variant == "adapter" and not lora:
+        raise InvalidRequest(f"job {job.id} is a full fine-tune; it has no adapter (use checkpoint=model_output_path)",
+                             param="checkpoint")
+    step = checkpoint_step or None
+    ckpt = job_store.find_checkpoint(s, job.id, variant, step)
+    if ckpt is None:
+        if step is None:
+            raise NotFound(f"job {job.id} is {job.status}; its model is downloadable once it is completed",
+                           param="ft_id")
+        raise NotFound(f"job {job.id} has no checkpoint at step {step}", param="checkpoint_step")
+    name = job.model_output_name.replace("/", "--")
+    suffix = f"-step-{ckpt.step}" if not ckpt.final else ""
+    kind = "-adapter" if variant == "adapter" else ""
+    return Download(ckpt, f"{name}{suffix}{kind}.tar.zst")

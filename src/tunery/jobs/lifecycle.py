@@ -1,0 +1,46 @@
+"""Ending and removing jobs on a user's request."""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+from sqlalchemy.orm import Session
+
+from tunery.errors import Conflict, InvalidRequest
+from tunery.queue.states import transition
+from tunery.storage import BlobStore
+from tunery.store import jobs as job_store
+from tunery.store.db import Database
+from tunery.store.models import Job
+from tunery.store.status import TERMINAL, WAITING, JobStatus
+
+
+def cancel(s: Session, job: Job, by: str) -> None:
+    """Cancel now if no worker has taken the job, else ask its worker to stop at the next step
+    (``cancel_requested``; the worker ends it). ``by`` names who asked, for the event. Raises
+    ``InvalidRequest`` for a job that has already ended, ``IllegalTransition`` (a ``Conflict``) if
+    it ended meanwhile."""
+    if job.status in TERMINAL:
+        raise InvalidRequest(f"job {job.id} is {job.status}; only unfinished jobs can be cancelled", param="id")
+    if job.status in WAITING:
+        transition(s, job.id, JobStatus.CANCELLED, event_type="job_stopped",
+                   message=f"Job cancelled by {by} before it started")
+    elif job.status != JobStatus.CANCEL_REQUESTED:
+        transition(s, job.id, JobStatus.CANCEL_REQUESTED, event_type="cancel_requested",
+                   message=f"Cancel requested by {by}; the job stops at the next step")
+
+
+def delete(db: Database, blobs: BlobStore, user_id: str, job_id: str) -> None:
+    """Delete the user's ended job, its rows and then its stored artifacts. The rows go first, in
+    their own committed transaction, so a failure in between leaves unreferenced blobs (garbage)
+    and never a listed checkpoint whose blob is gone. Raises ``NotFound``, or ``Conflict`` while
+    the job has not ended."""
+    with db.session() as s:
+        job = job_store.get_job(s, job_id, user_id)
+        if job.status not in TERMINAL:
+            raise Conflict(f"job {job.id} is {job.status}; cancel it and wait until it ends before deleting it",
+                           param="id")
+        keys = job_store.delete_job(s, job)
+    for key in keys:
+        with suppress(Exception):  # best effort: an unlisted blob is garbage, never data
+            blobs.delete(key)
