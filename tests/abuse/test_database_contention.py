@@ -84,7 +84,7 @@ def test_the_worker_survives_database_errors_and_fails_no_job_for_them(
 
     monkeypatch.setattr(loop, "claim_next", flaky("claim", loop.claim_next))
     monkeypatch.setattr(loop, "requeue_stale", flaky("requeue", loop.requeue_stale))
-    monkeypatch.setattr(relay.store, "add_metrics", flaky("metrics", relay.store.add_metrics))
+    monkeypatch.setattr(relay.job_store, "add_metrics", flaky("metrics", relay.job_store.add_metrics))
     # The stand-in trainer of bench/fleet.py: the real queue, relay and packaging, no training.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     settings = Settings(data_dir=server.data_dir, database_url=server.env.get("TUNERY_DATABASE_URL", ""),
