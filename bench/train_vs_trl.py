@@ -250,7 +250,7 @@ def heldout_loss(model_dir: str, weights: str, heldout: str, full: bool) -> floa
     from transformers import AutoModelForCausalLM
 
     from tunery.training.data.collate import collate
-    from tunery.training.losses import token_loss_sum
+    from tunery.training.logprobs import logits_target_logps
 
     model: Any = AutoModelForCausalLM.from_pretrained(weights if full else model_dir, dtype=torch.float32)
     if not full:
@@ -261,7 +261,7 @@ def heldout_loss(model_dir: str, weights: str, heldout: str, full: bool) -> floa
         for example in _tunery_examples(model_dir, heldout):
             batch = collate([[example]], pad_id=0)
             logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits
-            loss += float(token_loss_sum(logits, batch.targets))
+            loss += -float(logits_target_logps(logits, batch.targets).sum())
             count += batch.num_targets
     return loss / count
 

@@ -108,7 +108,10 @@ class LiveServer:
 
 def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNERY_", "TOGETHER_"))}
-    env.update({"TUNERY_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    # The inference engine process starts with the first inference request, so that servers of tests
+    # that never generate do not pay for it (tests/e2e/test_inference_sdk.py starts it eagerly).
+    env.update({"TUNERY_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                "TUNERY_INFERENCE_START": "lazy"})
     env.update(extra)
     return env
 

@@ -14,6 +14,8 @@ from tunery.api.app import install_api
 from tunery.api.bounded import BoundedPool
 from tunery.api.deps import AppContext
 from tunery.api.validation import FileValidator
+from tunery.inference.client import EngineClient
+from tunery.inference.protocol import engine_token
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import direct_uploads, open_blob_store
@@ -22,7 +24,9 @@ from tunery.store.files import release_interrupted_uploads
 from tunery.web.routes import router as web_router
 
 
-def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
+def create_app(settings: Settings, db: Database | None = None, engine: EngineClient | None = None) -> FastAPI:
+    """``engine`` is how the API reaches inference: ``tunery serve`` passes the client of the engine
+    process it supervises; by default it is the nodes in ``TUNERY_INFERENCE_URLS``."""
     tasks = BoundedPool(settings.task_process_count, settings.task_memory_bytes)
 
     @asynccontextmanager
@@ -43,6 +47,9 @@ def create_app(settings: Settings, db: Database | None = None) -> FastAPI:
             release_interrupted_uploads(s)
     app.state.ctx = AppContext(settings=settings, db=db, blobs=blobs,
                                catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads),
+                               engine=engine or EngineClient(settings.inference_url_list,
+                                                             engine_token(settings.signing_key()),
+                                                             settings.inference_start_timeout_s),
                                tasks=tasks, validator=FileValidator(tasks, settings.validation_timeout_s))
     install_api(app, settings)
     app.include_router(web_router)

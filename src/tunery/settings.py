@@ -66,6 +66,30 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
     max_restarts: int = 3
+    # Inference (docs/deploy.md). Empty inference_urls: `tunery serve` runs and supervises its own engine
+    # process on 127.0.0.1:inference_port (0: a free port), started with the server ("eager") or by the
+    # first inference request ("lazy"). Otherwise the API forwards to these engine nodes (comma-separated
+    # http://host:port, each run with `tunery inference`), choosing one per base model.
+    inference_urls: str = ""
+    inference_start: Literal["eager", "lazy"] = "eager"
+    inference_host: str = "127.0.0.1"
+    inference_port: int = 0
+    # "transformers" (CPU or one GPU) or "vllm" (pip install 'tunery[vllm]'; GPU hosts).
+    inference_engine: Literal["transformers", "vllm"] = "transformers"
+    inference_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": as the model is stored (what transformers loads by default).
+    inference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Torch threads in the engine (0: half the cores, at least 1; small models run fastest on one).
+    inference_threads: int = 0
+    # Weights the engine keeps loaded (models and adapters), in MB; 0 means half the machine's memory.
+    inference_memory_mb: int = 0
+    inference_max_batch_size: int = 32
+    inference_max_batch_tokens: int = 65536
+    inference_max_tokens: int = 4096
+    inference_max_concurrent_per_user: int = 8
+    inference_max_pending: int = 512
+    # How long an API request waits for an engine that is starting or restarting.
+    inference_start_timeout_s: float = 120.0
     # Allow downloading base models from the Hugging Face hub when they are not cached.
     allow_hub_downloads: bool = False
     # Price in USD per million trained tokens (0 = free); per-user quota in tokens (0 = none).
@@ -109,6 +133,14 @@ class Settings(BaseSettings):
     @property
     def task_process_count(self) -> int:
         return self.task_processes if self.task_processes > 0 else min(4, os.cpu_count() or 1)
+
+    @property
+    def inference_url_list(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.inference_urls.split(",") if u.strip()]
+
+    @property
+    def inference_cache_dir(self) -> Path:
+        return self.data_dir / "inference-cache"
 
     @property
     def blob_dir(self) -> Path:

@@ -90,7 +90,8 @@ def test_a_half_present_format_names_the_missing_key() -> None:
 def test_unknown_top_level_key_is_rejected() -> None:
     with pytest.raises(DatasetInvalid) as caught:
         detect_format({"messages": [], "foo": 1}, 3)
-    assert caught.value.message == 'line 3: unknown key "foo"; a conversation sample has keys messages, tools'
+    assert caught.value.message == ('line 3: unknown key "foo"; a conversation sample has keys messages, tools, '
+                                    'functions, parallel_tool_calls')
     assert caught.value.param == "foo"
 
 
@@ -188,28 +189,28 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "bad role",
         _conversation(user(), assistant(), {"role": "bot", "content": "x"}),
-        'messages[2].role must be one of system, user, assistant, tool; got "bot"',
+        'messages[2].role must be one of system, user, assistant, tool, function; got "bot"',
     ),
     (
         "null role",
         _conversation({"role": None, "content": "x"}, assistant()),
-        "messages[0].role must be one of system, user, assistant, tool; got null",
+        "messages[0].role must be one of system, user, assistant, tool, function; got null",
     ),
     (
         "unhashable role",
         _conversation({"role": ["user"], "content": "x"}, assistant()),
-        'messages[0].role must be one of system, user, assistant, tool; got ["user"]',
+        'messages[0].role must be one of system, user, assistant, tool, function; got ["user"]',
     ),
     (
         "unknown message key",
         _conversation(user(), assistant(score=1)),
-        'messages[1] has unknown key "score"; a message has keys role, content, tool_calls, tool_call_id, '
-        "name, weight, reasoning, reasoning_content",
+        'messages[1] has unknown key "score"; a message has keys role, content, tool_calls, function_call, '
+        "tool_call_id, name, weight, reasoning, reasoning_content",
     ),
     (
         "missing content",
         _conversation({"role": "user"}, assistant()),
-        'messages[0] is missing "content" (only an assistant message with tool_calls may omit it); '
+        'messages[0] is missing "content" (only an assistant message with tool_calls or function_call may omit it); '
         'got {"role": "user"}',
     ),
     (
@@ -310,7 +311,7 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
         "tool without tool_calls",
         _conversation(user(), assistant(), {"role": "tool", "content": "r"}),
         "messages[2].role must not be tool: a tool message must follow an assistant message "
-        'with tool_calls or another tool message; got "tool"',
+        'with tool_calls (or function_call) or another tool result; got "tool"',
     ),
     (
         "user after tool_calls",
@@ -426,7 +427,7 @@ PREFERENCE_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "input bad role",
         {**PREFERENCE_OK, "input": {"messages": [{"role": "human", "content": "x"}]}},
-        'input.messages[0].role must be one of system, user, assistant, tool; got "human"',
+        'input.messages[0].role must be one of system, user, assistant, tool, function; got "human"',
     ),
     (
         "two preferred",
@@ -453,9 +454,21 @@ PREFERENCE_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     (
         "output missing content",
         {**PREFERENCE_OK, "preferred_output": [{"role": "assistant"}]},
-        'preferred_output[0] is missing "content"; got {"role": "assistant"}',
+        'preferred_output[0] is missing "content" (only an output with tool_calls may omit it); '
+        'got {"role": "assistant"}',
     ),
 ]
+
+
+def test_preference_outputs_may_call_tools_and_reason() -> None:
+    call = {"id": "call12345", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    record = {**PREFERENCE_OK,
+              "preferred_output": [{"role": "assistant", "content": None, "tool_calls": [call, call]}],
+              "non_preferred_output": [{"role": "assistant", "content": "No.", "reasoning": "Refuse."}]}
+    facts = check_record(record, DatasetFormat.PREFERENCE, 7)
+    assert (facts.has_tools, facts.has_parallel_tool_calls, facts.has_reasoning) == (True, True, True)
+    bad = {**record, "preferred_output": [{"role": "assistant", "content": None, "tool_calls": [{"function": {}}]}]}
+    assert error_of(bad).message.startswith("line 7: preferred_output[0].tool_calls[0].function.name must be a string")
 
 
 @pytest.mark.parametrize(
@@ -469,10 +482,11 @@ def test_preference_rule_violations(record: dict[str, Any], message: str) -> Non
 
 def test_preference_unknown_keys() -> None:
     assert error_of({**PREFERENCE_OK, "input": {"messages": [user()], "x": 1}}).message == (
-        'line 7: input has unknown key "x"; a preference input has keys messages, tools'
+        'line 7: input has unknown key "x"; a preference input has keys messages, tools, parallel_tool_calls'
     )
     assert error_of({**PREFERENCE_OK, "preferred_output": [assistant(weight=1)]}).message == (
-        'line 7: preferred_output[0] has unknown key "weight"; an output message has keys role, content'
+        'line 7: preferred_output[0] has unknown key "weight"; an output message has keys role, content, '
+        "tool_calls, reasoning, reasoning_content"
     )
 
 

@@ -19,7 +19,7 @@ from tunery.training.attention import Segments, attention_for, segments
 from tunery.training.config import TrainConfig
 from tunery.training.data.collate import attention_bias, collate
 from tunery.training.data.render import IGNORE, Example
-from tunery.training.losses import token_loss_sum
+from tunery.training.logprobs import logits_target_logps
 from tunery.training.model import load_causal_lm
 from tunery.training.recipes import dpo, sft
 from tunery.training.reporter import ListReporter
@@ -67,8 +67,8 @@ def test_segments_give_each_example_its_own_loss_and_the_masks_gradients(tiny_ll
         isolation: dict[str, Any] = (
             {"attention_mask": attention_bias(batch.segment_ids, torch.float32)} if how == "mask"
             else {"packed_segments": segments(batch.lengths, batch.input_ids.shape[1])})
-        loss = token_loss_sum(model(input_ids=batch.input_ids, position_ids=batch.position_ids, **isolation).logits,
-                              batch.targets)
+        logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, **isolation).logits
+        loss = -logits_target_logps(logits, batch.targets).sum()
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         return float(loss.detach()), batch.num_targets, grads

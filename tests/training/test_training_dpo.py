@@ -49,10 +49,10 @@ def test_dpo_loss_on_hand_computed_values() -> None:
 
 
 def test_sequence_logps_sums_per_segment() -> None:
-    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75], [0.9, 0.1], [0.5, 0.5]]]))
+    token_logps = torch.log(torch.tensor([[0.5, 0.75, 0.9, 1.0]]))
     targets = torch.tensor([[1, 1, 0, IGNORE]])
     segments = torch.tensor([[0, 0, 1, 2]])
-    sums, counts = sequence_logps(logits, targets, segments, 3)
+    sums, counts = sequence_logps(token_logps, targets, segments, 3)
     assert sums[0].tolist() == pytest.approx([math.log(0.5) + math.log(0.75), math.log(0.9), 0.0])
     assert counts[0].tolist() == [2.0, 1.0, 0.0]
 

@@ -11,7 +11,7 @@ import torch
 from tunery.training.data.collate import attention_bias, collate
 from tunery.training.data.packing import epoch_batches, pack_best_fit
 from tunery.training.data.render import IGNORE, Example
-from tunery.training.losses import token_loss_sum
+from tunery.training.logprobs import logits_target_logps
 from tunery.training.model import load_causal_lm
 
 
@@ -90,7 +90,7 @@ def test_packed_loss_equals_token_weighted_per_example_loss(tiny_llama: Path) ->
         with torch.no_grad():
             logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
                            attention_mask=attention_bias(batch.segment_ids, torch.float32)).logits
-        return float(token_loss_sum(logits, batch.targets)), batch.num_targets
+        return -float(logits_target_logps(logits, batch.targets).sum()), batch.num_targets
 
     # Reference: each example alone in a row of its own, with no padding at all.
     singles = [loss_sum_and_count([[e]]) for e in examples]
@@ -106,6 +106,6 @@ def test_packed_loss_equals_token_weighted_per_example_loss(tiny_llama: Path) ->
     with torch.no_grad():
         leaky = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
                       attention_mask=torch.ones_like(batch.input_ids)).logits
-    leaky_loss = float(token_loss_sum(leaky, batch.targets)) / batch.num_targets
+    leaky_loss = -float(logits_target_logps(leaky, batch.targets).sum()) / batch.num_targets
     isolated = (singles[0][0] + singles[1][0]) / (singles[0][1] + singles[1][1])
     assert abs(leaky_loss - isolated) > 1e-3

@@ -1,5 +1,6 @@
 """The CUDA precision policy, exercised on CPU (this box has no GPU): LoRA over a bf16 frozen base
-keeps its adapters in fp32, and the autocast forward gives fp32 logits and fp32 adapter gradients.
+keeps its adapters in fp32, and the autocast forward gives fp32 log-probabilities and fp32 adapter
+gradients.
 What only a GPU can show (speed, the bf16 kernels themselves) is not tested here."""
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ import torch
 
 from tunery.training.config import TrainConfig
 from tunery.training.data.collate import attention_bias
-from tunery.training.losses import token_loss_sum
-from tunery.training.model import LoadedModel, _with_lora, forward_logits, load_causal_lm, load_tokenizer, mask_dtype
+from tunery.training.model import LoadedModel, _with_lora, forward_logps, load_causal_lm, load_tokenizer, mask_dtype
 
 
 def test_lora_on_a_bf16_base_trains_fp32_adapters_under_autocast(tiny_llama: Path, tmp_path: Path) -> None:
@@ -28,8 +28,9 @@ def test_lora_on_a_bf16_base_trains_fp32_adapters_under_autocast(tiny_llama: Pat
     ids = torch.randint(10, 200, (2, 16))
     segments = torch.zeros_like(ids)
     assert mask_dtype(loaded) == torch.bfloat16
-    logits = forward_logits(loaded, ids, torch.arange(16).expand(2, -1), attention_bias(segments, mask_dtype(loaded)))
-    assert logits.dtype == torch.float32
-    token_loss_sum(logits, ids).backward()
+    positions = torch.arange(16).expand(2, -1)
+    logps = forward_logps(loaded, ids, positions, ids, attention_bias(segments, mask_dtype(loaded)))
+    assert logps.dtype == torch.float32
+    (-logps.sum()).backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in trainable.values())
     assert all(p.grad is None for p in frozen)

@@ -6,12 +6,23 @@ from __future__ import annotations
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from tunery.api import openai
 from tunery.api.errors import install_error_handlers
-from tunery.api.routes import download, files, fine_tunes, health, metrics, models, uploads
+from tunery.api.routes import (
+    chat_completions,
+    completions,
+    download,
+    files,
+    fine_tunes,
+    health,
+    metrics,
+    models,
+    uploads,
+)
 from tunery.settings import Settings
 
-ROUTERS = (health.router, files.router, uploads.router, fine_tunes.router, download.router, models.router,
-           metrics.router)
+ROUTERS = (health.router, files.router, uploads.router, openai.router, fine_tunes.router, download.router,
+           models.router, metrics.router, chat_completions.router, completions.router)
 
 
 class DoubleV1Alias:

@@ -45,7 +45,7 @@ from tunery.errors import Busy, InvalidRequest, TuneryError
 # arguments and returns a JSON-able result.
 TASKS: dict[str, str] = {
     "validate": "tunery.api.validation:validate_task",
-    "count_tokens": "tunery.api.estimates:count_tokens_task",
+    "scan": "tunery.api.dataset_checks:scan_task",
     "preview": "tunery.api.preview:preview_task",
 }
 IDLE_EXIT_S = 120.0

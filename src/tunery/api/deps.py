@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from tunery.api.bounded import BoundedPool
 from tunery.api.validation import FileValidator
 from tunery.errors import Unauthorized
+from tunery.inference.client import EngineClient
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import BlobStore
@@ -29,6 +30,7 @@ class AppContext:
     # Heavy per-request work (validation, token counts, previews) in bounded child processes.
     tasks: BoundedPool
     validator: FileValidator
+    engine: EngineClient
 
 
 def get_ctx(request: Request) -> AppContext:

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunery.errors import TuneryError
+from tunery.errors import InvalidRequest, TuneryError
 
 log = logging.getLogger("tunery.api")
+
+# URL prefixes only OpenAI's dialect serves (the rest of /v1 is shared with Together's).
+OPENAI_ONLY_PREFIXES = ("/v1/fine_tuning/", "/v1/uploads")
 
 _HTTP_TYPES = {
     400: "invalid_request_error",
@@ -44,16 +50,31 @@ def _tunery_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.message, exc.error_type, exc.param, exc.code, headers)
 
 
-def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+def _problems(errors: Sequence[Any]) -> tuple[str, str | None]:
+    """Pydantic's errors as one message naming each field, and the first field's name."""
     problems = []
     first_param = None
-    for err in exc.errors():
+    for err in errors:
         loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header", "form")]
         param = ".".join(loc) or None
         first_param = first_param or param
         problems.append(f"{param}: {err.get('msg')}" if param else str(err.get("msg")))
-    return error_response(422, "; ".join(problems) or "invalid request", "invalid_request_error", first_param)
+    return "; ".join(problems) or "invalid request", first_param
+
+
+def invalid_request(error: ValidationError) -> InvalidRequest:
+    """A request body that failed its schema, as the 400 OpenAI's dialect answers it with."""
+    message, param = _problems(error.errors())
+    return InvalidRequest(message, param=param)
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    message, param = _problems(exc.errors())
+    # OpenAI's API answers a malformed request with 400 (its SDK raises BadRequestError for it);
+    # Together's routes keep FastAPI's 422.
+    status = 400 if request.url.path.startswith(OPENAI_ONLY_PREFIXES) else 422
+    return error_response(status, message, "invalid_request_error", param)
 
 
 def _http_error(_: Request, exc: Exception) -> JSONResponse:

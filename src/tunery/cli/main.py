@@ -18,12 +18,14 @@ from tunery.cli.client import OneLineErrors
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "serve"),
     "worker": ("worker", "worker"),
+    "inference": ("inference", "inference"),
     "db": ("db", "app"),
     "keys": ("keys", "app"),
     "models": ("models", "app"),
     "files": ("files", "app"),
     "fine-tuning": ("fine_tuning", "app"),
     "quickstart": ("quickstart", "quickstart"),
+    "chat": ("chat", "chat"),
 }
 
 

@@ -1,6 +1,7 @@
-"""`tunery models list|add|remove`: the base models this server can fine-tune, managed directly in the
-data dir's database (like `tunery keys`). Built-in models are always there; `add` registers a
-local Hugging Face model directory under a name that jobs can then use as ``model``."""
+"""`tunery models list|add|remove|alias|unalias`: the base models this server can fine-tune, managed
+directly in the data dir's database (like `tunery keys`). Built-in models are always there; `add`
+registers a local Hugging Face model directory under a name that jobs can then use as ``model``;
+`alias` lets another name (an OpenAI model's, say) stand for one of them."""
 
 from __future__ import annotations
 
@@ -13,23 +14,31 @@ from tunery.cli.client import CliError
 from tunery.cli.options import DataDir, load_settings, open_db
 from tunery.cli.output import Json, print_json, print_table
 from tunery.errors import NotFound
-from tunery.store.base_models import register_model, registered_models, unregister_model
+from tunery.store.base_models import (
+    model_aliases,
+    register_model,
+    registered_models,
+    remove_alias,
+    set_alias,
+    unregister_model,
+)
 
 app = typer.Typer(no_args_is_help=True, help="Manage the base models available for fine-tuning.")
 
 
 @app.command("list")
 def list_(data_dir: DataDir = None, json: Json = False) -> None:
-    """List the built-in and registered base models."""
+    """List the built-in and registered base models, and the aliases (their path is the model they stand for)."""
     from tunery.models.builtin import BUILTINS
     from tunery.models.catalog import ModelCatalog
 
     settings = load_settings(data_dir)
     with open_db(settings).session() as s:
-        registered = registered_models(s)
+        registered, aliases = registered_models(s), model_aliases(s)
     names = ModelCatalog(settings.models_dir).supported(registered)
     rows = [{"name": n, "source": "built-in" if n in BUILTINS else "registered", "path": registered.get(n)}
             for n in names]
+    rows += [{"name": alias, "source": "alias", "path": target} for alias, target in aliases.items()]
     if json:
         print_json(rows)
         return
@@ -63,6 +72,46 @@ def remove(name: Annotated[str, typer.Argument(help="A registered model name.")]
         message = f'"{name}" is a built-in model; it cannot be removed' if name in builtin_names() else e.message
         raise CliError(message) from None
     typer.echo(f"Removed {name}")
+
+
+@app.command("alias")
+def alias(
+    name: Annotated[str, typer.Argument(help="The name scripts use, e.g. gpt-4o-mini-2024-07-18.")],
+    model: Annotated[str, typer.Argument(help="The base model it stands for: built in, registered, or a "
+                                              "Hugging Face id.")],
+    data_dir: DataDir = None,
+) -> None:
+    """Make NAME stand for MODEL in fine-tuning jobs (re-aliasing a name repoints it). Jobs that name the
+    alias train MODEL; OpenAI's API shows the alias as the job's model and GET /v1/models says what it
+    stands for."""
+    from tunery.models.catalog import ModelCatalog
+
+    if name in builtin_names() or ":" in name:
+        raise CliError(f'"{name}" is a built-in model name or contains ":"; choose another alias')
+    settings = load_settings(data_dir)
+    with open_db(settings).session() as s:
+        registered = registered_models(s)
+        if name in registered:
+            raise CliError(f'"{name}" is a registered model; remove it first or choose another alias')
+        if model in model_aliases(s):
+            raise CliError(f'"{model}" is itself an alias; alias the model it stands for')
+        try:  # the model must exist here, so that jobs naming the alias can start
+            ModelCatalog(settings.models_dir, settings.allow_hub_downloads).resolve(model, registered)
+        except NotFound as e:
+            raise CliError(e.message) from None
+        set_alias(s, name, model)
+    typer.echo(f"Aliased {name} → {model}")
+
+
+@app.command("unalias")
+def unalias(name: Annotated[str, typer.Argument(help="An alias.")], data_dir: DataDir = None) -> None:
+    """Remove an alias (jobs already created with it keep their model)."""
+    try:
+        with open_db(load_settings(data_dir)).session() as s:
+            remove_alias(s, name)
+    except NotFound as e:
+        raise CliError(e.message) from None
+    typer.echo(f"Removed alias {name}")
 
 
 def builtin_names() -> set[str]:

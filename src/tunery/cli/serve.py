@@ -14,6 +14,9 @@ from uvicorn.config import LOGGING_CONFIG
 
 from tunery.app import create_app
 from tunery.cli.options import DataDir, load_settings, open_db
+from tunery.inference.client import EngineClient
+from tunery.inference.protocol import engine_token
+from tunery.inference.supervisor import EngineProcess
 from tunery.logs import configure_logging, uvicorn_log_config
 from tunery.settings import Settings
 from tunery.store.db import Database
@@ -54,7 +57,14 @@ def serve(
         typer.echo(f"Created an API key for user '{DEFAULT_USER}' in {created}")
     elif settings.api_key_path.exists():
         typer.echo(f"API key for user '{DEFAULT_USER}': {settings.api_key_path}")
-    app = create_app(settings, db)
+    engine_process = embedded_engine(settings)
+    engine = None
+    if engine_process is not None:
+        engine = EngineClient([engine_process.url], engine_token(settings.signing_key()),
+                              settings.inference_start_timeout_s, ensure_started=engine_process.ensure_started)
+        if settings.inference_start == "eager":
+            engine_process.ensure_started()
+    app = create_app(settings, db, engine)
     count = 0 if no_worker else (settings.workers if workers is None else workers)
     pool = WorkerPool(settings, count)
     typer.echo(f"tunery serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}, "
@@ -66,19 +76,37 @@ def serve(
                             timeout_graceful_shutdown=5, access_log=not json_logs,
                             log_config=uvicorn_log_config(settings) or LOGGING_CONFIG)
     try:
-        ServerWithWorkers(config, pool).run()
+        ServerWithWorkers(config, pool, engine_process).run()
     finally:
         pool.stop()
+        if engine_process is not None:
+            engine_process.stop()
+
+
+def embedded_engine(settings: Settings) -> EngineProcess | None:
+    """The inference engine process this server supervises, unless engine nodes are configured."""
+    if settings.inference_url_list:
+        return None
+    return EngineProcess(settings, settings.inference_port or free_port())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class ServerWithWorkers(uvicorn.Server):
-    """Stops the embedded workers as part of uvicorn's shutdown: uvicorn re-raises SIGTERM/SIGINT
-    once it has shut down, so code after ``run()`` would never get to stop them gracefully."""
+    """Stops the embedded workers and engine as part of uvicorn's shutdown: uvicorn re-raises
+    SIGTERM/SIGINT once it has shut down, so code after ``run()`` would never get to stop them gracefully."""
 
-    def __init__(self, config: uvicorn.Config, pool: WorkerPool):
+    def __init__(self, config: uvicorn.Config, pool: WorkerPool, engine: EngineProcess | None):
         super().__init__(config)
         self.pool = pool
+        self.engine = engine
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets)
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
         await asyncio.to_thread(self.pool.stop)

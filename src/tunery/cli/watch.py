@@ -188,6 +188,8 @@ def _closing(view: JobView, out: Console) -> int:
         out.print(f"[green]✓[/] {job_id} completed in {took}: {escape(str(job.get('model_output_name')))} "
                   f"(final loss {number(view.train.get('train/loss'))}). "
                   f"Download it with: tunery fine-tuning download {job_id}")
+        out.print(f"Chat with it: tunery chat {escape(str(job.get('model_output_name')))}", highlight=False,
+                  soft_wrap=True)
         return EXIT_COMPLETED
     if view.status == "cancelled":
         out.print(f"[red]✗[/] {job_id} was cancelled after {took}")

@@ -4,11 +4,17 @@ A *sample* is one JSON object (one JSONL line). The formats are Together's
 (``reference/together-behaviour.md`` §1.5, ``together-sdk-contract.md`` §7.2):
 
     general        {"text": str}
-    conversation   {"messages": [message, ...], "tools"?: [tool, ...]}
+    conversation   {"messages": [message, ...], "tools"?: [tool, ...], "functions"?: [function, ...],
+                    "parallel_tool_calls"?: bool}
     instruction    {"prompt": str, "completion": str}
-    preference     {"input": {"messages": [...], "tools"?: [...]},
+    preference     {"input": {"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool},
                     "preferred_output": [assistant message], "non_preferred_output": [assistant message]}
     pretokenized   Parquet rows with input_ids (+ attention_mask, labels, position_ids); see validate.py
+
+Together's and OpenAI's chat formats are one format: OpenAI's additions are its legacy function
+calling (top-level ``functions``, an assistant's ``function_call``, ``function`` messages answering
+it; ``legacy_functions.py`` turns them into tools for rendering) and ``parallel_tool_calls``
+(false: no assistant message may make more than one tool call).
 
 Every problem is raised as :class:`tunery.errors.DatasetInvalid` with a message of the form
 ``line N: <json path> <problem>; got <value>`` and ``param`` set to the JSON path, so a user can
@@ -18,6 +24,7 @@ them once per sample on files of many GB.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,7 +54,7 @@ REQUIRED_KEYS: dict[DatasetFormat, tuple[str, ...]] = {
 }
 OPTIONAL_KEYS: dict[DatasetFormat, tuple[str, ...]] = {
     DatasetFormat.GENERAL: (),
-    DatasetFormat.CONVERSATION: ("tools",),
+    DatasetFormat.CONVERSATION: ("tools", "functions", "parallel_tool_calls"),
     DatasetFormat.INSTRUCTION: (),
     DatasetFormat.PREFERENCE: (),
 }
@@ -65,11 +72,14 @@ _FORMAT_BY_KEYS: dict[frozenset[str], DatasetFormat] = {
     for extra in combinations(optional, size)
 }
 
-ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+# "function" is OpenAI's legacy tool-result role (the answer to an assistant's function_call).
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool", "function")
+TOOL_RESULT_ROLES: tuple[str, ...] = ("tool", "function")
 MESSAGE_KEYS: tuple[str, ...] = (
     "role",
     "content",
     "tool_calls",
+    "function_call",
     "tool_call_id",
     "name",
     "weight",
@@ -86,11 +96,13 @@ _PLAIN_NEXT: dict[str | None, tuple[str, ...]] = {
     "user": ("assistant",),
     "assistant": ("user",),
     "tool": ("assistant",),
+    "function": ("assistant",),
     _CALLED_TOOLS: (),
 }
 _MESSAGE_KEY_SET = frozenset(MESSAGE_KEYS)
-_PREFERENCE_INPUT_KEYS = frozenset(("messages", "tools"))
-_OUTPUT_MESSAGE_KEYS = frozenset(("role", "content"))
+_PREFERENCE_INPUT_KEYS = frozenset(("messages", "tools", "parallel_tool_calls"))
+OUTPUT_MESSAGE_KEYS: tuple[str, ...] = ("role", "content", "tool_calls", "reasoning", "reasoning_content")
+_OUTPUT_MESSAGE_KEYS = frozenset(OUTPUT_MESSAGE_KEYS)
 
 # Multimodal limits (Together's data-preparation docs): base64 data URLs only, in user messages.
 MAX_IMAGES_PER_SAMPLE = 10
@@ -245,13 +257,32 @@ def _require_str(value: Any, path: str, line: int) -> None:
 
 
 def _check_conversation(record: dict[str, Any], line: int) -> RecordFacts:
-    """Check ``messages`` (and ``tools``) of a conversation sample."""
-    has_tools = "tools" in record
-    if has_tools:
+    """Check ``messages`` (and ``tools``, ``functions``, ``parallel_tool_calls``) of a conversation sample."""
+    has_tools = False
+    if "tools" in record:
         _check_tools(record["tools"], "tools", line)
         has_tools = bool(record["tools"])
+    if "functions" in record:
+        _check_functions(record["functions"], "functions", line)
+        has_tools = has_tools or bool(record["functions"])
     facts = _check_messages(record["messages"], "messages", line, preference_input=False)
+    _check_parallel_tool_calls(record, record["messages"], "", line, facts)
     return _with_tools(facts) if has_tools else facts
+
+
+def _check_parallel_tool_calls(holder: dict[str, Any], messages: list[Any], path: str, line: int,
+                               facts: RecordFacts) -> None:
+    """``parallel_tool_calls`` is a boolean; when false, no assistant message makes several tool calls."""
+    if "parallel_tool_calls" not in holder:
+        return
+    flag = holder["parallel_tool_calls"]
+    if not isinstance(flag, bool):
+        _fail(line, f"{path}parallel_tool_calls", "must be true or false", flag)
+    if flag is False and facts.has_parallel_tool_calls:
+        index = next(i for i, m in enumerate(messages) if len(m.get("tool_calls") or ()) > 1)
+        calls = messages[index]["tool_calls"]
+        _fail(line, f"{path}messages[{index}].tool_calls",
+              f"must hold one tool call, because {path}parallel_tool_calls is false", calls)
 
 
 def _check_messages(messages: Any, path: str, line: int, *, preference_input: bool) -> RecordFacts:
@@ -286,7 +317,7 @@ def _check_messages(messages: Any, path: str, line: int, *, preference_input: bo
             image_count += _check_content_parts(content, role, item, line)
         weights |= _check_weight(message, item, line)
         calls = _check_optional_fields(message, role, item, line)
-        tools |= calls > 0 or role == "tool"
+        tools |= calls > 0 or role in TOOL_RESULT_ROLES
         parallel |= calls > 1
         reasoning |= "reasoning" in message or "reasoning_content" in message
         has_assistant = has_assistant or role == "assistant"
@@ -319,13 +350,13 @@ def _check_message_shape(message: Any, item: str, line: int) -> str:
             param=f"{item}.{unknown}",
         )
     content = message.get("content")
-    if content is None and not (role == "assistant" and message.get("tool_calls")):
+    if content is None and not (role == "assistant" and (message.get("tool_calls") or message.get("function_call"))):
         if "content" in message:
             _fail(line, f"{item}.content", "must be a string or a list of content parts", content)
         _fail(
             line,
             item,
-            'is missing "content" (only an assistant message with tool_calls may omit it)',
+            'is missing "content" (only an assistant message with tool_calls or function_call may omit it)',
             message,
         )
     return role
@@ -343,19 +374,20 @@ def _check_role_order(role: str, state: str | None, index: int, item: str, line:
         if index != 0:
             _fail(line, f"{item}.role", "must not be system: a system message may only come first", role)
         return
-    if role == "tool":
-        if previous == "tool" or (previous == "assistant" and previous_called_tools):
+    if role in TOOL_RESULT_ROLES:
+        if previous in TOOL_RESULT_ROLES or (previous == "assistant" and previous_called_tools):
             return
         _fail(
             line,
             f"{item}.role",
-            "must not be tool: a tool message must follow an assistant message with tool_calls or another tool message",
+            f"must not be {role}: a {role} message must follow an assistant message with tool_calls (or "
+            "function_call) or another tool result",
             role,
         )
     if previous == "assistant" and previous_called_tools:
         _fail(line, f"{item}.role", "must be tool: the previous assistant message has tool_calls", role)
-    if role == "user" and previous == "tool":
-        _fail(line, f"{item}.role", "must be assistant or tool after a tool message", role)
+    if role == "user" and previous in TOOL_RESULT_ROLES:
+        _fail(line, f"{item}.role", f"must be assistant or tool after a {previous} message", role)
     if role == previous:
         _fail(
             line,
@@ -406,9 +438,20 @@ def _check_weight(message: dict[str, Any], item: str, line: int) -> bool:
 
 
 def _check_optional_fields(message: dict[str, Any], role: str, item: str, line: int) -> int:
-    """Check name, tool_call_id, reasoning fields and tool_calls; return the number of tool calls."""
+    """Check name, tool_call_id, reasoning fields, tool_calls and the legacy function_call; return the
+    number of tool calls."""
     if "name" in message:
         _require_str(message["name"], f"{item}.name", line)
+    elif role == "function":
+        _fail(line, item, 'is missing "name" (a function message names the function it answers)', message)
+    if "function_call" in message:
+        if role != "assistant":
+            _fail(line, f"{item}.function_call", "is only allowed on assistant messages", message["function_call"])
+        if "tool_calls" in message:
+            _fail(line, f"{item}.function_call", "must not be given with tool_calls (use one or the other)",
+                  message["function_call"])
+        _check_function_call(message["function_call"], f"{item}.function_call", line)
+        return 1
     if "tool_call_id" in message:
         if role != "tool":
             _fail(line, f"{item}.tool_call_id", "is only allowed on tool messages", message["tool_call_id"])
@@ -447,6 +490,34 @@ def _check_tool_calls(calls: Any, path: str, line: int) -> int:
     return len(calls)
 
 
+def _check_function_call(call: Any, path: str, line: int) -> None:
+    """OpenAI's legacy ``{"name": str, "arguments": str}`` (arguments is JSON text)."""
+    if not isinstance(call, dict):
+        _fail(line, path, "must be an object with name and arguments", call)
+    _require_str(call.get("name"), f"{path}.name", line)
+    if not isinstance(call.get("arguments"), str | dict):
+        _fail(line, f"{path}.arguments", "must be a JSON string or an object", call.get("arguments"))
+    unknown = [key for key in call if key not in ("name", "arguments")]
+    if unknown:
+        raise DatasetInvalid(f'line {line}: {path} has unknown key "{unknown[0]}"; a function_call has keys name, '
+                             "arguments", line=line, param=f"{path}.{unknown[0]}")
+
+
+def _check_functions(functions: Any, path: str, line: int) -> None:
+    """OpenAI's legacy function definitions: ``[{"name", "description"?, "parameters"?}]``."""
+    if not isinstance(functions, list):
+        _fail(line, path, "must be a list of functions", functions)
+    for index, function in enumerate(functions):
+        item = f"{path}[{index}]"
+        if not isinstance(function, dict):
+            _fail(line, item, "must be an object with a name", function)
+        _require_str(function.get("name"), f"{item}.name", line)
+        if "description" in function:
+            _require_str(function["description"], f"{item}.description", line)
+        if "parameters" in function and not isinstance(function["parameters"], dict):
+            _fail(line, f"{item}.parameters", "must be a JSON schema object", function["parameters"])
+
+
 def _check_tools(tools: Any, path: str, line: int) -> None:
     """Check OpenAI-style tool definitions: ``[{"type": "function", "function": {"name", ...}}]``."""
     if not isinstance(tools, list):
@@ -463,6 +534,12 @@ def _check_tools(tools: Any, path: str, line: int) -> None:
         _require_str(function.get("name"), f"{item}.function.name", line)
         if "parameters" in function and not isinstance(function["parameters"], dict):
             _fail(line, f"{item}.function.parameters", "must be a JSON schema object", function["parameters"])
+
+
+def _merged(a: RecordFacts, b: RecordFacts) -> RecordFacts:
+    if b is NO_FACTS:
+        return a
+    return RecordFacts(*(x or y for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True)))
 
 
 def _with_tools(facts: RecordFacts) -> RecordFacts:
@@ -546,7 +623,8 @@ def _check_preference(record: dict[str, Any], line: int) -> RecordFacts:
     if not prompt.keys() <= _PREFERENCE_INPUT_KEYS:
         unknown = next(key for key in prompt if key not in _PREFERENCE_INPUT_KEYS)
         raise DatasetInvalid(
-            f'line {line}: input has unknown key "{unknown}"; a preference input has keys messages, tools',
+            f'line {line}: input has unknown key "{unknown}"; a preference input has keys messages, tools, '
+            "parallel_tool_calls",
             line=line,
             param=f"input.{unknown}",
         )
@@ -555,13 +633,15 @@ def _check_preference(record: dict[str, Any], line: int) -> RecordFacts:
         _check_tools(prompt["tools"], "input.tools", line)
         has_tools = bool(prompt["tools"])
     facts = _check_messages(prompt["messages"], "input.messages", line, preference_input=True)
-    _check_output(record["preferred_output"], "preferred_output", line)
-    _check_output(record["non_preferred_output"], "non_preferred_output", line)
+    _check_parallel_tool_calls(prompt, prompt["messages"], "input.", line, facts)
+    for output in ("preferred_output", "non_preferred_output"):
+        facts = _merged(facts, _check_output(record[output], output, line))
     return _with_tools(facts) if has_tools else facts
 
 
-def _check_output(output: Any, path: str, line: int) -> None:
-    """A preference output is a list of exactly one ``{"role": "assistant", "content": str}``."""
+def _check_output(output: Any, path: str, line: int) -> RecordFacts:
+    """A preference output is a list of exactly one assistant message: ``content``, and optionally
+    ``tool_calls`` (then content may be null or absent) and ``reasoning``/``reasoning_content``."""
     if not isinstance(output, list) or len(output) != 1:
         _fail(line, path, "must be a list of exactly one assistant message", output)
     message = output[0]
@@ -571,15 +651,24 @@ def _check_output(output: Any, path: str, line: int) -> None:
     if not message.keys() <= _OUTPUT_MESSAGE_KEYS:
         unknown = next(key for key in message if key not in _OUTPUT_MESSAGE_KEYS)
         raise DatasetInvalid(
-            f'line {line}: {item} has unknown key "{unknown}"; an output message has keys role, content',
+            f'line {line}: {item} has unknown key "{unknown}"; an output message has keys '
+            f"{', '.join(OUTPUT_MESSAGE_KEYS)}",
             line=line,
             param=f"{item}.{unknown}",
         )
     if message.get("role") != "assistant":
         _fail(line, f"{item}.role", 'must be "assistant"', message.get("role"))
-    if "content" not in message:
-        _fail(line, item, 'is missing "content"', message)
-    _require_str(message["content"], f"{item}.content", line)
+    calls = _check_optional_fields(message, "assistant", item, line)
+    if message.get("content") is None and not calls:
+        if "content" in message:
+            _fail(line, f"{item}.content", "must be a string (null only with tool_calls)", None)
+        _fail(line, item, 'is missing "content" (only an output with tool_calls may omit it)', message)
+    if message.get("content") is not None:
+        _require_str(message["content"], f"{item}.content", line)
+    reasoning = "reasoning" in message or "reasoning_content" in message
+    if not (calls or reasoning):
+        return NO_FACTS
+    return RecordFacts(False, calls > 0, False, reasoning, calls > 1)
 
 
 _FIELD_CHECKS: dict[DatasetFormat, Callable[[dict[str, Any], int], RecordFacts]] = {

@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from tunery.errors import Conflict, NotFound
@@ -91,12 +91,19 @@ def get_file_any_owner(s: Session, file_id: str) -> File | None:
     return s.get(File, file_id)
 
 
-def list_files(s: Session, user_id: str) -> list[File]:
-    """The caller's files, newest first."""
-    rows = s.scalars(
-        select(File).where(File.user_id == user_id).order_by(File.created_at.desc(), File.id.desc())
-    )
-    return list(rows)
+def list_files(s: Session, user_id: str, *, purpose: str | None = None, after: str | None = None,
+               limit: int | None = None, ascending: bool = False) -> list[File]:
+    """The caller's files, newest first (oldest first with ``ascending``), optionally of one purpose,
+    starting after the file ``after`` (a cursor: 404 when it is not one of the caller's files)."""
+    query = select(File).where(File.user_id == user_id)
+    if purpose:
+        query = query.where(File.purpose == purpose)
+    if after:
+        cursor = get_file(s, user_id, after)
+        key = tuple_(File.created_at, File.id)
+        query = query.where(key > (cursor.created_at, cursor.id) if ascending else key < (cursor.created_at, cursor.id))
+    order = (File.created_at.asc(), File.id.asc()) if ascending else (File.created_at.desc(), File.id.desc())
+    return list(s.scalars(query.order_by(*order).limit(limit)))
 
 
 def _cas_upload_state(s: Session, file_id: str, expected: str, new: str, **values: Any) -> bool:
@@ -165,11 +172,11 @@ def record_validation(
     return row
 
 
-def record_token_count(s: Session, file_id: str, tokenizer: str, tokens: int) -> None:
-    """Cache the file's token count for ``tokenizer`` (files never change, so it never goes stale)."""
+def record_scan(s: Session, file_id: str, key: str, verdict: dict[str, Any]) -> None:
+    """Cache what a model made of the file under ``key`` (files never change: it never goes stale)."""
     row = s.get(File, file_id)
     if row is not None:
-        row.token_counts = {**(row.token_counts or {}), tokenizer: tokens}
+        row.scans = {**(row.scans or {}), key: verdict}
 
 
 def record_validation_failure(s: Session, file_id: str, message: str) -> None:

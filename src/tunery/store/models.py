@@ -88,8 +88,9 @@ class File(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     dataset_format: Mapped[str | None] = mapped_column(String(32), default=None)
     num_samples: Mapped[int] = mapped_column(default=0)
-    # Tokens per tokenizer (keyed by the model directory), counted once for price estimates.
-    token_counts: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # What models' chat templates made of the file ({tokens, problem} per model, method and
+    # masking; api/dataset_checks.py): rendered once, since a file never changes.
+    scans: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -105,6 +106,34 @@ class MultipartUpload(Base):
     state: Mapped[str] = mapped_column(String(16), default="open")
     # Backend-specific handle (the S3 UploadId); empty for the local store.
     backend_id: Mapped[str] = mapped_column(String(1024), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Upload(Base):
+    """An OpenAI-style Upload: a file sent in parts (``/v1/uploads``) that becomes a ``File`` when completed."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    # The size the client announced; the parts listed at completion must add up to it.
+    bytes: Mapped[int] = mapped_column()
+    # pending → completing → completed, or pending → cancelled (expiry is read from expires_at)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    file_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_parts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), index=True)
+    blob_key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -194,6 +223,17 @@ class BaseModelEntry(Base):
 
     name: Mapped[str] = mapped_column(String(256), primary_key=True)
     path: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelAlias(Base):
+    """An operator's alias for a base model (`tunery models alias gpt-4o-mini-2024-07-18 NAME`), so
+    scripts that name an OpenAI model train the open model it stands for."""
+
+    __tablename__ = "model_aliases"
+
+    alias: Mapped[str] = mapped_column(String(256), primary_key=True)
+    target: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

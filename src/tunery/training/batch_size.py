@@ -18,8 +18,7 @@ import torch
 
 from tunery.errors import TrainingFailed
 from tunery.training.data.collate import attention_bias
-from tunery.training.losses import token_loss_sum
-from tunery.training.model import LoadedModel, forward_logits, mask_dtype
+from tunery.training.model import LoadedModel, forward_logps, mask_dtype
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -62,9 +61,9 @@ def probe_step(loaded: LoadedModel, row_capacity: int) -> Callable[[int], None]:
         try:
             with torch.random.fork_rng(devices=devices):
                 moments = [torch.empty_like(p) for p in params for _ in range(2)]  # AdamW's state, to come
-                logits = forward_logits(loaded, ids, positions, attention_bias(segments, mask_dtype(loaded)))
-                token_loss_sum(logits, ids).backward()
-                del logits, moments
+                logps = forward_logps(loaded, ids, positions, ids, attention_bias(segments, mask_dtype(loaded)))
+                (-logps.sum()).backward()
+                del logps, moments
         finally:
             for p in params:
                 p.grad = None

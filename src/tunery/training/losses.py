@@ -1,5 +1,6 @@
-"""Loss functions. Token-level cross-entropy, summed, so callers can normalise over exactly the
-tokens of a whole optimizer step (gradient accumulation included)."""
+"""Loss functions over per-token target log-probabilities (``logprobs.py``): SFT's is their negated
+sum, so callers can normalise over exactly the tokens of a whole optimizer step (gradient
+accumulation included); DPO's work on per-sequence sums."""
 
 from __future__ import annotations
 
@@ -9,29 +10,16 @@ import torch.nn.functional as F
 from tunery.training.data.render import IGNORE
 
 
-def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum of ``-log p(target)`` over positions whose target is not ``IGNORE``.
-
-    ``logits`` is ``[B, L, V]`` and ``targets`` ``[B, L]``, already aligned (see ``collate.py``).
-    """
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
-
-
 def sequence_logps(
-    logits: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor, segments: int
+    token_logps: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor, segments: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-segment sums of ``log p(target)`` and counts of trained targets, each ``[B, segments]``.
 
-    Segments are the examples of a (packed) row, as numbered by ``collate``.
+    ``token_logps`` is ``[B, L]`` (see ``logprobs.TargetLogps``); segments are the examples of a
+    (packed) row, as numbered by ``collate``.
     """
-    batch, length = targets.shape
-    token_logps = -F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="none"
-    ).view(batch, length)
     trained = (targets != IGNORE).to(token_logps.dtype)
-    sums = torch.zeros(batch, segments, dtype=token_logps.dtype, device=logits.device)
+    sums = token_logps.new_zeros(targets.shape[0], segments)
     counts = torch.zeros_like(sums)
     return sums.scatter_add(1, segment_ids, token_logps * trained), counts.scatter_add(1, segment_ids, trained)
 

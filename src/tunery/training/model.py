@@ -9,7 +9,7 @@ full fine-tuning keeps fp32 weights, and both run the forward pass under bf16 au
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ from torch import nn
 from tunery.training import attention
 from tunery.training.attention import Segments
 from tunery.training.config import TrainConfig
+from tunery.training.logprobs import TargetLogps
 
 ATTN_IMPLEMENTATION = attention.PACKED  # SDPA, plus per-example attention for wide packed rows
 
@@ -32,7 +33,11 @@ class LoadedModel:
     device: torch.device
     autocast_dtype: torch.dtype | None
     param_count: int  # parameters of the underlying model, adapters excluded
-    ddp: Any = None  # DistributedDataParallel over ``model`` when training in several processes
+    ddp: Any = None  # DistributedDataParallel over ``scorer`` when training in several processes
+    scorer: TargetLogps = field(init=False)  # ``model`` as batch -> target log-probabilities
+
+    def __post_init__(self) -> None:
+        self.scorer = TargetLogps(self.model)
 
     @property
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -128,18 +133,21 @@ def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None) -> Any:
     return get_peft_model(model, lora)
 
 
-def forward_logits(
-    loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, bias: torch.Tensor | Segments
+def forward_logps(
+    loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+    bias: torch.Tensor | Segments, **inputs: Any
 ) -> torch.Tensor:
-    """Logits ``[B, L, V]`` in fp32, under autocast where configured. ``bias`` keeps packed examples
-    apart: a 4-D additive mask, or ``Segments`` (see ``attention.attention_for``). Passes that build a
-    graph go through ``ddp`` when there is one, so their backward averages gradients across ranks."""
-    module = loaded.ddp if loaded.ddp is not None and torch.is_grad_enabled() else loaded.model
+    """``[B, L]`` fp32 log-probabilities of ``targets`` (0 where ``IGNORE``), under autocast where
+    configured, without the full logits (see ``logprobs.py``). ``bias`` keeps packed examples apart:
+    a 4-D additive mask, or ``Segments`` (see ``attention.attention_for``); ``inputs`` go to the model
+    as they are. Passes that build a graph go through ``ddp`` when there is one, so their backward
+    averages gradients across ranks."""
+    module = loaded.ddp if loaded.ddp is not None and torch.is_grad_enabled() else loaded.scorer
     isolation = {"packed_segments": bias} if isinstance(bias, Segments) else {"attention_mask": bias}
     with torch.autocast(loaded.device.type, dtype=loaded.autocast_dtype or torch.float32,
                         enabled=loaded.autocast_dtype is not None):
-        out = module(input_ids=input_ids, position_ids=position_ids, use_cache=False, **isolation)
-    return out.logits.float()
+        logps: torch.Tensor = module(input_ids, position_ids, targets, **isolation, **inputs)
+    return logps
 
 
 def mask_dtype(loaded: LoadedModel) -> torch.dtype:

@@ -38,7 +38,7 @@ from tunery.training.data.collate import attention_bias
 from tunery.training.data.packing import epoch_batches
 from tunery.training.distributed import Dist, process_group, wrap
 from tunery.training.export import write_weights
-from tunery.training.model import LoadedModel, forward_logits, mask_dtype, pick_device
+from tunery.training.model import LoadedModel, forward_logps, mask_dtype, pick_device
 from tunery.training.reporter import NullReporter, Reporter
 from tunery.training.schedules import evenly_spaced, lr_at, warmup_steps
 from tunery.training.tracking import wandb_reporting
@@ -104,7 +104,7 @@ def start_session(cfg: TrainConfig, reporter: Reporter, loaded: LoadedModel, pla
     optimizer with the loop state and RNGs."""
     export_config = cfg.public_dict(batch_size=plan.batch_size, max_seq_length=plan.max_seq_length)
     s = Session(cfg, reporter, loaded, plan, build_optimizer(loaded, cfg), export_config, dist=dist)
-    loaded.ddp = wrap(loaded.model, dist)
+    loaded.ddp = wrap(loaded.scorer, dist)
     if cfg.resume_from:
         s.state, s.best, s.extra = load_state(Path(cfg.resume_from) / "state", s.optimizer, dist.rank)
         s.last_checkpoint = s.state.step
@@ -113,11 +113,10 @@ def start_session(cfg: TrainConfig, reporter: Reporter, loaded: LoadedModel, pla
     return s
 
 
-def report_start(s: Session, token_count: int) -> None:
-    s.reporter.event(
-        "training_start",
-        f"Training started: {s.plan.total_steps} steps over {s.cfg.n_epochs} epochs"
-        + (f" in {s.dist.world} processes" if s.dist.world > 1 else ""),
+def report_start(s: Session, token_count: int, trained_tokens_per_epoch: int | None = None) -> None:
+    """``trained_tokens_per_epoch`` (SFT): the tokens whose prediction one pass trains, which a
+    preview of the whole file adds up to."""
+    fields: dict[str, Any] = dict(
         total_steps=s.plan.total_steps,
         token_count=token_count,
         param_count=s.loaded.param_count,
@@ -126,6 +125,14 @@ def report_start(s: Session, token_count: int) -> None:
         max_seq_length=s.plan.max_seq_length,
         resumed_from_step=s.state.step,
         processes=s.dist.world,
+    )
+    if trained_tokens_per_epoch is not None:
+        fields["trained_tokens_per_epoch"] = trained_tokens_per_epoch
+    s.reporter.event(
+        "training_start",
+        f"Training started: {s.plan.total_steps} steps over {s.cfg.n_epochs} epochs"
+        + (f" in {s.dist.world} processes" if s.dist.world > 1 else ""),
+        **fields,
     )
 
 
@@ -250,8 +257,8 @@ def idle_backward(s: Session) -> None:
     zero through one token, which contributes nothing."""
     ids = torch.full((1, 1), s.loaded.tokenizer.pad_token_id, dtype=torch.long, device=s.loaded.device)
     positions = torch.zeros_like(ids)
-    logits = forward_logits(s.loaded, ids, positions, attention_bias(positions, mask_dtype(s.loaded)))
-    (logits.sum() * 0.0).backward()
+    logps = forward_logps(s.loaded, ids, positions, ids, attention_bias(positions, mask_dtype(s.loaded)))
+    (logps.sum() * 0.0).backward()
 
 
 def should_stop(s: Session) -> bool:

@@ -13,8 +13,8 @@ import subprocess
 import sys
 import threading
 
-from tunery.settings import Settings
 from tunery.lifetime import on_parent_death
+from tunery.settings import Settings
 
 log = logging.getLogger("tunery.worker")
 

@@ -11,25 +11,20 @@ file stays listed with ``processing_status: INVALID_FORMAT`` and its report.
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path, PurePosixPath
-from typing import Annotated, Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from tunery.api.deps import AppContext, Ctx, CurrentUser
-from tunery.api.errors import error_body
+from tunery.api.errors import error_body, invalid_request
+from tunery.api.file_intake import store_staged_file, validate_file
 from tunery.api.object_uploads import adopt_upload, direct, file_url, part_urls, upload_key
-from tunery.api.routes.uploads import (
-    check_announced_length,
-    file_upload_url,
-    part_upload_url,
-    receive_form,
-)
+from tunery.api.receiving import FormParts, check_announced_length, is_multipart, receive_form
+from tunery.api.routes.uploads import file_upload_url, part_upload_url
 from tunery.api.schemas.files import (
     FileCreateRequest,
     FileDeleteResponse,
@@ -45,13 +40,11 @@ from tunery.api.schemas.files import (
     MultipartPart,
 )
 from tunery.api.streaming import blob_response
-from tunery.errors import Busy, Conflict, InvalidRequest, NotFound, TuneryError
+from tunery.errors import Conflict, InvalidRequest, NotFound, TuneryError
 from tunery.storage import DirectUploads
 from tunery.storage.staging import PartDir, StagedFile, too_large
 from tunery.store import files as file_store
 from tunery.store.models import File, MultipartUpload, User
-
-log = logging.getLogger("tunery.api.files")
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -92,56 +85,70 @@ def _validated(row: File, wrap: bool = False) -> JSONResponse:
 # ---- validation ----------------------------------------------------------------------------------
 
 
-def validate_file(ctx: AppContext, row: File, path: Path | None = None) -> File:
-    """Stream the stored blob (or ``path``, a local copy of it) through the dataset validator, in a
-    bounded child process, and record the verdict on the row (no transaction is open meanwhile)."""
-    with ctx.db.session() as s:
-        file_store.mark_validating(s, row.id)
-    try:
-        if path is not None:
-            report = ctx.validator.validate(path, row.file_type, row.purpose)
-        else:
-            with ctx.blobs.local_copy(row.blob_key) as copy:
-                report = ctx.validator.validate(copy, row.file_type, row.purpose)
-    except Busy:
-        with ctx.db.session() as s:
-            file_store.mark_validating(s, row.id, file_store.PENDING)  # not started: a retry validates it
-        raise
-    except Exception as error:
-        log.exception("validating %s failed", row.id)
-        with ctx.db.session() as s:
-            file_store.record_validation_failure(s, row.id, f"{type(error).__name__}: {error}")
-        raise TuneryError(f"validating file {row.id} failed; the server log has the details") from error
-    with ctx.db.session() as s:
-        updated = file_store.record_validation(
-            s, row.id, valid=report.valid, report=report.to_json(),
-            dataset_format=report.dataset_format.value if report.dataset_format else None,
-            num_samples=report.num_samples,
-        )
-    if updated is None:
-        raise NotFound(f"file {row.id} was deleted during validation", param="id")
-    return updated
-
-
 def _validate_if_needed(ctx: AppContext, row: File) -> File:
     if row.processing_status in (file_store.COMPLETED, file_store.INVALID_FORMAT):
         return row  # already validated: preprocess is idempotent
     return validate_file(ctx, row)
 
 
-# ---- the SDK's single-request upload -------------------------------------------------------------
+# ---- POST /v1/files: Together's metadata-then-PUT, or OpenAI's bytes in the form ---------------
+
+_CREATE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["purpose"],
+    "properties": {
+        "purpose": {"type": "string", "enum": ["fine-tune", "calibration", "eval", "batch-api"]},
+        "file_name": {"type": "string", "description": "Together: the file's basename (no `file` part)."},
+        "file_type": {"type": "string", "enum": ["jsonl", "csv", "parquet"]},
+        "checksum": {"type": "string", "description": "Together: SHA-256 of the file as 64 hex digits."},
+        "file": {"type": "string", "format": "binary", "description": "OpenAI: the file's bytes."},
+    },
+}}}}}
+# A metadata-only form is a few hundred bytes; anything bigger without a file part is not one.
+MAX_METADATA_BYTES = 64 * 1024
 
 
 @router.post(
-    "", status_code=302, response_model=FileUploadUrl, responses={**_ERRORS, 302: {
-        "description": "Created; PUT the bytes to `Location` (signed, expiring, single use).",
+    "", status_code=302, response_model=FileUploadUrl, openapi_extra=_CREATE_BODY, responses={**_ERRORS, 200: {
+        "description": "OpenAI's form with a `file` part: the stored and validated file "
+                       "(`status` processed, or error with `status_details` naming the line).",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FileResponse"}}},
+    }, 302: {
+        "description": "Together's form without a `file` part: created; PUT the bytes to `Location` (signed, "
+                       "expiring, single use).",
         "headers": {"Location": {"schema": {"type": "string"}}, "X-Together-File-Id": {"schema": {"type": "string"}}},
     }},
 )
-def create_file(
-    request: Request, form: Annotated[FileCreateRequest, Form()], user: CurrentUser, ctx: Ctx,
-) -> Response:
+async def create_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response:
+    """Two dialects on one URL. The `together` SDK sends only metadata (``purpose``, ``file_name``,
+    ``file_type``, ``checksum``) and gets a 302 to the signed URL to PUT the bytes to. The `openai`
+    SDK sends the bytes in a ``file`` part and gets the stored, validated file object (200 even when
+    the dataset is invalid: ``status: "error"`` and ``status_details`` name the line, as OpenAI
+    reports it)."""
+    if not is_multipart(request):  # a urlencoded metadata form (curl -d)
+        check_announced_length(request, MAX_METADATA_BYTES)
+        fields = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        return await run_in_threadpool(_register_for_put, request, ctx, user, fields)
+    limit = ctx.settings.max_upload_bytes
+    check_announced_length(request, limit, slack=1024 * 1024)
+    staged = StagedFile(ctx.blobs.staging_dir(), limit)
+    form = await receive_form(request, staged, require_file=False)
+    if form.file_parts == 0:
+        staged.discard()
+        return await run_in_threadpool(_register_for_put, request, ctx, user, form.texts())
+    if form.text("expires_after[anchor]") is not None or form.text("expires_after[seconds]") is not None:
+        staged.discard()
+        raise InvalidRequest("expires_after is not supported: files on this server are kept until you delete "
+                             "them (files.delete)", param="expires_after")
+    row = await _receive_whole_file(request, ctx, user, form, staged, dialect_400=True)
+    return JSONResponse(FileResponse.from_row(row).wire())
+
+
+def _register_for_put(request: Request, ctx: AppContext, user: User, fields: dict[str, str]) -> Response:
     """Register a file and answer 302 with the signed URL to PUT its bytes to."""
+    try:
+        form = FileCreateRequest.model_validate(fields)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
     with ctx.db.session() as s:
         dup = file_store.find_duplicate(
             s, user_id=user.id, checksum=form.checksum, filename=form.file_name, purpose=form.purpose,
@@ -197,38 +204,24 @@ async def upload_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
     check_announced_length(request, limit, slack=1024 * 1024)
     staged = StagedFile(ctx.blobs.staging_dir(), limit)
     form = await receive_form(request, staged)
+    return _validated(await _receive_whole_file(request, ctx, user, form, staged))
+
+
+async def _receive_whole_file(request: Request, ctx: AppContext, user: User, form: FormParts, staged: StagedFile,
+                              dialect_400: bool = False) -> File:
+    """Store the bytes a form's ``file`` part brought (already in ``staged``) as a new file of the
+    user's and validate them. The name is ``file_name`` or the part's filename. Bad metadata is a
+    422 (a 400 with ``dialect_400``, OpenAI's status for it)."""
     try:
-        file_name = form.text("file_name") or form.filename or ""
-        suffix = PurePosixPath(file_name).suffix.lstrip(".").lower()
-        meta = FileCreateRequest.model_validate({
-            "purpose": form.text("purpose"), "file_name": file_name, "checksum": "",
-            "file_type": form.text("file_type") or (suffix if suffix in ("jsonl", "csv", "parquet") else "jsonl"),
-        })
+        meta = FileCreateRequest.for_bytes(form.text("purpose"), form.text("file_name") or form.filename or "",
+                                           form.text("file_type"))
     except ValidationError as error:
         staged.discard()
+        if dialect_400:
+            raise invalid_request(error) from None
         raise RequestValidationError(error.errors()) from None
-    row = await run_in_threadpool(_store_one_shot, ctx, user, meta, staged)
-    return _validated(await run_in_threadpool(validate_file, ctx, row))
-
-
-def _store_one_shot(ctx: AppContext, user: User, meta: FileCreateRequest, staged: StagedFile) -> File:
-    key = ""
-    try:
-        with ctx.db.session() as s:
-            row = file_store.create_file(
-                s, user_id=user.id, filename=meta.file_name, purpose=meta.purpose, file_type=meta.file_type,
-            )
-            file_store.claim_upload(s, row.id)
-        key = file_store.blob_key(row.id)
-        ctx.blobs.put(key, staged.path)  # outside any transaction: blob I/O takes its time
-        with ctx.db.session() as s:
-            file_store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256)
-            return file_store.get_file(s, user.id, row.id)
-    except BaseException:
-        staged.discard()
-        if key:
-            ctx.blobs.delete(key)
-        raise
+    row = await run_in_threadpool(store_staged_file, ctx, user, meta, staged)
+    return await run_in_threadpool(validate_file, ctx, row)
 
 
 # ---- multipart upload (files over 5 GiB) ---------------------------------------------------------
@@ -389,12 +382,23 @@ def multipart_abort(body: MultipartAbortRequest, user: CurrentUser, ctx: Ctx) ->
 # ---- reading and deleting ------------------------------------------------------------------------
 
 
-@router.get("", response_model=FileList)
-def list_files(user: CurrentUser, ctx: Ctx) -> FileList:
-    """The caller's files, newest first."""
+MAX_LIST = 10_000
+
+
+@router.get("", response_model=FileList, responses={400: {}, 404: {}})
+def list_files(
+    user: CurrentUser, ctx: Ctx, purpose: str | None = None,
+    after: str | None = Query(None, description="A file id: list the files after it (OpenAI's cursor)."),
+    limit: int = Query(MAX_LIST, ge=1, le=MAX_LIST), order: Literal["asc", "desc"] = "desc",
+) -> FileList:
+    """The caller's files, newest first by default; ``purpose`` filters, ``after``/``limit`` page
+    (``has_more`` says whether another page follows)."""
     with ctx.db.read() as s:
-        rows = file_store.list_files(s, user.id)
-    return FileList(data=[FileResponse.from_row(r) for r in rows])
+        rows = file_store.list_files(s, user.id, purpose=purpose, after=after, limit=limit + 1,
+                                     ascending=order == "asc")
+    page = [FileResponse.from_row(r) for r in rows[:limit]]
+    return FileList(data=page, has_more=len(rows) > limit, first_id=page[0].id if page else None,
+                    last_id=page[-1].id if page else None)
 
 
 @router.get("/{file_id}", response_model=FileResponse, responses={404: {}})

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 from sqlalchemy.orm import Session
 
+from tunery.api.dataset_checks import check_job_files
 from tunery.api.deps import Ctx, CurrentUser, DbSession, ReadSession
 from tunery.api.estimates import estimate_price as estimate
 from tunery.api.job_requests import base_model_of, output_name, resolve_job_request
@@ -57,20 +58,28 @@ def preview_tokenization(ctx: Ctx, user: CurrentUser, body: PreviewRequest) -> d
 
 
 @router.post("")
-def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, req: FinetuneRequest) -> dict[str, Any]:
-    resolved = resolve_job_request(s, req, user, ctx.catalog, registered_models(s))
+def create_job(ctx: Ctx, user: CurrentUser, req: FinetuneRequest) -> dict[str, Any]:
+    # Checked in a read, the files rendered with no transaction open, the job written in a short write.
+    with ctx.db.read() as s:
+        registered = registered_models(s)
+        resolved = resolve_job_request(s, req, user, ctx.catalog, registered)
+    if not req.from_hf_model:  # those train with the hub model's tokenizer, fetched by the worker
+        files = [(resolved.training_file, "training_file")]
+        files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
+        check_job_files(ctx, registered, resolved.model, resolved.params, files)
     job_id = job_store.new_job_id()
-    job = job_store.create_job(s, Job(
-        id=job_id, user_id=user.id, model=resolved.model,
-        model_output_name=output_name(user, resolved.model, req.suffix, job_id), suffix=req.suffix,
-        training_file=resolved.training_file.id,
-        validation_file=resolved.validation_file.id if resolved.validation_file else "",
-        from_checkpoint=req.from_checkpoint or "", params=resolved.params, secrets=resolved.secrets or None,
-        priority=req.priority,
-    ))
-    transition(s, job.id, JobStatus.QUEUED, event_type="job_pending", message="Job queued, waiting for a worker")
-    s.refresh(job)
-    return job_json(s, job)
+    with ctx.db.session() as s:
+        job = job_store.create_job(s, Job(
+            id=job_id, user_id=user.id, model=resolved.model,
+            model_output_name=output_name(user, resolved.model, req.suffix, job_id), suffix=req.suffix,
+            training_file=resolved.training_file.id,
+            validation_file=resolved.validation_file.id if resolved.validation_file else "",
+            from_checkpoint=req.from_checkpoint or "", params=resolved.params, secrets=resolved.secrets or None,
+            priority=req.priority,
+        ))
+        transition(s, job.id, JobStatus.QUEUED, event_type="job_pending", message="Job queued, waiting for a worker")
+        s.refresh(job)
+        return job_json(s, job)
 
 
 @router.get("")

@@ -5,10 +5,6 @@ These are the URLs ``POST /v1/files`` (``Location``) and ``POST /v1/files/multip
 and no Content-Type, so the credential is the signed ``token`` in the query string
 (``tunery.api.signing``). They live outside ``/v1`` because they are ours, not Together's API.
 
-``receive`` and ``receive_form`` are the two ways a request body reaches the staging directory
-(raw bytes, or the ``file`` part of a multipart form for ``POST /v1/files/upload``), both in
-constant memory through ``tunery.storage.staging``.
-
 Whole-file URLs are single use: the file row's upload state is claimed with a compare-and-set
 before any byte is stored, so a second or concurrent PUT gets 403 and stores nothing (a failed
 upload releases the claim, so the client may retry the same URL). Part URLs may be re-sent while
@@ -17,22 +13,20 @@ their multipart upload is open, like S3's: the last upload of a part wins.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from tunery.api.deps import AppContext, get_ctx, public_base_url
 from tunery.api.errors import error_response
+from tunery.api.receiving import announced_length, check_announced_length, receive
 from tunery.api.signing import FILE, PART, UploadSigner
 from tunery.api.validation import PARALLEL_MIN_BYTES
 from tunery.errors import Forbidden, InvalidRequest, NotFound
-from tunery.storage.staging import BodyPump, PartDir, StagedFile, too_large
+from tunery.storage.staging import PartDir, StagedFile
 from tunery.store import files as file_store
 from tunery.store.models import File
 
@@ -67,135 +61,6 @@ def part_upload_url(request: Request, upload_id: str, part_number: int) -> str:
     return f"{base}/uploads/parts/{upload_id}/{part_number}?token={token}"
 
 
-def _announced_length(request: Request) -> int:
-    announced = request.headers.get("content-length", "")
-    return int(announced) if announced.isascii() and announced.isdigit() else 0
-
-
-def check_announced_length(request: Request, limit: int, slack: int = 0) -> None:
-    """413 before reading anything when ``Content-Length`` already says the body is too big."""
-    if _announced_length(request) > limit + slack:
-        raise too_large(limit)
-
-
-async def receive(chunks: AsyncIterator[bytes], staged: StagedFile) -> StagedFile:
-    """Stream a request body into ``staged``; on any failure the staged file is deleted."""
-    pump = BodyPump(staged)
-    try:
-        async for chunk in chunks:
-            if chunk:
-                pump.feed(chunk)
-                await pump.maybe_flush()
-        return await pump.finish()
-    except BaseException:
-        await pump.abort()
-        raise
-
-
-class FormParts:
-    """python-multipart callbacks for a one-shot upload form: the part named ``file`` streams into
-    a ``BodyPump``; every other part is a small text field kept in memory (at most 64 KiB)."""
-
-    MAX_FIELD_BYTES = 64 * 1024
-    MAX_FIELDS = 32
-
-    def __init__(self, pump: BodyPump):
-        self.pump = pump
-        self.fields: dict[str, bytearray] = {}
-        self.filename: str | None = None
-        self.file_parts = 0
-        self.ended = False
-        self._headers: dict[bytes, bytes] = {}
-        self._field = bytearray()
-        self._value = bytearray()
-        self._target: str | None = None
-
-    def callbacks(self) -> dict:
-        return {
-            "on_part_begin": self._headers.clear, "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
-            "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
-            "on_part_end": self.on_part_end, "on_end": self.on_end,
-        }
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._field += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def on_header_end(self) -> None:
-        self._headers[bytes(self._field).lower()] = bytes(self._value)
-        self._field.clear()
-        self._value.clear()
-
-    def on_headers_finished(self) -> None:
-        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        name = params.get(b"name", b"").decode("utf-8", "replace")
-        if name == "file":
-            self.file_parts += 1
-            if self.file_parts > 1:
-                raise InvalidRequest("send exactly one part named `file`", param="file")
-            filename = params.get(b"filename")
-            self.filename = filename.decode("utf-8", "replace") if filename else None
-        elif name not in self.fields and len(self.fields) >= self.MAX_FIELDS:
-            raise InvalidRequest(f"too many form fields (at most {self.MAX_FIELDS})")
-        else:
-            self.fields[name] = bytearray()
-        self._target = name
-
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self._target == "file":
-            self.pump.feed(data[start:end])
-        elif self._target is not None:
-            value = self.fields[self._target]
-            value += data[start:end]
-            if len(value) > self.MAX_FIELD_BYTES:
-                raise InvalidRequest(f"form field {self._target!r} is longer than {self.MAX_FIELD_BYTES} bytes",
-                                     param=self._target)
-
-    def on_part_end(self) -> None:
-        self._target = None
-
-    def on_end(self) -> None:
-        self.ended = True
-
-    def text(self, name: str) -> str | None:
-        value = self.fields.get(name)
-        return None if value is None else value.decode("utf-8", "replace").strip()
-
-
-async def receive_form(request: Request, staged: StagedFile) -> FormParts:
-    """Parse a ``multipart/form-data`` body, streaming its ``file`` part into ``staged``.
-
-    On any failure the staged file is deleted; a malformed body is a 400.
-    """
-    content_type, params = parse_options_header(request.headers.get("content-type"))
-    if content_type != b"multipart/form-data" or not params.get(b"boundary"):
-        staged.discard()
-        raise InvalidRequest("send the file as multipart/form-data with a part named `file`", param="file")
-    pump = BodyPump(staged)
-    form = FormParts(pump)
-    try:
-        parser = MultipartParser(params[b"boundary"], callbacks=form.callbacks())  # type: ignore[arg-type]
-        async for chunk in request.stream():
-            parser.write(chunk)
-            await pump.maybe_flush()
-        parser.finalize()
-        if not form.ended:
-            raise InvalidRequest("the multipart body ended before its closing boundary")
-        if form.file_parts == 0:
-            raise InvalidRequest("the form has no part named `file`", param="file")
-        await pump.finish()
-        return form
-    except FormParserError as error:
-        await pump.abort()
-        raise InvalidRequest(f"the multipart body is malformed: {error}") from None
-    except BaseException:
-        await pump.abort()
-        raise
-
-
 # Both PUT routes are async, unlike the rest of the API: the body must be streamed to disk in
 # constant memory (request.stream()), which needs the event loop. Their database work is sync
 # and runs in the thread pool so the loop never waits on SQLite.
@@ -209,7 +74,7 @@ async def put_file(request: Request, file_id: Annotated[str, Path(max_length=64)
     limit = ctx.settings.max_upload_bytes
     check_announced_length(request, limit)
     row = await run_in_threadpool(_claim_file, ctx, file_id)
-    if _announced_length(request) >= PARALLEL_MIN_BYTES and row.file_type == "jsonl":
+    if announced_length(request) >= PARALLEL_MIN_BYTES and row.file_type == "jsonl":
         ctx.validator.warm()  # start the validation children while the bytes arrive
     try:
         staged = await receive(request.stream(), StagedFile(ctx.blobs.staging_dir(), limit))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -52,9 +53,16 @@ class ValidationReport(BaseModel):
     nlines: int | None = None
 
 
+# OpenAI's file ``status`` for each of Together's ``processing_status`` values.
+OPENAI_STATUS = {"PENDING": "uploaded", "QUEUED": "uploaded", "RUNNING": "uploaded", "COMPLETED": "processed",
+                 "FAILED": "error", "INVALID_FORMAT": "error"}
+
+
 class FileResponse(BaseModel):
-    """One file. ``FileType`` is capitalised exactly so; ``created_at`` is unix seconds (the SDK's
-    upload path validates this object strictly)."""
+    """One file, in both dialects at once: Together's fields (``FileType`` capitalised exactly so,
+    ``processing_status``, ``validation_report``; the `together` SDK's upload path validates them
+    strictly) and OpenAI's (``status`` uploaded/processed/error, ``status_details`` with the
+    validation error naming the line, ``expires_at``). ``created_at`` is unix seconds in both."""
 
     model_config = ConfigDict(populate_by_name=True)
     id: str
@@ -68,6 +76,10 @@ class FileResponse(BaseModel):
     validation_report: ValidationReport | None = None
     # Older Together field, kept for older clients; the number of samples once validated.
     line_count: int = 0
+    status: Literal["uploaded", "processed", "error"]
+    status_details: str | None = None
+    # Files here never expire (expires_after is refused on upload).
+    expires_at: int | None = None
 
     @classmethod
     def from_row(cls, row: File) -> FileResponse:
@@ -80,6 +92,9 @@ class FileResponse(BaseModel):
             purpose=row.purpose,  # type: ignore[arg-type]
             processing_status=row.processing_status,  # type: ignore[arg-type]
             validation_report=report, line_count=row.num_samples,
+            status=OPENAI_STATUS[row.processing_status],  # type: ignore[arg-type]
+            status_details=(row.report or {}).get("error") if row.processing_status in ("FAILED", "INVALID_FORMAT")
+            else None,
         )
 
     def wire(self) -> dict[str, Any]:
@@ -87,8 +102,13 @@ class FileResponse(BaseModel):
 
 
 class FileList(BaseModel):
+    """Together reads ``data``; OpenAI's SDK pages with ``has_more`` and the last item's id."""
+
     object: Literal["list"] = "list"
     data: list[FileResponse]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
 
 
 class FileDeleteResponse(BaseModel):
@@ -107,6 +127,16 @@ class FileCreateRequest(BaseModel):
 
     _name = field_validator("file_name")(_basename)
     _sum = field_validator("checksum")(_checksum)
+
+    @classmethod
+    def for_bytes(cls, purpose: str | None, file_name: str, file_type: str | None = None) -> FileCreateRequest:
+        """The metadata of bytes sent with the request: the type follows the name's extension when
+        not given (jsonl when the extension is none of ours). Raises pydantic's ValidationError."""
+        suffix = PurePosixPath(file_name).suffix.lstrip(".").lower()
+        return cls.model_validate({
+            "purpose": purpose, "file_name": file_name, "checksum": "",
+            "file_type": file_type or (suffix if suffix in ("jsonl", "csv", "parquet") else "jsonl"),
+        })
 
 
 class FileUploadUrl(BaseModel):

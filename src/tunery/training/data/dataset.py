@@ -10,12 +10,14 @@ trained token are dropped (and counted). A file from which nothing survives is a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunery.datasets import DatasetFormat, detect_format, iter_records
 from tunery.errors import TrainingFailed
+from tunery.training.data.chat import ConversationRefused
 from tunery.training.data.render import Example, Renderer, from_pretokenized, truncate
 
 
@@ -38,7 +40,7 @@ def load_examples(
 ) -> TokenizedDataset:
     """Tokenize every sample of ``path``; raise ``TrainingFailed(user_error=True)`` if none is usable."""
     data = TokenizedDataset([], DatasetFormat.PRETOKENIZED if file_type == "parquet" else DatasetFormat.GENERAL)
-    for fmt, examples in _rendered(Path(path), file_type, renderer):
+    for fmt, examples in _rendered(Path(path), file_type, renderer, what):
         data.format = fmt
         data.samples += 1
         for example in examples:
@@ -88,8 +90,9 @@ def load_pairs(
                     f"line {line}: DPO trains on preference samples (input, preferred_output, "
                     f"non_preferred_output); the {what} has a {fmt.value} sample", user_error=True)
             data.samples += 1
-            (chosen, cut_chosen), (rejected, cut_rejected) = (
-                truncate(e, max_seq_length) for e in renderer.preference(record))
+            with _line_of(line, what):
+                pair = renderer.preference(record)
+            (chosen, cut_chosen), (rejected, cut_rejected) = (truncate(e, max_seq_length) for e in pair)
             data.truncated += cut_chosen or cut_rejected
             if chosen.num_trained == 0 or rejected.num_trained == 0:
                 data.dropped += 1
@@ -104,7 +107,39 @@ def load_pairs(
     return data
 
 
-def _rendered(path: Path, file_type: str, renderer: Renderer) -> Iterator[tuple[DatasetFormat, list[Example]]]:
+@dataclass(frozen=True)
+class FileScan:
+    """One pass over a dataset file as a job would render it."""
+
+    tokens: int  # tokens of every sequence, uncut (a DPO pair counts both sides)
+    problem: str | None  # why no job can train on the file, naming the line; None when it can
+
+
+def scan_file(path: str | Path, file_type: str, renderer: Renderer, method: str = "sft",
+              *, what: str = "training file") -> FileScan:
+    """Render every sample of ``path`` as training will (same renderer, same masking), so what
+    would fail a job - a conversation the chat template refuses, a file with nothing to train on -
+    is found before one is queued."""
+    try:
+        loaded = (load_pairs if method == "dpo" else load_examples)(path, file_type, renderer, 2**62, what=what)
+    except TrainingFailed as failed:
+        if not failed.user_error:
+            raise
+        return FileScan(0, failed.message)
+    return FileScan(loaded.num_tokens, None)
+
+
+@contextmanager
+def _line_of(line: int, what: str) -> Iterator[None]:
+    """A conversation the chat template refuses is the user's to fix: name the line."""
+    try:
+        yield
+    except ConversationRefused as refused:
+        raise TrainingFailed(f"line {line} of the {what}: {refused.message}", user_error=True) from None
+
+
+def _rendered(path: Path, file_type: str, renderer: Renderer,
+              what: str) -> Iterator[tuple[DatasetFormat, list[Example]]]:
     if file_type == "parquet":
         for row in _parquet_rows(path):
             yield DatasetFormat.PRETOKENIZED, from_pretokenized(row)
@@ -121,7 +156,9 @@ def _rendered(path: Path, file_type: str, renderer: Renderer) -> Iterator[tuple[
                     f"{first.value} format; every sample of a file must have the same format",
                     user_error=True,
                 )
-            yield fmt, [renderer.render(record, fmt)]
+            with _line_of(line, what):
+                example = renderer.render(record, fmt)
+            yield fmt, [example]
 
 
 def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:

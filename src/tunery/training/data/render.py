@@ -8,14 +8,18 @@ where it is not (the shift by one happens in the collator). Which tokens are tra
     instruction   the completion and EOS      the completion and EOS     every token
     conversation  assistant turns             assistant turns            every token
 
-An assistant turn is its content and end-of-turn marker, not the ``<|im_start|>assistant`` header.
-A message's ``weight`` overrides this: 0 masks the whole turn, 1 trains it (an assistant turn from
-its content, any other turn whole).
+An assistant turn is what the model generates after its role header, as the chat template renders
+it: its content, reasoning and tool calls, and the end-of-turn marker(s) the template closes it
+with (``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``, EOS ...). Where a template moves, rewrites
+or drops text (Mistral v0.3's system prompt, Qwen3's earlier ``<think>`` blocks), what it renders
+is what is trained: that is what the model sees at inference. ``chat.py`` locates the turns.
 
-Conversations go through the tokenizer's chat template. Turn boundaries are found by rendering
-each prefix of the conversation to text, then mapping characters to tokens with the fast
-tokenizer's offsets — exact for any template that renders earlier turns the same way when later
-ones are added.
+A message's ``weight`` overrides this: 0 masks the whole turn, 1 trains it (an assistant turn from
+its body, any other turn whole, header included). A conversation whose assistant messages carry
+``reasoning`` (or ``reasoning_content``) trains only its final assistant turn unless weights say
+otherwise - Together's documented default for reasoning data, and the right one for templates that
+drop earlier reasoning. A template that refuses a conversation, or drops the text of a turn that
+would be trained (the final reasoning, say), raises :class:`ConversationRefused`.
 
 Preference (DPO) records become a ``(chosen, rejected)`` pair of examples that share the prompt and
 train only the final assistant turn.
@@ -23,12 +27,16 @@ train only the final assistant turn.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Literal
 
 from tunery.datasets import DatasetFormat
+from tunery.datasets.legacy_functions import as_tools
 from tunery.errors import TrainingFailed
+from tunery.training.data.chat import REASONING_KEYS, ChatTemplate, ConversationRefused
 
 IGNORE = -100
 TrainOnInputs = bool | Literal["auto"]
@@ -48,6 +56,43 @@ class Example:
         return sum(1 for label in self.labels[1:] if label != IGNORE)
 
 
+@dataclass(frozen=True, slots=True)
+class Marked:
+    """An example with the text it was tokenized from and each token's ``[start, end)`` in it,
+    so a user can see which text is trained (previews, ``tunery files check --model``)."""
+
+    example: Example
+    text: str
+    offsets: list[tuple[int, int]]
+
+    def cut(self, max_length: int) -> tuple[Marked, bool]:
+        """The first ``max_length`` tokens and their text; whether anything was cut."""
+        example, cut = truncate(self.example, max_length)
+        if not cut:
+            return self, False
+        offsets = self.offsets[:max_length]
+        end = max((e for _, e in offsets), default=0)
+        return Marked(example, self.text[:end], offsets), True
+
+    def segments(self) -> list[tuple[str, bool]]:
+        """The text in consecutive pieces, each trained or not (a token's text is trained with it)."""
+        pieces: list[tuple[str, bool]] = []
+        position = 0
+        for (_, end), label in zip(self.offsets, self.example.labels, strict=True):
+            trained = label != IGNORE
+            if end <= position:
+                continue
+            text = self.text[position:end]
+            if pieces and pieces[-1][1] == trained:
+                pieces[-1] = (pieces[-1][0] + text, trained)
+            else:
+                pieces.append((text, trained))
+            position = end
+        if position < len(self.text):
+            pieces.append((self.text[position:], False))
+        return pieces
+
+
 class Renderer:
     """Turns records into examples for one tokenizer and one ``train_on_inputs`` setting."""
 
@@ -56,93 +101,162 @@ class Renderer:
         self.train_on_inputs = train_on_inputs
         self.bos: list[int] = _bos_prefix(tokenizer)
         self.eos: list[int] = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        self.chat = ChatTemplate(tokenizer)
 
     def render(self, record: dict[str, Any], fmt: DatasetFormat) -> Example:
-        if fmt is DatasetFormat.GENERAL:
-            return self.text(record["text"])
-        if fmt is DatasetFormat.INSTRUCTION:
-            return self.instruction(record["prompt"], record["completion"])
+        return self.marked(record, fmt).example
+
+    def marked(self, record: dict[str, Any], fmt: DatasetFormat) -> Marked:
+        """The example, with the text it was tokenized from and its tokens' offsets."""
         if fmt is DatasetFormat.CONVERSATION:
-            return self.conversation(record["messages"], record.get("tools"))
+            return self.marked_conversation(*as_tools(record["messages"], record.get("tools"), record.get("functions")))
+        if fmt is DatasetFormat.GENERAL:
+            return self._marked_pieces([(record["text"], True)])
+        if fmt is DatasetFormat.INSTRUCTION:
+            return self._marked_pieces([(record["prompt"], self.train_on_inputs is True), (record["completion"], True)])
         raise TrainingFailed(f"supervised fine-tuning cannot train on {fmt.value} data; preference data "
                              "trains with the DPO method", user_error=True)
 
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _marked_pieces(self, pieces: list[tuple[str, bool]]) -> Marked:
+        """BOS, each piece tokenized on its own, EOS; BOS trains with the first piece, EOS with the last."""
+        bos = self.tokenizer.convert_ids_to_tokens(self.bos) if self.bos else []
+        text = "".join(bos)
+        ids, offsets = list(self.bos), [(0, len(text))] * len(self.bos)
+        labels = list(self.bos) if pieces[0][1] else [IGNORE] * len(self.bos)
+        for piece, trained in pieces:
+            piece_ids, piece_offsets = self._tokenize(piece)
+            ids += piece_ids
+            labels += piece_ids if trained else [IGNORE] * len(piece_ids)
+            offsets += [(len(text) + a, len(text) + b) for a, b in piece_offsets]
+            text += piece
+        if self.eos:
+            eos = self.tokenizer.convert_ids_to_tokens(self.eos)[0]
+            ids += self.eos
+            labels += self.eos if pieces[-1][1] else [IGNORE]
+            offsets.append((len(text), len(text) + len(eos)))
+            text += eos
+        return Marked(Example(ids, labels), text, offsets)
 
     def text(self, text: str) -> Example:
-        ids = self.bos + self._encode(text) + self.eos
-        return Example(ids, list(ids))
+        return self._marked_pieces([(text, True)]).example
 
     def instruction(self, prompt: str, completion: str) -> Example:
-        head = self.bos + self._encode(prompt)
-        tail = self._encode(completion) + self.eos
-        ids = head + tail
-        if self.train_on_inputs is True:
-            return Example(ids, list(ids))
-        return Example(ids, [IGNORE] * len(head) + tail)
+        return self._marked_pieces([(prompt, self.train_on_inputs is True), (completion, True)]).example
 
-    def conversation(self, messages: Sequence[dict[str, Any]], tools: list[Any] | None = None) -> Example:
-        text = self._template(messages, tools, generation_prompt=False)
-        trained = bytearray(len(text))  # 1 where the character belongs to a trained span
-        if self.train_on_inputs is True:
-            trained[:] = b"\x01" * len(text)
-        turn_start = self._prefix_length(text, messages[:0], tools, generation_prompt=False)
-        for i, message in enumerate(messages):
-            turn_end = self._prefix_length(text, messages[: i + 1], tools, generation_prompt=False)
-            start = turn_start
-            if message["role"] == "assistant":
-                start = self._prefix_length(text, messages[:i], tools, generation_prompt=True)
-                start = min(max(start, turn_start), turn_end)
-            weight = message.get("weight")
-            if weight == 0:
-                trained[turn_start:turn_end] = bytes(turn_end - turn_start)
-            elif weight == 1 or message["role"] == "assistant" or self.train_on_inputs is True:
-                trained[start:turn_end] = b"\x01" * (turn_end - start)
-            turn_start = turn_end
+    def conversation(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> Example:
+        return self.marked_conversation(messages, tools).example
+
+    def marked_conversation(self, messages: Sequence[Mapping[str, Any]],
+                            tools: Sequence[Any] | None = None) -> Marked:
+        """The conversation's example, with its rendered text and token offsets (for previews)."""
+        plan = _plan(messages, self.train_on_inputs)
+        if not plan.needed:
+            text = self.chat.render(messages, tools)
+            spans = [(0, len(text))] if plan.everything else []
+        else:
+            rendered = self.chat.locate(messages, tools, plan.needed)
+            _refuse_dropped(rendered.dropped, plan, messages)
+            text = rendered.text
+            spans = plan.spans([(t.start, t.body, t.end) for t in rendered.turns], len(text))
+        ids, offsets = self._tokenize(text)
+        return Marked(Example(ids, _labels(ids, offsets, spans)), text, offsets)
+
+    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode"):
+            encoding = backend.encode(text, add_special_tokens=False)
+            return list(encoding.ids), list(encoding.offsets)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        labels = [
-            token if begin < len(text) and trained[begin] else IGNORE
-            for token, (begin, _) in zip(ids, enc["offset_mapping"], strict=True)
-        ]
-        return Example(ids, labels)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
     def preference(self, record: dict[str, Any]) -> tuple[Example, Example]:
         """``(chosen, rejected)``: the input conversation followed by each output, where only the
-        output turn (its content and end-of-turn marker) is trained."""
-        prompt = [{**m, "weight": 0} for m in record["input"]["messages"]]
-        tools = record["input"].get("tools")
-        replies = (record["preferred_output"][0], record["non_preferred_output"][0])
+        output turn (its content, reasoning or tool calls, and end-of-turn marker) is trained."""
+        chosen, rejected = self.marked_preference(record)
+        return chosen.example, rejected.example
+
+    def marked_preference(self, record: dict[str, Any]) -> tuple[Marked, Marked]:
+        messages, tools = as_tools(record["input"]["messages"], record["input"].get("tools"))
+        prompt = [{**m, "weight": 0} for m in messages]
         only_replies = Renderer(self.tokenizer, False)
-        chosen, rejected = (only_replies.conversation([*prompt, {**r, "weight": 1}], tools) for r in replies)
+        only_replies.chat = self.chat  # share the template's caches
+        chosen, rejected = (only_replies.marked_conversation([*prompt, {**output[0], "weight": 1}], tools)
+                            for output in (record["preferred_output"], record["non_preferred_output"]))
         return chosen, rejected
 
-    def _template(self, messages: Sequence[dict[str, Any]], tools: list[Any] | None, generation_prompt: bool) -> str:
-        return str(
-            self.tokenizer.apply_chat_template(
-                list(messages), tools=tools or None, tokenize=False, add_generation_prompt=generation_prompt
-            )
-        )
 
-    def _prefix_length(
-        self, text: str, messages: Sequence[dict[str, Any]], tools: list[Any] | None, generation_prompt: bool
-    ) -> int:
-        """Length of the rendering of ``messages``, checked to be a prefix of the full ``text``."""
-        if not messages and not generation_prompt:
-            try:
-                prefix = self._template(messages, tools, generation_prompt=False)
-            except Exception:  # some templates refuse an empty conversation: nothing precedes turn 0
-                return 0
-        else:
-            prefix = self._template(messages, tools, generation_prompt)
-        if not text.startswith(prefix):
-            raise TrainingFailed(
-                "this model's chat template renders earlier turns differently once later turns are "
-                "added, so turn boundaries cannot be found for loss masking; use train_on_inputs=true "
-                "or pre-tokenized Parquet data"
-            )
-        return len(prefix)
+@dataclass(frozen=True)
+class _Plan:
+    """Which turns of a conversation are trained, decided from roles, weights and reasoning."""
+
+    everything: bool  # train_on_inputs=True: all text except the masked turns
+    trained: tuple[tuple[int, bool], ...]  # (message, whole turn?) trained when not everything
+    masked: tuple[int, ...]  # messages with weight 0 when everything is trained
+    final_assistant: int | None
+
+    @property
+    def needed(self) -> list[int]:
+        return sorted({i for i, _ in self.trained} | set(self.masked))
+
+    def spans(self, turns: list[tuple[int, int, int]], length: int) -> list[tuple[int, int]]:
+        if self.everything:
+            kept, position = [], 0
+            for i in self.masked:
+                start, _, end = turns[i]
+                kept.append((position, start))
+                position = max(position, end)
+            return [*kept, (position, length)]
+        return [(turns[i][0] if whole else turns[i][1], turns[i][2]) for i, whole in self.trained]
+
+
+def _plan(messages: Sequence[Mapping[str, Any]], train_on_inputs: TrainOnInputs) -> _Plan:
+    assistants = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    final = assistants[-1] if assistants else None
+    if train_on_inputs is True:
+        masked = tuple(i for i, m in enumerate(messages) if m.get("weight") == 0)
+        return _Plan(True, (), masked, final)
+    reasoning = any(messages[i].get(key) for i in assistants for key in REASONING_KEYS)
+    trained = []
+    for i, message in enumerate(messages):
+        weight = message.get("weight")
+        is_assistant = message.get("role") == "assistant"
+        if weight == 1 or (weight is None and is_assistant and (not reasoning or i == final)):
+            trained.append((i, not is_assistant))
+    return _Plan(False, tuple(trained), (), final)
+
+
+def _refuse_dropped(dropped: frozenset[tuple[int, str]], plan: _Plan,
+                    messages: Sequence[Mapping[str, Any]]) -> None:
+    """A trained assistant turn whose content the template leaves out, or a final assistant turn
+    whose reasoning it leaves out, would silently train something else: refuse it."""
+    for i, _ in plan.trained if not plan.everything else ():
+        if messages[i].get("role") != "assistant":
+            continue
+        if (i, "content") in dropped:
+            raise ConversationRefused(f"the chat template does not render the content of messages[{i}], "
+                                      "so that assistant turn cannot be trained")
+        if i == plan.final_assistant and any((i, key) in dropped for key in REASONING_KEYS):
+            raise ConversationRefused(
+                f"the chat template does not render the reasoning of messages[{i}] (it reads none of "
+                f"{', '.join(REASONING_KEYS)}, or leaves it out of this turn), so the reasoning would not be "
+                "trained; use a model whose template renders reasoning, or drop the reasoning field")
+
+
+def _labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """A token is trained when it overlaps a trained span, except one that runs past a span's end:
+    where a template's end marker and the next header agree for a few characters (Phi-3's
+    ``<|end|>\\n`` then ``<|endoftext|>`` or ``<|user|>``), the span ends inside the next token."""
+    length = max((end for _, end in offsets), default=0)
+    starts = [start for start, _ in offsets]
+    mask = bytearray(length + 1)
+    for start, end in spans:
+        k = bisect.bisect_right(starts, end) - 1
+        if k >= 0 and starts[k] < end < offsets[k][1]:
+            end = starts[k]
+        mask[start:end] = b"\x01" * max(0, end - start)
+    covered = list(accumulate(mask, initial=0))
+    return [token if covered[max(end, start + 1)] > covered[start] else IGNORE
+            for token, (start, end) in zip(ids, offsets, strict=True)]
 
 
 def _bos_prefix(tokenizer: Any) -> list[int]:

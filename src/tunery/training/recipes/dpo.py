@@ -41,7 +41,7 @@ from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
 from tunery.training.launch import entry_point
 from tunery.training.losses import dpo_loss, sequence_logps
-from tunery.training.model import forward_logits, load_for_training, mask_dtype
+from tunery.training.model import forward_logps, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
 from tunery.training.session import (
     Session,
@@ -238,9 +238,9 @@ def _score(s: Session, dataset: PairDataset, rows: list[list[int]], objective: O
     """Run the model over rows of pairs; row ``b`` holds pair ``k`` as segments ``2k`` and ``2k + 1``."""
     batch = collate([[e for i in row for e in dataset.pairs[i]] for row in rows],
                     s.loaded.tokenizer.pad_token_id).to(s.loaded.device)
-    logits = forward_logits(s.loaded, batch.input_ids, batch.position_ids,
-                            attention_for(batch, mask_dtype(s.loaded)))
-    sums, counts = sequence_logps(logits, batch.targets, batch.segment_ids, int(batch.segment_ids.max()) + 1)
+    logps = forward_logps(s.loaded, batch.input_ids, batch.position_ids, batch.targets,
+                          attention_for(batch, mask_dtype(s.loaded)))
+    sums, counts = sequence_logps(logps, batch.targets, batch.segment_ids, int(batch.segment_ids.max()) + 1)
     b = torch.tensor([b for b, row in enumerate(rows) for _ in row])
     k = torch.tensor([k for row in rows for k in range(len(row))])
     chosen, rejected = sums[b, 2 * k], sums[b, 2 * k + 1]

@@ -35,8 +35,7 @@ from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
 from tunery.training.launch import entry_point
-from tunery.training.losses import token_loss_sum
-from tunery.training.model import forward_logits, load_for_training, mask_dtype
+from tunery.training.model import forward_logps, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
 from tunery.training.session import (
     Session,
@@ -81,7 +80,8 @@ def run(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
 def _train(s: Session, data: Data) -> TrainResult:
     cfg, state = s.cfg, s.state
     val_tokens = data.val.num_tokens if data.val else 0
-    report_start(s, cfg.n_epochs * data.train.num_tokens + len(s.plan.eval_steps) * val_tokens)
+    report_start(s, cfg.n_epochs * data.train.num_tokens + len(s.plan.eval_steps) * val_tokens,
+                 trained_tokens_per_epoch=sum(e.num_trained for e in data.train.examples))
     while state.epoch < cfg.n_epochs:
         groups = step_groups(s, data.train.lengths, state.epoch)
         for group in groups[state.step_in_epoch :]:
@@ -169,8 +169,9 @@ def _collate(s: Session, dataset: TokenizedDataset, rows: list[list[int]]) -> Ba
 
 
 def _loss_sum(s: Session, batch: Batch) -> torch.Tensor:
+    """Sum of ``-log p(target)`` over the batch's trained targets."""
     isolation = attention_for(batch, mask_dtype(s.loaded))
-    return token_loss_sum(forward_logits(s.loaded, batch.input_ids, batch.position_ids, isolation), batch.targets)
+    return -forward_logps(s.loaded, batch.input_ids, batch.position_ids, batch.targets, isolation).sum()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
-"""multi-tenant limits: token counts per file, announced multipart sizes, server-side web sessions
+"""multi-tenant limits: cached template scans per file, announced multipart sizes, server-side web sessions
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-23 14:30:00
 """
 
@@ -12,15 +12,15 @@ from alembic import op
 
 import tunery.store.models
 
-revision = '0002'
-down_revision = '0001'
+revision = '0003'
+down_revision = '0002'
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     with op.batch_alter_table('files', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('token_counts', sa.JSON(none_as_null=True), nullable=True))
+        batch_op.add_column(sa.Column('scans', sa.JSON(none_as_null=True), nullable=True))
     # Uploads begun before this revision announced no size: 0 means "bounded by the server's cap".
     with op.batch_alter_table('multipart_uploads', schema=None) as batch_op:
         batch_op.add_column(sa.Column('file_size', sa.BigInteger(), nullable=False, server_default='0'))
@@ -44,4 +44,4 @@ def downgrade() -> None:
     with op.batch_alter_table('multipart_uploads', schema=None) as batch_op:
         batch_op.drop_column('file_size')
     with op.batch_alter_table('files', schema=None) as batch_op:
-        batch_op.drop_column('token_counts')
+        batch_op.drop_column('scans')
