@@ -35,10 +35,10 @@ READ_BUFFER = 1024 * 1024
 _BOM = b"\xef\xbb\xbf"
 
 
-def validate_path(path: Path, file_type: str, purpose: str) -> ValidationReport:
+def validate_path(path: Path, file_type: str, purpose: str, max_line_memory: int | None = None) -> ValidationReport:
     """One sequential pass over the whole file."""
     with open(path, "rb", buffering=READ_BUFFER) as f:
-        return validate_stream(f, file_type, purpose)
+        return validate_stream(f, file_type, purpose, max_line_memory=max_line_memory)
 
 
 class _RangeRaw(io.RawIOBase):
@@ -65,10 +65,11 @@ class _RangeRaw(io.RawIOBase):
         super().close()
 
 
-def validate_range(path: Path, start: int, end: int, file_type: str, purpose: str) -> ValidationReport:
+def validate_range(path: Path, start: int, end: int, file_type: str, purpose: str,
+                   max_line_memory: int | None = None) -> ValidationReport:
     """Validate the lines in ``[start, end)`` as if they were a file of their own."""
     with io.BufferedReader(_RangeRaw(path, start, end), READ_BUFFER) as f:
-        return validate_stream(f, file_type, purpose)
+        return validate_stream(f, file_type, purpose, max_line_memory=max_line_memory)
 
 
 def split_lines(path: Path, size: int, pieces: int) -> list[tuple[int, int]] | None:
@@ -123,12 +124,13 @@ def merge_reports(reports: list[ValidationReport]) -> ValidationReport | None:
 # ---- in the bounded children ----------------------------------------------------------------------
 
 
-def validate_task(path: str, start: int, end: int, file_type: str, purpose: str) -> dict[str, Any]:
+def validate_task(path: str, start: int, end: int, file_type: str, purpose: str,
+                  max_line_memory: int) -> dict[str, Any]:
     """The child's side: validate ``[start, end)`` of the file (a JSONL range, or the whole file:
     Parquet is read by seeking); the report as JSON."""
     if start == 0 and end == Path(path).stat().st_size:
-        return validate_path(Path(path), file_type, purpose).to_json()
-    return validate_range(Path(path), start, end, file_type, purpose).to_json()
+        return validate_path(Path(path), file_type, purpose, max_line_memory).to_json()
+    return validate_range(Path(path), start, end, file_type, purpose, max_line_memory).to_json()
 
 
 class FileValidator:
@@ -145,7 +147,9 @@ class FileValidator:
         threading.Thread(target=self.pool.warm, name="warm-validation", daemon=True).start()
 
     def _run(self, path: Path, start: int, end: int, file_type: str, purpose: str) -> ValidationReport:
-        args = {"path": str(path), "start": start, "end": end, "file_type": file_type, "purpose": purpose}
+        # Half the child's memory for one line's decoding leaves room for everything else it holds.
+        args = {"path": str(path), "start": start, "end": end, "file_type": file_type, "purpose": purpose,
+                "max_line_memory": self.pool.memory_bytes // 2}
         try:
             return ValidationReport.from_json(self.pool.run("validate", args, self.timeout_s))
         except OverLimit as limit:
