@@ -36,7 +36,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from tunery.errors import Busy, InvalidRequest, TuneryError
@@ -63,17 +62,14 @@ class TaskRefused(InvalidRequest):
     that is the user's), carried across the process boundary as a 400 with its message."""
 
 
-@dataclass(frozen=True)
 class OverLimit(TaskFailed):
     """The task needed more memory or time than its limit."""
 
-    what: str  # "memory" or "time"
-    limit: float
-
-    def __str__(self) -> str:
-        if self.what == "memory":
-            return f"needed more than {int(self.limit)} bytes of memory (TUNERY_TASK_MEMORY_BYTES)"
-        return f"took longer than {self.limit:g} s"
+    def __init__(self, what: str, limit: float):
+        self.what = what  # "memory" or "time"
+        self.limit = limit
+        super().__init__(f"needed more than {int(limit)} bytes of memory (TUNERY_TASK_MEMORY_BYTES)"
+                         if what == "memory" else f"took longer than {limit:g} s")
 
 
 class _Child:
@@ -143,16 +139,17 @@ class BoundedPool:
 
     @contextlib.contextmanager
     def _slot(self) -> Iterator[None]:
-        with self._lock:
-            if self._waiting >= self.max_waiting:
-                raise Busy(f"the server is busy with {self.processes + self._waiting} dataset tasks; "
-                           "retry in a few seconds")
-            self._waiting += 1
-        try:
-            self._slots.acquire()
-        finally:
+        if not self._slots.acquire(blocking=False):
             with self._lock:
-                self._waiting -= 1
+                if self._waiting >= self.max_waiting:
+                    raise Busy(f"the server is busy with {self.processes + self._waiting} dataset tasks; "
+                               "retry in a few seconds")
+                self._waiting += 1
+            try:
+                self._slots.acquire()
+            finally:
+                with self._lock:
+                    self._waiting -= 1
         try:
             yield
         finally:
