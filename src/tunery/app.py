@@ -13,6 +13,7 @@ from tunery import __version__
 from tunery.api.app import install_api
 from tunery.api.bounded import BoundedPool
 from tunery.api.deps import AppContext
+from tunery.api.upload_sweeper import SWEEP_INTERVAL_S, UploadSweeper
 from tunery.api.validation import FileValidator
 from tunery.inference.client import EngineClient
 from tunery.inference.protocol import engine_token
@@ -21,6 +22,7 @@ from tunery.settings import Settings
 from tunery.storage import direct_uploads, open_blob_store
 from tunery.store.db import Database
 from tunery.store.files import release_interrupted_uploads
+from tunery.store.secrets import SecretBox, seal_plaintext
 from tunery.web.routes import router as web_router
 
 
@@ -30,8 +32,13 @@ def create_app(settings: Settings, db: Database | None = None, engine: EngineCli
     tasks = BoundedPool(settings.task_process_count, settings.task_memory_bytes)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx: AppContext = app.state.ctx
+        sweeper = UploadSweeper(ctx.db, ctx.blobs, settings.abandoned_upload_ttl_s,
+                                min(SWEEP_INTERVAL_S, settings.abandoned_upload_ttl_s))
+        sweeper.start()
         yield
+        sweeper.stop()
         tasks.close()
 
     app = FastAPI(title="tunery", version=__version__, description="The Together AI fine-tuning API, self-hosted.",
@@ -45,12 +52,16 @@ def create_app(settings: Settings, db: Database | None = None, engine: EngineCli
         # progress were cut off by a restart; reopen them so the client's retry works.
         with db.session() as s:
             release_interrupted_uploads(s)
+    box = SecretBox(settings.signing_key())
+    with db.session() as s:
+        seal_plaintext(s, box)  # jobs queued before secrets were sealed at rest
     app.state.ctx = AppContext(settings=settings, db=db, blobs=blobs,
                                catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads),
                                engine=engine or EngineClient(settings.inference_url_list,
                                                              engine_token(settings.signing_key()),
                                                              settings.inference_start_timeout_s),
-                               tasks=tasks, validator=FileValidator(tasks, settings.validation_timeout_s))
+                               tasks=tasks, validator=FileValidator(tasks, settings.validation_timeout_s),
+                               secrets=box)
     install_api(app, settings)
     app.include_router(web_router)
     return app

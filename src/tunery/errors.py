@@ -10,6 +10,7 @@ docstring is its default message.
     ├── Unauthorized                 401 authentication_error
     ├── Forbidden                    403 permission_error
     ├── NotFound                     404 not_found_error
+    ├── RequestTimeout               408 invalid_request_error  (the body stopped arriving)
     ├── Conflict                     409 conflict_error
     ├── PayloadTooLarge              413 invalid_request_error
     ├── QuotaExceeded                429 insufficient_quota     (not worth retrying)
@@ -67,6 +68,13 @@ class NotFound(TuneryError):
 
     status_code = 404
     error_type = "not_found_error"
+
+
+class RequestTimeout(TuneryError):
+    """The request body stopped arriving."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
 
 
 class Conflict(TuneryError):

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     secret_key: str = ""
     upload_url_ttl_s: int = 3600
     max_upload_bytes: int = 50 * 1024**3
+    # A request body that sends nothing for this long is cut off (408), freeing its upload URL.
+    body_idle_timeout_s: float = 60.0
+    # Uploads never finished (no bytes, or multipart parts never completed) are removed this long
+    # after they began, with their staged bytes; checked at start-up and then every hour.
+    abandoned_upload_ttl_s: float = 24 * 3600.0
     # Dataset validation, price-estimate token counts and previews run in child processes of the
     # API (0 = min(4, CPU count) at once), each capped at task_memory_bytes of memory and given
     # validation_timeout_s (validation) or task_timeout_s (the others); a file that needs more is
@@ -90,6 +95,9 @@ class Settings(BaseSettings):
     inference_max_pending: int = 512
     # How long an API request waits for an engine that is starting or restarting.
     inference_start_timeout_s: float = 120.0
+    # The URLs a request may make this server call (a job's wandb_base_url): comma-separated
+    # scheme://host[:port], a host may start with "*." (see tunery/outbound.py).
+    outbound_url_allow: str = "https://api.wandb.ai"
     # Allow downloading base models from the Hugging Face hub when they are not cached.
     allow_hub_downloads: bool = False
     # Price in USD per million trained tokens (0 = free); per-user quota in tokens (0 = none).
@@ -153,6 +161,17 @@ class Settings(BaseSettings):
     @property
     def api_key_path(self) -> Path:
         return self.data_dir / "api_key"
+
+    def make_private_data_dir(self) -> None:
+        """Create the data dir readable by this user alone (0700), with an existing SQLite database
+        0600, and make every file this process creates from now on private (umask 077): blobs,
+        archives, scratch and keys are 0600, their folders 0700. For the server-side commands."""
+        os.umask(0o077)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        for name in ("tunery.db", "tunery.db-wal", "tunery.db-shm"):
+            if (self.data_dir / name).exists():
+                (self.data_dir / name).chmod(0o600)
 
     def signing_key(self) -> bytes:
         """The secret that signs upload URLs; created once per data dir when not configured."""

@@ -8,6 +8,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunery.api import openai
 from tunery.api.errors import install_error_handlers
+from tunery.api.receiving import BodyIdleTimeout
 from tunery.api.routes import (
     chat_completions,
     completions,
@@ -44,6 +45,7 @@ def install_api(app: FastAPI, settings: Settings) -> None:
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(DoubleV1Alias)
+    app.add_middleware(BodyIdleTimeout, idle_s=settings.body_idle_timeout_s)
     app.state.request_stats = metrics.RequestStats()
     app.add_middleware(metrics.RequestMetrics, stats=app.state.request_stats,
                        json_logs=settings.log_format == "json")

@@ -18,6 +18,7 @@ from tunery.settings import Settings
 from tunery.storage import BlobStore
 from tunery.store.db import Database
 from tunery.store.models import User
+from tunery.store.secrets import SecretBox
 from tunery.store.users import user_for_key
 
 
@@ -30,6 +31,8 @@ class AppContext:
     # Heavy per-request work (validation, token counts, previews) in bounded child processes.
     tasks: BoundedPool
     validator: FileValidator
+    # Seals jobs' secrets before they are stored.
+    secrets: SecretBox
     engine: EngineClient
 
 

@@ -50,7 +50,6 @@ def serve(
 ) -> None:
     """Serve the API with embedded defaults (SQLite and blobs under the data dir)."""
     settings = load_settings(data_dir, host=host, port=port)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_db(settings)
     created = bootstrap_key(settings, db)
     if created:

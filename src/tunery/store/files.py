@@ -16,6 +16,8 @@ overwritten. Every lookup takes the owner's user id: another user's file does no
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, or_, select, tuple_, update
@@ -261,3 +263,35 @@ def set_multipart_state(s: Session, upload_id: str, expected: tuple[str, ...], n
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# ---- abandoned uploads ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """Uploads begun before a cutoff and never finished, taken off the books by ``abandon``:
+    ``files`` never received their bytes (their rows are gone); ``multiparts`` are now aborted,
+    as ``(upload id, file id, backend id)``. The caller removes what they had staged."""
+
+    files: list[str]
+    multiparts: list[tuple[str, str, str]]
+
+
+def abandon_uploads(s: Session, before: datetime) -> Abandoned:
+    """Abort the open multipart uploads and delete the files still awaiting their bytes that
+    were created before ``before``. Compare-and-set, so concurrent sweepers never both take one."""
+    stale = s.execute(select(MultipartUpload.id, MultipartUpload.file_id, MultipartUpload.backend_id)
+                      .where(MultipartUpload.state == MP_OPEN, MultipartUpload.created_at < before)).all()
+    multiparts = [(u, f, b) for u, f, b in stale if set_multipart_state(s, u, (MP_OPEN,), MP_ABORTED)]
+    files = list(s.scalars(select(File.id).where(File.upload_state == AWAITING_UPLOAD, File.created_at < before)))
+    for file_id in files:
+        s.execute(delete(MultipartUpload).where(MultipartUpload.file_id == file_id))
+        s.execute(delete(File).where(File.id == file_id, File.upload_state == AWAITING_UPLOAD))
+    return Abandoned(files, multiparts)
+
+
+def open_multipart_ids(s: Session, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are multipart uploads still open or completing (their parts are in use)."""
+    return set(s.scalars(select(MultipartUpload.id).where(
+        MultipartUpload.id.in_(ids), MultipartUpload.state.in_((MP_OPEN, MP_COMPLETING)))))

@@ -9,23 +9,27 @@ time through ``CUDA_VISIBLE_DEVICES``) and ``TUNERY_WORKER_JOBS`` (jobs at once)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
 import time
 import uuid
+from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
 from tunery.models.catalog import ModelCatalog
 from tunery.queue.claim import claim_next, requeue_stale
 from tunery.settings import Settings
-from tunery.storage import open_blob_store
+from tunery.storage import BlobStore, open_blob_store
 from tunery.store.db import Database
 from tunery.store.models import Worker, utcnow
+from tunery.store.secrets import SecretBox
 from tunery.worker.pause import PausePoints
 from tunery.worker.run_job import WorkerContext, run_job
 
@@ -61,6 +65,28 @@ class Slots:
                              f"{per_job} processes need {self.count * per_job}")
 
 
+def clean_up_after_dead_workers(db: Database, settings: Settings, blobs: BlobStore) -> None:
+    """Remove what workers that died without cleaning up left on this host: their scratch folders
+    (inputs, checkpoints, a training config that may hold a W&B key) once they have no live row,
+    and half-written archives (``*.part``) in the staging directory that nobody has written to
+    for a heartbeat timeout (a live packer writes continuously)."""
+    root = settings.data_dir / "scratch"
+    names = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
+    if names:
+        fresh = utcnow() - timedelta(seconds=settings.heartbeat_timeout_s)
+        with db.read() as s:
+            alive = set(s.scalars(select(Worker.id).where(Worker.id.in_(names), Worker.heartbeat_at > fresh)))
+        for name in names:
+            if name not in alive:
+                log.info("removing the scratch folder of dead worker %s", name)
+                shutil.rmtree(root / name, ignore_errors=True)
+    cutoff = time.time() - settings.heartbeat_timeout_s
+    for part in blobs.staging_dir().glob("*.tar.zst.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+
+
 def run_worker(settings: Settings, *, stop: threading.Event | None = None, models: list[str] | None = None,
                max_jobs: int | None = None, handle_signals: bool = True) -> None:
     """Claim and run jobs until ``stop`` is set (or ``max_jobs`` have been claimed and finished)."""
@@ -75,7 +101,10 @@ def run_worker(settings: Settings, *, stop: threading.Event | None = None, model
     ctx = WorkerContext(settings=settings, db=db, blobs=open_blob_store(settings),
                         catalog=ModelCatalog(settings.models_dir, settings.allow_hub_downloads),
                         worker_id=worker_id, scratch=settings.data_dir / "scratch" / worker_id, stopping=stop,
+                        secrets=SecretBox(settings.signing_key()),
                         pause=PausePoints(settings.test_pause_at, settings.test_pause_dir))
+    _register(db, worker_id)
+    clean_up_after_dead_workers(db, settings, ctx.blobs)
     slots = Slots(settings)
     running: dict[str, tuple[threading.Thread, list[str]]] = {}
     log.info("worker %s started: %d job slot(s), models %s, devices %s", worker_id, slots.count,

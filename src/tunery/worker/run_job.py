@@ -33,6 +33,7 @@ from tunery.store.base_models import registered_models
 from tunery.store.db import Database
 from tunery.store.files import get_file_any_owner
 from tunery.store.models import File, Job
+from tunery.store.secrets import SecretBox
 from tunery.store.status import JobStatus
 from tunery.training.config import LoraSettings, TrainConfig
 from tunery.worker.heartbeat import JobHeartbeat, JobLost
@@ -55,6 +56,8 @@ class WorkerContext:
     worker_id: str
     scratch: Path
     stopping: threading.Event
+    # Opens jobs' sealed secrets (the API's TUNERY_SECRET_KEY).
+    secrets: SecretBox
     # The test seam of worker/pause.py; a no-op in production.
     pause: Callable[[str], None] = lambda phase: None
 
@@ -131,7 +134,7 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
                                        "adapter" if _is_lora(job) else "model",
                                        job.params["parent_step"]) if job.params.get("parent_job_id") else None
         resume = job_store.latest_state_checkpoint(s, job.id)
-        secrets = dict(job.secrets or {})
+        secrets = ctx.secrets.open(job.secrets)
     p = job.params
     source = p.get("from_hf_model") or job.model
     _event(ctx, job_id, "model_downloading", f"Loading base model {source}")
@@ -397,7 +400,7 @@ def push_to_hub(ctx: WorkerContext, job_id: str, final_dir: Path) -> None:
     the job: the model stays downloadable here, and an error-level warning event says what went wrong."""
     with ctx.db.session() as s:
         job = job_store.get_job(s, job_id)
-        repo, token = job.params.get("hf_output_repo_name"), (job.secrets or {}).get("hf_api_token")
+        repo, token = job.params.get("hf_output_repo_name"), ctx.secrets.open(job.secrets).get("hf_api_token")
     if not repo:
         return
     _event(ctx, job_id, "model_uploading_to_hf", f"Uploading the model to Hugging Face repo {repo}")

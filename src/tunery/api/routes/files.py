@@ -283,6 +283,9 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
         try:
             staged.copy_from(paths)
             staged.close()
+            if mp.file_size and staged.size != mp.file_size:
+                raise InvalidRequest(f"the parts add up to {staged.size} bytes; initiate announced file_size "
+                                     f"{mp.file_size}", param="parts")
             if row.checksum and staged.sha256 != row.checksum:
                 raise InvalidRequest(
                     f"the assembled file does not match the announced checksum: sha256 {staged.sha256}, "

@@ -74,8 +74,8 @@ def create_job(ctx: Ctx, user: CurrentUser, req: FinetuneRequest) -> dict[str, A
             model_output_name=output_name(user, resolved.model, req.suffix, job_id), suffix=req.suffix,
             training_file=resolved.training_file.id,
             validation_file=resolved.validation_file.id if resolved.validation_file else "",
-            from_checkpoint=req.from_checkpoint or "", params=resolved.params, secrets=resolved.secrets or None,
-            priority=req.priority,
+            from_checkpoint=req.from_checkpoint or "", params=resolved.params,
+            secrets=ctx.secrets.seal(resolved.secrets), priority=req.priority,
         ))
         transition(s, job.id, JobStatus.QUEUED, event_type="job_pending", message="Job queued, waiting for a worker")
         s.refresh(job)
