@@ -13,8 +13,8 @@ SRC = Path(tunery.__file__).parent
 
 # Bottom to top. A package may import its own modules and any package in a lower layer.
 LAYERS: list[set[str]] = [
-    {"tunery", "errors", "checksums", "settings", "lifetime", "outbound"},  # "tunery": the package root (__version__)
-    {"logs", "datasets", "models", "storage", "store", "quickstart"},
+    {"tunery", "errors", "checksums", "settings", "lifetime"},  # "tunery": the package root (__version__)
+    {"logs", "datasets", "models", "storage", "store", "quickstart", "outbound"},
     {"queue", "training"},
     {"jobs", "inference"},
     {"worker", "api"},
