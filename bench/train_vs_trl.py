@@ -16,6 +16,9 @@ cores), their order rotated across repeats:
                  ``tunery.training`` is imported before torch, as ``python -m …recipes.sft`` does
     trl-tuned    SFTTrainer with bf16 and gradient checkpointing off, fp32 weights, packing on
                  (TRL's best-fit decreasing, padding-free)
+    trl-tuned-bf16  the same with bf16 autocast on: faster on a CPU with native bf16 (AVX512-BF16,
+                 AMX), where tunery's precision "auto" trains in bf16 too. "Tuned TRL" in the verdict is
+                 the faster of the two
     trl-default  SFTTrainer with its defaults: bf16 autocast, gradient checkpointing, no packing
                  (``use_cpu=True`` is needed to run at all on a CPU). Stopped after
                  ``--default-steps`` steps: its tokens/s are those steps', its wall-clock is
@@ -37,8 +40,12 @@ are counted as 6·N·T: N the weights of every matmul (each Linear, the tied LM 
 embedding lookup is not a matmul), T every real token the step computed (trained or not); causal
 attention would add 6·d·n²/2·layers per n-token sample and is printed separately, not counted.
 
-Targets on the 2-core dev box: tunery >= 2x trl-tuned and >= 10x trl-default tokens/s, held-out
-loss within 2 % of trl-tuned, >= 95 % real tokens, >= 60 % of the matmul peak on the full small run.
+The matmul peak is measured in fp32 and in bf16; the full run's fraction is taken against the peak
+of the precision tunery trained in (printed).
+
+Targets on the 2-core dev box: tunery >= 2.5x tuned TRL (the faster of trl-tuned and trl-tuned-bf16)
+on both models, held-out loss within 2 % of it, >= 95 % real tokens, >= 65 % of the matmul peak on the
+full small run (and, from an earlier issue, >= 10x trl-default).
 """
 
 from __future__ import annotations
@@ -61,8 +68,8 @@ from pathlib import Path
 from typing import Any, cast
 
 LORA_R, LORA_ALPHA, MAX_LEN, BATCH, LR, FULL_LR, SEED = 8, 16, 256, 8, 1e-3, 1e-4, 42
-SIDES = ("tunery", "trl-tuned", "trl-default", "trl-tuned-passive", "tunery-base")
-DEFAULT_SIDES = SIDES[:3]
+SIDES = ("tunery", "trl-tuned", "trl-tuned-bf16", "trl-default", "trl-tuned-passive", "tunery-base")
+DEFAULT_SIDES = SIDES[:4]
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 SUBJECTS = ["France", "Japan", "Italy", "Spain", "Germany", "the river", "the old bridge", "the train", "the sky",
@@ -103,8 +110,11 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def child_tunery(a: argparse.Namespace, full: bool, born: float) -> dict[str, Any]:
+    import torch
+
     from tunery.training.config import TrainConfig
     from tunery.training.data.packing import epoch_batches
+    from tunery.training.model import autocast_dtype_for
     from tunery.training.recipes import sft
     from tunery.training.reporter import ListReporter
 
@@ -148,6 +158,7 @@ def child_tunery(a: argparse.Namespace, full: bool, born: float) -> dict[str, An
         "train_loss": metrics[-1]["values"]["train/loss"],
         "adapter": str(Path(a.out) / "run" / "final" / ("model" if full else "adapter")),
         "param_count": start["param_count"],
+        "precision": "bf16" if autocast_dtype_for(torch.device("cpu"), cfg.precision) else "fp32",
     }
     if full:
         out |= _flop_counts(a.model_dir, lengths)
@@ -186,7 +197,7 @@ def child_trl(a: argparse.Namespace, tuned: bool, born: float) -> dict[str, Any]
     dataset = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     engine: dict[str, Any] = {}
     if tuned:  # the knobs a careful CPU user turns
-        engine = {"bf16": False, "gradient_checkpointing": False, "packing": True}
+        engine = {"bf16": a.child == "trl-tuned-bf16", "gradient_checkpointing": False, "packing": True}
     args = SFTConfig(
         output_dir=str(Path(a.out) / "run"), use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
         max_length=MAX_LEN, per_device_train_batch_size=BATCH, num_train_epochs=1,
@@ -267,20 +278,22 @@ def heldout_loss(model_dir: str, weights: str, heldout: str, full: bool) -> floa
 
 
 def child_peak(seconds: float) -> dict[str, Any]:
-    """fp32 GFLOP/s of a 4096² ``torch.mm`` loop, at every thread count up to the default."""
+    """GFLOP/s of a 4096² ``torch.mm`` loop in fp32 and in bf16, at every thread count up to the default;
+    ``gflops`` and ``gflops_bf16`` are the best of each."""
     import torch
 
     best: dict[str, Any] = {"threads_default": torch.get_num_threads()}
-    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
-    for threads in range(1, torch.get_num_threads() + 1):
-        torch.set_num_threads(threads)
-        torch.mm(a, b)
-        start, calls = time.perf_counter(), 0
-        while time.perf_counter() - start < seconds:
+    for dtype, suffix in ((torch.float32, ""), (torch.bfloat16, "_bf16")):
+        a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+        for threads in range(1, best["threads_default"] + 1):
+            torch.set_num_threads(threads)
             torch.mm(a, b)
-            calls += 1
-        best[f"gflops_{threads}"] = 2 * 4096**3 * calls / (time.perf_counter() - start) / 1e9
-    best["gflops"] = max(v for k, v in best.items() if k.startswith("gflops_"))
+            start, calls = time.perf_counter(), 0
+            while time.perf_counter() - start < seconds:
+                torch.mm(a, b)
+                calls += 1
+            best[f"gflops{suffix}_{threads}"] = 2 * 4096**3 * calls / (time.perf_counter() - start) / 1e9
+        best[f"gflops{suffix}"] = max(best[f"gflops{suffix}_{t}"] for t in range(1, best["threads_default"] + 1))
     return best
 
 
@@ -355,11 +368,14 @@ def side_rows(results: dict[str, list[dict[str, Any]]]) -> list[list[str]]:
 def verdict(results: dict[str, list[dict[str, Any]]]) -> str:
     ours = results["tunery"]
     lines = [f"tunery real tokens: {100 * med(ours, 'real_fraction'):.1f}% (target >= 95%)"]
-    if "trl-tuned" in results:
-        tuned = results["trl-tuned"]
+    tuned_sides = [s for s in ("trl-tuned", "trl-tuned-bf16") if s in results]
+    if tuned_sides:  # tuned TRL: whichever of its tunings was faster
+        best = max(tuned_sides, key=lambda s: med(results[s], "tokens_per_s"))
+        tuned = results[best]
         gap = 100 * (med(ours, "heldout_loss") / med(tuned, "heldout_loss") - 1)
-        lines.append(f"vs trl-tuned: {med(ours, 'tokens_per_s') / med(tuned, 'tokens_per_s'):.2f}x tokens/s "
-                     f"(target >= 2x); held-out loss {gap:+.2f}% (target within 2%)")
+        lines.append(f"vs tuned TRL ({best}, the faster tuning): "
+                     f"{med(ours, 'tokens_per_s') / med(tuned, 'tokens_per_s'):.2f}x tokens/s (target >= 2.5x); "
+                     f"held-out loss {gap:+.2f}% (target within 2%); tunery trained in {ours[0]['precision']}")
     if "trl-default" in results:
         lines.append(f"vs trl-default: {med(ours, 'tokens_per_s') / med(results['trl-default'], 'tokens_per_s'):.2f}x "
                      "tokens/s (target >= 10x)")
@@ -374,13 +390,14 @@ def parent_main(a: argparse.Namespace) -> None:
     log = root / "children.log"
     train = write_jsonl(root / "train.jsonl", conversations(a.samples, seed=0))
     heldout = write_jsonl(root / "heldout.jsonl", conversations(64, seed=1))
-    peaks: list[float] = []
+    peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
 
-    def peak() -> float:
+    def peak() -> dict[str, float]:
         p = run_child(["--child", "peak", "--peak-seconds", str(a.peak_seconds)], log, PASSIVE)
-        peaks.append(p["gflops"])
-        print(f"  matmul peak: {p['gflops']:.1f} GFLOP/s ({p})", file=sys.stderr)
-        return peaks[-1]
+        peaks["fp32"].append(p["gflops"])
+        peaks["bf16"].append(p["gflops_bf16"])
+        print(f"  matmul peak: fp32 {p['gflops']:.1f}, bf16 {p['gflops_bf16']:.1f} GFLOP/s ({p})", file=sys.stderr)
+        return {"fp32": p["gflops"], "bf16": p["gflops_bf16"]}
 
     def side_run(side: str, model_dir: Path, out: Path) -> dict[str, Any]:
         args = ["--child", side, "--model-dir", str(model_dir), "--train", str(train), "--heldout", str(heldout),
@@ -417,17 +434,21 @@ def parent_main(a: argparse.Namespace) -> None:
                 r = run_child(["--child", "tunery-full", "--model-dir", str(model_dir), "--train", str(train),
                                "--heldout", str(heldout), "--out", str(root / f"full-{variant}-{rep}")], log, env)
                 r["model_gflops"] = r["model_flops"] / r["loop_s"] / 1e9
-                r["fraction"] = r["model_gflops"] / max(before, peak())  # the better of the peaks around it
+                after = peak()
+                # against the peak of the precision it trained in: the better of those measured around it
+                r["peak_gflops"] = max(before[r["precision"]], after[r["precision"]])
+                r["fraction"] = r["model_gflops"] / r["peak_gflops"]
                 full[variant].append(r)
                 print(f"  small full {variant} #{rep}: {r['model_gflops']:.1f} model GFLOP/s = "
                       f"{100 * r['fraction']:.1f}% of peak", file=sys.stderr)
         tables += [full_table(variant, runs) for variant, runs in full.items()]
     else:
         peak()
+    spread = " · ".join(
+        f"{dtype} matmul peak (4096² mm, best thread count) median {statistics.median(v):.1f} GFLOP/s over "
+        f"{len(v)} measurements (range {min(v):.1f}–{max(v):.1f})" for dtype, v in peaks.items())
     header = (f"{datetime.date.today()} · {platform.node()} · {os.cpu_count()} CPUs · load average at the end "
-              f"{os.getloadavg()[0]:.1f} · fp32 matmul peak (4096² mm, best thread count) median "
-              f"{statistics.median(peaks):.1f} GFLOP/s over {len(peaks)} measurements (range {min(peaks):.1f}–"
-              f"{max(peaks):.1f}) · {a.samples} training samples\n\n`{' '.join(sys.argv)}`")
+              f"{os.getloadavg()[0]:.1f} · {spread} · {a.samples} training samples\n\n`{' '.join(sys.argv)}`")
     print(header + "\n\n" + "\n\n".join(tables))
 
 
@@ -439,8 +460,8 @@ def full_table(variant: str, runs: list[dict[str, Any]]) -> str:
             f"{r['model_flops'] / 1e12:.2f} TFLOP (causal attention would add "
             f"{100 * r['attention_flops'] / r['model_flops']:.1f}%, not counted)\n"
             f"- loop {med(runs, 'loop_s'):.1f} s, {med(runs, 'tokens_per_s'):,.0f} trained tok/s, "
-            f"{med(runs, 'model_gflops'):.1f} model GFLOP/s = **{100 * med(runs, 'fraction'):.1f}% of the matmul "
-            f"peak** measured around it (target >= 60%); per repeat "
+            f"{med(runs, 'model_gflops'):.1f} model GFLOP/s = **{100 * med(runs, 'fraction'):.1f}% of the "
+            f"{r['precision']} matmul peak** measured around it (target >= 65%); per repeat "
             f"{each}; held-out loss {med(runs, 'heldout_loss'):.4f}; "
             f"peak RSS {med(runs, 'peak_rss_mb'):,.0f} MB")
 

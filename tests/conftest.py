@@ -128,6 +128,14 @@ def start_server(tmp: Path, **env: str) -> LiveServer:
     return server
 
 
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in vision-language model, built once per session."""
+    from tunery.models.builtin import ensure_builtin
+
+    return ensure_builtin("tunery/tiny-vlm", tmp_path_factory.getbasetemp() / "builtin-models")
+
+
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One server per test module (no embedded worker); tests must not depend on each other's data."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,13 +79,37 @@ def test_formats_that_differ_between_ranges_are_caught(tmp_path: Path, validator
     assert merge_reports([]) is None
 
 
+def _validation_workers() -> set[int]:
+    """Live ``python -m tunery.api.validation`` children of this process (exited ones may linger as
+    zombies until reaped; they do not count)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat, cmdline = (entry / "stat").read_text(), (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # it ended while we looked
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) == os.getpid() and state != "Z" and b"tunery.api.validation" in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
 def test_idle_workers_exit_and_are_replaced(tmp_path: Path) -> None:
     path = tmp_path / "good.jsonl"
     path.write_text("".join(conversation(i) + "\n" for i in range(50)))
     v = FileValidator(BoundedPool(2, MEMORY, idle_exit_s=0.3), timeout_s=120, min_parallel_bytes=1)
     try:
         assert v.validate(path, "jsonl", "fine-tune").num_samples == 50
-        time.sleep(1.5)  # both workers give up and exit
+        first = _validation_workers()
+        assert len(first) == 2
+        deadline = time.monotonic() + 15
+        while _validation_workers() & first:  # both give up and exit on their own
+            assert time.monotonic() < deadline, "idle validation workers did not exit"
+            time.sleep(0.1)
         assert v.validate(path, "jsonl", "fine-tune").num_samples == 50
+        second = _validation_workers()
+        assert second and not second & first  # new workers did the work
     finally:
         v.close()

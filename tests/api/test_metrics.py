@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer, start_server
+from tests.job_rows import job_row
 from tunery.store.db import Database
-from tunery.store.models import Job, User, Worker, utcnow
+from tunery.store.models import User, Worker, utcnow
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,7 @@ def test_metrics_report_the_queue_workers_and_request_latency(server: LiveServer
         s.add(User(id="u-m", name="metrics-user"))
     with db.session() as s:
         for i, status in enumerate(["queued", "queued", "running", "completed", "error"]):
-            s.add(Job(id=f"ft-m{i}", user_id="u-m", status=status, model="m", model_output_name="o",
-                      training_file="f", params={}, heartbeat_at=utcnow() if status == "running" else None))
+            s.add(job_row(f"ft-m{i}", "u-m", status, heartbeat_at=utcnow() if status == "running" else None))
         s.add(Worker(id="gpu-1-123-abc", host="gpu-1", heartbeat_at=utcnow()))
     db.dispose()
     headers = {"Authorization": f"Bearer {server.api_key}"}

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import struct
+import zlib
 from typing import Any
 
 import pytest
+from PIL import Image
 
+from tests.sample_images import solid_url
 from tunery.datasets import DatasetFormat, RecordFacts, check_record, detect_format
-from tunery.datasets.formats import MAX_IMAGES_PER_SAMPLE, show
+from tunery.datasets.formats import NO_FACTS, show
+from tunery.datasets.images import MAX_IMAGE_BYTES, MAX_IMAGES_PER_SAMPLE, MAX_PIXELS
 from tunery.errors import DatasetInvalid
 
-PNG = "data:image/png;base64,iVBORw0KGgo="
+PNG = solid_url()
 
 
 def user(content: Any = "hi", **extra: Any) -> dict[str, Any]:
@@ -137,8 +144,10 @@ def test_tool_call_with_null_content_and_object_arguments_is_accepted() -> None:
     assert check(record) == RecordFacts(has_tools=True)
 
 
-def test_multimodal_content_lists_are_reported() -> None:
-    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": PNG}}]
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_multimodal_content_lists_are_reported(fmt: str) -> None:
+    url = solid_url(fmt=fmt).replace("image/jpeg", "image/jpg") if fmt == "JPEG" else solid_url(fmt=fmt)
+    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
     facts = check({"messages": [user(parts), assistant([{"type": "text", "text": "A cat."}])]})
     assert facts == RecordFacts(is_multimodal=True)
 
@@ -171,6 +180,23 @@ def test_preference_sample_with_system_prompt_and_tools() -> None:
 
 def _conversation(*messages: Any, **top: Any) -> dict[str, Any]:
     return {"messages": list(messages), **top}
+
+
+def _image_conversation(url: str) -> dict[str, Any]:
+    return _conversation(user([{"type": "image_url", "image_url": {"url": url}}]), assistant())
+
+
+def _encoded(image: Image.Image, fmt: str) -> str:
+    buf = io.BytesIO()
+    image.save(buf, fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims ``width`` x ``height`` (a decompression bomb's header)."""
+    raw = base64.b64decode(_encoded(Image.new("RGB", (1, 1)), "PNG"))
+    ihdr = b"IHDR" + struct.pack(">II", width, height) + raw[24:29]
+    return raw[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + raw[33:]
 
 
 CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
@@ -255,9 +281,9 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "image without url",
-        _conversation(user([{"type": "image_url", "image_url": PNG}]), assistant()),
+        _conversation(user([{"type": "image_url", "image_url": "data:image/png;base64,iVBO"}]), assistant()),
         'messages[0].content[0].image_url must be an object with a "url" string; '
-        'got "data:image/png;base64,iVBORw0KGgo="',
+        'got "data:image/png;base64,iVBO"',
     ),
     (
         "image http url",
@@ -278,6 +304,37 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
             assistant(),
         ),
         f"messages must hold at most {MAX_IMAGES_PER_SAMPLE} images per sample; got {MAX_IMAGES_PER_SAMPLE + 1}",
+    ),
+    (
+        "image bad base64",
+        _image_conversation("data:image/png;base64,not*base64"),
+        'messages[0].content[0].image_url.url must hold valid base64 after the comma; got "not*base64"',
+    ),
+    (
+        "image not an image",
+        _image_conversation("data:image/png;base64," + base64.b64encode(b"plain text").decode()),
+        "messages[0].content[0].image_url.url must be a decodable image; got \"10 bytes that are no image file\"",
+    ),
+    (
+        "image truncated",
+        _image_conversation("data:image/png;base64," + _encoded(Image.new("RGB", (64, 64)), "PNG")[:40]),
+        "messages[0].content[0].image_url.url must be a decodable image; got",
+    ),
+    (
+        "image really a gif",
+        _image_conversation("data:image/png;base64," + _encoded(Image.new("RGB", (2, 2)), "GIF")),
+        'messages[0].content[0].image_url.url must be a JPEG, PNG or WebP image; got "a GIF image"',
+    ),
+    (
+        "image too many pixels",
+        _image_conversation("data:image/png;base64," + base64.b64encode(_png_claiming(20000, 20000)).decode()),
+        f'messages[0].content[0].image_url.url must have at most {MAX_PIXELS} pixels; got "400000000 pixels"',
+    ),
+    (
+        "image over 10 MiB",
+        _image_conversation("data:image/jpeg;base64," + "A" * 4 * (MAX_IMAGE_BYTES // 3 + 10)),
+        "messages[0].content[0].image_url.url must hold an image of at most 10 MiB; "
+        f'got "{(MAX_IMAGE_BYTES // 3 + 10) * 3} bytes"',
     ),
     ("weight 2", _conversation(user(), assistant(weight=2)), "messages[1].weight must be 0 or 1; got 2"),
     (
@@ -322,11 +379,6 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
         "user after tool",
         _conversation(user(), {"role": "assistant", "tool_calls": [call()]}, {"role": "tool", "content": "r"}, user()),
         'messages[3].role must be assistant or tool after a tool message; got "user"',
-    ),
-    (
-        "no assistant",
-        _conversation({"role": "system", "content": "s"}, user()),
-        'messages must contain at least one assistant message; got ["system", "user"]',
     ),
     (
         "tool_calls on user",
@@ -388,6 +440,14 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+def test_messages_awaiting_an_answer_are_a_reinforcement_prompt_with_any_fields() -> None:
+    prompt = {"messages": [{"role": "system", "content": "s"}, user()], "answer": "4", "meta": {"tags": [1]}}
+    assert detect_format(prompt, 7) is DatasetFormat.REINFORCEMENT and check(prompt) == NO_FACTS
+    assert detect_format({"messages": [user()]}, 7) is DatasetFormat.REINFORCEMENT
+    # a conversation with an answer still may not carry unknown keys (a typo in an SFT file)
+    assert 'unknown key "answer"' in error_of({"messages": [user(), assistant()], "answer": "4"}).message
+
+
 @pytest.mark.parametrize(
     ("record", "message"),
     [case[1:] for case in CONVERSATION_ERRORS],
@@ -395,7 +455,7 @@ CONVERSATION_ERRORS: list[tuple[str, dict[str, Any], str]] = [
 )
 def test_conversation_rule_violations(record: dict[str, Any], message: str) -> None:
     error = error_of(record)
-    assert error.message == f"line 7: {message}"
+    assert error.message.startswith(f"line 7: {message}")
     assert error.line == 7
     assert error.param is not None and message.startswith(error.param.rsplit(".", 1)[0])
 

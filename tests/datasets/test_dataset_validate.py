@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.sample_images import solid_url
 from tunery.datasets import DatasetFormat, ValidationReport, iter_records, validate_stream
 from tunery.errors import DatasetInvalid
 
@@ -88,7 +89,7 @@ def test_invalid_report_json_round_trips() -> None:
 
 def test_features_are_collected_over_the_whole_file() -> None:
     tool_call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    image = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/"}}
+    image = {"type": "image_url", "image_url": {"url": solid_url(fmt="JPEG")}}
     records: list[dict[str, Any]] = [
         CONVERSATION,
         {"messages": [{"role": "user", "content": [image]}, {"role": "assistant", "content": "a cat"}]},

@@ -24,6 +24,7 @@ from together import Together
 from together.lib.resources.files import FileAlreadyExistsError
 
 from tests.conftest import LiveServer
+from tests.job_rows import job_row, job_spec
 from tunery.store.db import Database
 from tunery.store.models import Job, User
 
@@ -325,8 +326,8 @@ def test_delete_is_blocked_while_an_unfinished_job_uses_the_file(
     f = together_client.files.upload(write_jsonl(tmp_path / "job.jsonl", VALID["instruction"]))
     db = Database(live_server.database_url)
     with db.session() as s:
-        s.add(Job(id="ft-files-test", user_id=_default_user_id(s), status="running", model="m", model_output_name="o",
-                  training_file="file-other", validation_file=f.id, params={}))
+        s.add(job_row("ft-files-test", _default_user_id(s), "running",
+                      job_spec(training_file="file-other", validation_file=f.id)))
     with pytest.raises(together.ConflictError) as caught:
         together_client.files.delete(f.id)
     assert "ft-files-test" in caught.value.body["error"]["message"]  # type: ignore[index]

@@ -1,4 +1,4 @@
-"""The built-in tiny model, built once per session in a temp dir."""
+"""The built-in tiny text model, built once per session in a temp dir (tiny_vlm: tests/conftest.py)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from tunery.models.builtin import BUILTINS, ensure_builtin
+from tests.sample_images import solid_url
+from tunery.models.builtin import BUILTINS, BuiltinSpec, ensure_builtin
 
 
 def digests(directory: Path) -> dict[str, str]:
@@ -22,6 +23,36 @@ def test_build_is_deterministic_atomic_and_cached(tmp_path: Path) -> None:
     mtime = (first / "model.safetensors").stat().st_mtime_ns
     assert ensure_builtin("tunery/tiny-llama", tmp_path / "a") == first
     assert (first / "model.safetensors").stat().st_mtime_ns == mtime  # not rebuilt
+
+
+def test_tiny_vlm_build_is_deterministic(tmp_path: Path) -> None:
+    first = ensure_builtin("tunery/tiny-vlm", tmp_path / "a")
+    assert digests(first) == digests(ensure_builtin("tunery/tiny-vlm", tmp_path / "b"))
+    assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja"} <= set(digests(first))
+
+
+def test_tiny_vlm_loads_with_auto_classes_and_sees_the_image(tiny_vlm: Path) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm)
+    processor = AutoProcessor.from_pretrained(tiny_vlm)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert type(processor.image_processor).__name__ == "CLIPImageProcessorPil"  # no torchvision needed
+    assert 0.8e6 < sum(p.numel() for p in model.parameters()) < 1.2e6
+    # OpenAI-style parts, as in datasets and chat requests; any size becomes 32x32, 16 image tokens.
+    inputs = [processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": solid_url(colour, (40, 24))}},
+                                      {"type": "text", "text": "Colour?"}]}],
+        add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt") for colour in
+        ((255, 0, 0), (0, 0, 255))]
+    assert inputs[0]["pixel_values"].shape == (1, 3, 32, 32)
+    assert int((inputs[0]["input_ids"] == model.config.image_token_id).sum()) == 16
+    assert torch.equal(inputs[0]["input_ids"], inputs[1]["input_ids"])
+    with torch.no_grad():
+        red, blue = (model(**i).logits[0, -1] for i in inputs)
+    assert not torch.allclose(red, blue)  # the answer depends on the pixels
+    out = model.generate(**inputs[0], max_new_tokens=3)
+    assert out.shape[1] > inputs[0]["input_ids"].shape[1]
 
 
 def test_tiny_llama_loads_with_auto_classes_and_generates(tiny_llama: Path) -> None:
@@ -72,6 +103,7 @@ def test_small_llama_is_about_30m_parameters(tiny_llama: Path) -> None:
     from transformers import LlamaConfig
 
     spec = BUILTINS["tunery/small-llama"]
+    assert isinstance(spec, BuiltinSpec)
     tiny = AutoConfig.from_pretrained(tiny_llama)
     config = LlamaConfig(vocab_size=tiny.vocab_size, hidden_size=spec.hidden_size,
                          intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,

@@ -40,3 +40,22 @@ def test_min_max_seq_length_never_exceeds_a_short_context(tiny_llama: Path, tmp_
     (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
     limits = model_limits("short", short)
     assert limits["max_seq_length_sft"] == 64 and limits["min_max_seq_length"] == 64
+
+
+def test_a_vision_language_model_supports_vision_and_lists_its_vision_modules(tiny_vlm: Path) -> None:
+    limits = model_limits("tunery/tiny-vlm", tiny_vlm)
+    assert set(limits) == TOP_LEVEL and limits["supports_vision"] is True
+    assert limits["max_seq_length_sft"] == 1024  # the language model's context
+    # LoRA may target the language model's layers and (train_vision) the CLIP tower's and projector's.
+    assert {"q_proj", "down_proj", "fc1", "out_proj", "linear_1"} <= set(limits["lora_training"]["target_modules"])
+    assert "lm_head" not in limits["lora_training"]["target_modules"]
+
+
+def test_three_axis_positions_are_not_offered_for_images(tmp_path: Path) -> None:
+    from transformers import Qwen2VLConfig
+
+    config = Qwen2VLConfig(text_config={"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 64,
+                                        "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 512},
+                           vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2})
+    config.save_pretrained(tmp_path)
+    assert model_limits("qwen2-vl", tmp_path)["supports_vision"] is False  # packing gives 1-D positions

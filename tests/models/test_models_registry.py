@@ -10,7 +10,7 @@ from tunery.models.registry import builtin_names, resolve
 
 
 def test_builtin_names_resolve_to_a_built_directory(tiny_llama: Path) -> None:
-    assert builtin_names() == ["tunery/small-llama", "tunery/tiny-llama"]
+    assert builtin_names() == ["tunery/small-llama", "tunery/tiny-llama", "tunery/tiny-vlm"]
     model = resolve("tunery/tiny-llama", cache_dir=tiny_llama.parent)
     assert (model.name, model.path, model.source) == ("tunery/tiny-llama", tiny_llama, "builtin")
 

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
+from tests.job_rows import job_row
 from tunery.queue.claim import claim_next, queue_position, requeue_stale
 from tunery.store.db import Database
 from tunery.store.models import Job, JobEvent, User, utcnow
@@ -25,8 +26,7 @@ def db(database: Database) -> Database:
 
 def _queue(db: Database, job_id: str, user: str = "u1", priority: int = 0, status: str = "queued") -> None:
     with db.session() as s:
-        s.add(Job(id=job_id, user_id=user, status=status, model="m", model_output_name="o", training_file="f",
-                  params={}, priority=priority, created_at=utcnow()))
+        s.add(job_row(job_id, user, status, priority=priority, created_at=utcnow()))
 
 
 def _claimer(url: str, worker: str, out: mp.Queue) -> None:
@@ -97,14 +97,12 @@ def test_queue_depth_is_the_number_of_jobs_a_worker_takes_first(db: Database) ->
     base = utcnow()
     with db.session() as s:
         s.add(User(id="u3", name="u3"))
-        s.add(Job(id="ft-run", user_id="u1", status="running", model="m", model_output_name="o", training_file="f",
-                  params={}, created_at=base - timedelta(hours=1)))
+        s.add(job_row("ft-run", "u1", "running", created_at=base - timedelta(hours=1)))
     specs = [("ft-a1", "u1", 0), ("ft-a2", "u1", 9), ("ft-a3", "u1", 0), ("ft-b1", "u2", 0), ("ft-b2", "u2", 1),
              ("ft-c1", "u3", 0), ("ft-c2", "u3", 0), ("ft-c3", "u3", 5)]
     for i, (job_id, user, priority) in enumerate(specs):
         with db.session() as s:
-            s.add(Job(id=job_id, user_id=user, status="queued", model="m", model_output_name="o",
-                      training_file="f", params={}, priority=priority, created_at=base + timedelta(seconds=i)))
+            s.add(job_row(job_id, user, "queued", priority=priority, created_at=base + timedelta(seconds=i)))
     with db.session() as s:
         depth = {j: queue_position(s, s.get(Job, j)) for j, _, _ in specs}  # type: ignore[arg-type]
     assert sorted(depth.values()) == list(range(len(specs)))

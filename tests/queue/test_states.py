@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from tests.job_rows import job_row
 from tunery.queue.states import ALLOWED_FROM, IllegalTransition, transition
 from tunery.store.db import Database
 from tunery.store.models import Job, JobEvent, User
@@ -41,8 +42,7 @@ def db(backend_url: str) -> Iterator[Database]:
 def _job(db: Database, status: JobStatus) -> str:
     job_id = f"ft-{status.value}-{uuid.uuid4().hex[:8]}"
     with db.session() as s:
-        s.add(Job(id=job_id, user_id="u1", status=status.value, model="m", model_output_name="o",
-                  training_file="f", params={}))
+        s.add(job_row(job_id, "u1", status.value))
     return job_id
 
 

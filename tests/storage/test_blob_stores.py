@@ -125,7 +125,17 @@ def test_multipart_through_presigned_part_urls(s3_store: S3BlobStore) -> None:
 
 
 def test_abort_multipart_is_idempotent(s3_store: S3BlobStore) -> None:
+    def open_uploads() -> list[str]:
+        listed = s3_store.client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads", [])
+        return [u["UploadId"] for u in listed]
+
     upload_id = s3_store.start_multipart("uploads/x")
+    part = s3_store.presigned_part("uploads/x", upload_id, 1, ttl_s=60)
+    assert httpx.put(part, content=b"part one").status_code == 200
+    assert upload_id in open_uploads()
     s3_store.abort_multipart("uploads/x", upload_id)
-    s3_store.abort_multipart("uploads/x", upload_id)
-    # (Completing a finished upload is NoSuchUpload on S3, mapped to Conflict; moto answers 500.)
+    assert upload_id not in open_uploads()
+    s3_store.abort_multipart("uploads/x", upload_id)  # again: nothing left to remove, and no error
+    assert upload_id not in open_uploads() and not s3_store.exists("uploads/x")
+    # (Completing a finished upload is NoSuchUpload on S3, mapped to Conflict; moto answers 500, as it
+    # does for a part sent to an aborted upload.)

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from tests.job_rows import job_row, job_spec
 from tunery.errors import Conflict, NotFound
 from tunery.store import files as store
 from tunery.store.db import Database
@@ -113,8 +114,7 @@ def test_delete_is_refused_while_an_unfinished_job_uses_the_file(db: Database, s
     alice = make_user(db, "alice")
     file_id = make_file(db, alice)
     with db.session() as s:
-        s.add(Job(id="ft-1", user_id=alice, status=status, model="m", model_output_name="o",
-                  training_file=file_id, params={}))
+        s.add(job_row("ft-1", alice, status, job_spec(training_file=file_id)))
     with db.session() as s, pytest.raises(Conflict, match="ft-1"):
         store.delete_file(s, alice, file_id)
     with db.session() as s:

@@ -115,7 +115,7 @@ def test_sft_trains_the_same_with_segments_as_with_the_mask(tiny_llama: Path, tm
         reporter = ListReporter()
         cfg = TrainConfig(job_id="seg", base_model_dir=str(tiny_llama), train_file=str(train),
                           output_dir=str(tmp_path / f"out-{on}"), lora={"r": 8}, n_epochs=1, learning_rate=5e-3,
-                          batch_size=2, max_seq_length=96, seed=1)
+                          batch_size=2, max_seq_length=96, seed=1, precision="fp32")
         sft.run(cfg, reporter)
         curves.append(_curve(reporter))
     assert len(curves[0]) >= 4
@@ -132,7 +132,7 @@ def test_dpo_trains_the_same_with_segments_as_with_the_mask(tiny_llama: Path, tm
         reporter = ListReporter()
         cfg = TrainConfig(job_id="seg-dpo", method="dpo", base_model_dir=str(tiny_llama), train_file=str(train),
                           output_dir=str(tmp_path / f"out-{on}"), lora={"r": 8}, n_epochs=1, learning_rate=5e-3,
-                          batch_size=2, max_seq_length=64, seed=1)
+                          batch_size=2, max_seq_length=64, seed=1, precision="fp32")
         dpo.run(cfg, reporter)
         curves.append(_curve(reporter))
     assert len(curves[0]) >= 2

@@ -1,5 +1,6 @@
-"""``batch_size: "max"``: halving on out-of-memory from the clamped model limit, and a probe step that
-leaves the model, its gradients and the random streams as they were."""
+"""``batch_size: "max"``: halving on out-of-memory from the clamped model limit, activation
+checkpointing when not even one row fits (which leaves the gradients as they were), and a probe step
+that leaves the model, its gradients and the random streams as they were."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from tunery.errors import TrainingFailed
 from tunery.training import batch_size
 from tunery.training.batch_size import is_out_of_memory, largest_fitting, probe_step
 from tunery.training.config import TrainConfig
+from tunery.training.data.collate import attention_bias
 from tunery.training.distributed import Dist
-from tunery.training.model import load_for_training
+from tunery.training.model import forward_logps, load_for_training, mask_dtype
 from tunery.training.session import MIN_BATCHES_PER_EPOCH, max_batch_size
 
 
@@ -51,11 +53,41 @@ def test_other_errors_are_not_taken_for_memory() -> None:
     assert not is_out_of_memory(ValueError("out of memory"))
 
 
-def test_nothing_fits_is_a_user_error_that_says_what_to_change() -> None:
+def test_nothing_fits_is_a_user_error_that_says_what_to_change(tiny_llama: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     try_size, tried = fake_step(fits_up_to=0)
+    assert largest_fitting(8, try_size) == 0 and tried == [8, 4, 2, 1]
+    loaded = load_for_training(cfg_for(tiny_llama, tmp_path, lora={"r": 4}))
+    monkeypatch.setattr(batch_size, "probe_step", lambda loaded, capacity: fake_step(fits_up_to=0)[0])
     with pytest.raises(TrainingFailed, match="lower max_seq_length") as caught:
-        largest_fitting(8, try_size)
-    assert caught.value.user_error and tried == [8, 4, 2, 1]
+        batch_size.fitting_batch_size(loaded, Dist(), 8, 64)
+    assert caught.value.user_error
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_activation_checkpointing_comes_on_when_not_even_one_row_fits(
+        tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lora: bool) -> None:
+    torch.manual_seed(0)
+    loaded = load_for_training(cfg_for(tiny_llama, tmp_path, lora={"r": 4} if lora else None))
+    causal_lm = loaded.model.get_base_model() if lora else loaded.model
+    ids = torch.randint(5, 600, (2, 32), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(32).expand(2, -1)
+
+    def grads() -> list[torch.Tensor]:
+        loaded.model.zero_grad()
+        bias = attention_bias(torch.zeros_like(ids), mask_dtype(loaded))
+        forward_logps(loaded, ids, positions, ids, bias).sum().backward()
+        return [p.grad.clone() for _, p in loaded.trainable_parameters]
+
+    without = grads()
+    # Fits at 2 only with checkpointing on; without, nothing fits.
+    monkeypatch.setattr(batch_size, "probe_step", lambda loaded, capacity: fake_step(
+        fits_up_to=2 if causal_lm.is_activation_checkpointing else 0)[0])
+    assert not causal_lm.is_activation_checkpointing
+    assert batch_size.fitting_batch_size(loaded, Dist(), 8, 64) == 2
+    assert causal_lm.is_activation_checkpointing
+    for a, b in zip(grads(), without, strict=True):  # the same gradients, recomputed activations
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def cfg_for(tiny_llama: Path, tmp_path: Path, **overrides: Any) -> TrainConfig:

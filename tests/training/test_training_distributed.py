@@ -24,7 +24,9 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
+from tests.job_rows import claimed_job, sqlite_database
 from tests.training.samples import preference_pairs, qa_conversations, write_jsonl
+from tunery.storage import LocalBlobStore
 from tunery.training.config import TrainConfig
 from tunery.training.recipes import dpo, sft
 from tunery.training.reporter import ListReporter
@@ -44,7 +46,7 @@ def sft_config(tiny_llama: Path, data: Path, out: Path, **overrides: Any) -> Tra
         "train_file": str(data / "train.jsonl"), "validation_file": str(data / "val.jsonl"),
         "output_dir": str(out), "lora": {"r": 8}, "n_epochs": 2, "learning_rate": 5e-3, "batch_size": 3,
         "gradient_accumulation_steps": 2, "packing": False, "max_seq_length": 64, "n_evals": 2,
-        "n_checkpoints": 1, "seed": 5,
+        "n_checkpoints": 1, "seed": 5, "precision": "fp32",  # compared to 1e-4; see test_training_sft.config
     }
     values.update(overrides)
     return TrainConfig(**values)
@@ -144,7 +146,8 @@ def test_two_processes_train_dpo_fully_like_one(tiny_llama: Path, sft_data: Path
         return TrainConfig(job_id="ft-ddp-dpo", method="dpo", base_model_dir=str(tiny_llama),
                            base_model_name="tunery/tiny-llama", train_file=str(sft_data / "pairs.jsonl"),
                            validation_file=str(sft_data / "pairs.jsonl"), output_dir=str(out), lora=None,
-                           n_epochs=2, learning_rate=1e-4, batch_size=2, max_seq_length=32, n_evals=1, seed=1)
+                           n_epochs=2, learning_rate=1e-4, batch_size=2, max_seq_length=32, n_evals=1, seed=1,
+                           precision="fp32")
 
     one = ListReporter()
     dpo.run(config(tmp_path / "one"), one)
@@ -164,6 +167,9 @@ def test_a_user_error_under_torchrun_stays_the_users(tiny_llama: Path, sft_data:
     proc, report = launch(cfg, tmp_path / "run")
     code, out = finish(proc)
     assert code != 0, out
-    relay = Relay(db=None, blobs=None, job_id="ft-ddp", worker_id="w", report_path=report)  # type: ignore[arg-type]
+    db = sqlite_database(tmp_path / "tunery.db")
+    claimed_job(db, "ft-ddp", "w")
+    relay = Relay(db=db, blobs=LocalBlobStore(tmp_path / "blobs"), job_id="ft-ddp", worker_id="w", report_path=report)
     relay.pump()
     assert relay.error_is_users and relay.error_message, out
+    db.dispose()

@@ -76,6 +76,7 @@ def dpo_config(tiny_llama: Path, files: tuple[Path, Path], out: Path, **override
         "job_id": "ft-dpo", "method": "dpo", "base_model_dir": str(tiny_llama), "train_file": str(files[0]),
         "validation_file": str(files[1]), "n_evals": 1, "output_dir": str(out), "lora": {"r": 16},
         "n_epochs": 3, "learning_rate": 5e-3, "batch_size": 2, "max_seq_length": 64, "dpo_beta": 0.5, "seed": 3,
+        "precision": "fp32",  # compared to 1e-5..1e-7; see test_training_sft.config
     }
     values.update(overrides)
     return TrainConfig(**values)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.job_rows import job_spec
 from tunery.app import create_app
 from tunery.queue.states import transition
 from tunery.settings import Settings
@@ -18,17 +19,6 @@ from tunery.store import jobs as job_store
 from tunery.store.models import File, Job, utcnow
 from tunery.store.status import JobStatus
 from tunery.store.users import create_key, get_or_create_user, revoke_key
-
-PARAMS = {
-    "training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-                      "lora_trainable_modules": "all-linear"},
-    "training_method": {"method": "sft", "train_on_inputs": "auto"},
-    "batch_size": "max", "n_epochs": 2, "n_checkpoints": 1, "n_evals": 0, "learning_rate": 1e-3,
-    "lr_scheduler": {"lr_scheduler_type": "cosine", "lr_scheduler_args": {"min_lr_ratio": 0.0, "num_cycles": 0.5}},
-    "warmup_ratio": 0.0, "max_grad_norm": 1.0, "weight_decay": 0.0, "gradient_accumulation_steps": 1,
-    "max_seq_length": 256, "packing": True, "random_seed": 42, "early_stopping_enabled": False,
-    "early_stopping_patience": 2, "early_stopping_min_delta": 0.0, "early_stopping_warmup_evals": 1,
-}
 
 
 class World:
@@ -44,9 +34,9 @@ class World:
     def job(self, user_id: str, name: str, minutes_ago: int = 0, **columns: object) -> str:
         job_id = job_store.new_job_id()
         with self.ctx.db.session() as s:
-            job_store.create_job(s, Job(id=job_id, user_id=user_id, model="tunery/tiny-llama", model_output_name=name,
-                                    training_file="file-x", params=dict(PARAMS),
-                                    created_at=utcnow() - timedelta(minutes=minutes_ago), **columns))
+            job_store.create_job(s, Job(id=job_id, user_id=user_id, model_output_name=name,
+                                        spec=job_spec(model="tunery/tiny-llama", training_file="file-x", n_epochs=2),
+                                        created_at=utcnow() - timedelta(minutes=minutes_ago), **columns))
             transition(s, job_id, JobStatus.QUEUED, event_type="job_pending", message="queued")
         return job_id
 
@@ -135,7 +125,7 @@ def test_job_page_shows_params_progress_chart_checkpoints_and_events(world: Worl
         transition(s, job_id, JobStatus.RUNNING, event_type="job_start", message="Job started on worker w1",
                    worker_id="w1", started_at=utcnow())
         job = job_store.get_job(s, job_id)
-        job.params = {**job.params, "batch_size_resolved": 8}
+        job.batch_size = 8
         job_store.update_progress(s, job_id, total_steps=10, steps_completed=4, seconds_remaining=75.0)
         for step in range(1, 5):
             job_store.add_metrics(s, job_id, step, {"train/loss": 3.0 - step * 0.5, "train/learning_rate": 1e-3})

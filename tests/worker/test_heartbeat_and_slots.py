@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.job_rows import job_row
 from tunery.queue.claim import claim_next
 from tunery.queue.states import transition
 from tunery.settings import Settings
 from tunery.store.db import Database
 from tunery.store.models import Job, User, utcnow
 from tunery.store.status import JobStatus
-from tunery.worker.heartbeat import JobHeartbeat, JobLost
+from tunery.worker.fate import JobEnded, Outcome
+from tunery.worker.heartbeat import JobHeartbeat
 from tunery.worker.loop import Slots
 from tunery.worker.pause import PausePoints
 
@@ -25,8 +27,7 @@ def db(database: Database) -> Database:
     with database.session() as s:
         s.add(User(id="u1", name="u1"))
     with database.session() as s:
-        s.add(Job(id="ft-1", user_id="u1", status="queued", model="m", model_output_name="o", training_file="f",
-                  params={}, created_at=utcnow()))
+        s.add(job_row("ft-1", "u1", "queued", created_at=utcnow()))
     with database.session() as s:
         claim_next(s, "w1")
     return database
@@ -49,8 +50,9 @@ def test_the_heartbeat_keeps_the_job_fresh_and_sees_cancel_and_loss(db: Database
             s.get(Job, "ft-1").worker_id = "w2"  # type: ignore[union-attr]
         while not beat.lost.is_set() and time.monotonic() < deadline:
             time.sleep(0.02)
-        with pytest.raises(JobLost):
+        with pytest.raises(JobEnded) as ended:
             beat.check()
+        assert ended.value.outcome == Outcome.LOST
 
 
 def test_only_the_first_worker_pauses_at_a_phase(tmp_path: Path) -> None:

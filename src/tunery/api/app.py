@@ -15,6 +15,7 @@ from tunery.api.routes import (
     download,
     files,
     fine_tunes,
+    graders,
     health,
     metrics,
     models,
@@ -23,7 +24,7 @@ from tunery.api.routes import (
 from tunery.settings import Settings
 
 ROUTERS = (health.router, files.router, uploads.router, openai.router, fine_tunes.router, download.router,
-           models.router, metrics.router, chat_completions.router, completions.router)
+           models.router, graders.router, metrics.router, chat_completions.router, completions.router)
 
 
 class DoubleV1Alias:

@@ -27,10 +27,12 @@ from typing import Any
 from tunery.api.bounded import OverLimit
 from tunery.api.deps import AppContext
 from tunery.errors import InvalidRequest, NotFound
+from tunery.jobspec import SFT, JobSpec
 from tunery.store.files import record_scan
 from tunery.store.models import File
 from tunery.training.data.dataset import FileScan
-from tunery.training.data.render import TrainOnInputs
+from tunery.training.data.images import VisionRenderer, with_images
+from tunery.training.data.render import Renderer, TrainOnInputs
 
 EXACT_MAX_BYTES = 1024 * 1024
 SAMPLE_BYTES = 512 * 1024
@@ -42,6 +44,22 @@ def tokenizer_for(model_dir: str) -> Any:
     from tunery.training.model import load_tokenizer
 
     return load_tokenizer(model_dir)
+
+
+@lru_cache(maxsize=8)
+def processor_for(model_dir: str) -> Any | None:
+    """A vision-language model's processor, as training loads it (None for a text model)."""
+    from tunery.training.data.images import load_processor
+
+    return load_processor(model_dir)
+
+
+def renderer_for(model_dir: str, train_on_inputs: TrainOnInputs) -> Renderer | VisionRenderer:
+    """The renderer training uses for the model in ``model_dir``: with images placed by its processor
+    for a vision-language model (so image tokens are counted and shown)."""
+    processor = processor_for(model_dir)
+    tokenizer = processor.tokenizer if processor is not None else tokenizer_for(model_dir)
+    return with_images(Renderer(tokenizer, train_on_inputs), processor)
 
 
 # ---- in the bounded children ----------------------------------------------------------------------
@@ -71,9 +89,8 @@ def scan_task(path: str, file_type: str, model_dir: str, train_on_inputs: TrainO
     """The child's side of ``scan``: ``{"tokens", "problem", "scanned", "size"}``, where ``tokens``
     counts the first ``scanned`` bytes' samples (the whole file's when ``scanned == size``)."""
     from tunery.training.data.dataset import scan_file
-    from tunery.training.data.render import Renderer
 
-    renderer = Renderer(tokenizer_for(model_dir), False if method == "dpo" else train_on_inputs)
+    renderer = renderer_for(model_dir, False if method == "dpo" else train_on_inputs)
     size = os.stat(path).st_size
     if file_type == "parquet":  # pre-tokenized: the file's metadata counts its tokens
         problem = scan_file(path, file_type, renderer, method, what=what).problem if size <= max_bytes else None
@@ -129,18 +146,19 @@ def model_dir_of(ctx: AppContext, registered: Mapping[str, str], model: str) -> 
         return None
 
 
-def check_job_files(ctx: AppContext, registered: Mapping[str, str], model: str, params: dict[str, Any],
+def check_job_files(ctx: AppContext, registered: Mapping[str, str], spec: JobSpec,
                     files: list[tuple[File, str]]) -> None:
     """Raise ``InvalidRequest`` (param ``training_file`` or ``validation_file``) when the job's
     model cannot train on one of ``files`` (``(file, param)`` pairs). Call it outside any
     transaction: it may render the files."""
+    model, method = spec.model, spec.training_method
     model_dir = model_dir_of(ctx, registered, model)
     if model_dir is None:
         return
-    method = params["training_method"]
+    train_on_inputs = method.train_on_inputs if isinstance(method, SFT) else "auto"
     for f, param in files:
         what = param.replace("_", " ")
-        verdict = scan(ctx, f, model_dir, method.get("train_on_inputs", "auto"), method["method"], what)
+        verdict = scan(ctx, f, model_dir, train_on_inputs, method.method, what)
         if verdict.problem:
             raise InvalidRequest(f'{param} "{f.id}" cannot be trained on with model {model}: {verdict.problem}',
                                  param=param)

@@ -57,6 +57,10 @@ def estimate_price(ctx: AppContext, user: User, body: PriceEstimateRequest) -> d
         used = tokens_used(s, user.id)
     # No transaction from here on: resolving the model and rendering the files take seconds.
     model_dir = str(ctx.catalog.resolve(base, registered).path)
+    for f, _ in files:
+        images = bool((f.report or {}).get("dataset_is_multimodal"))
+        if images and not ctx.catalog.limits(base, registered)["supports_vision"]:  # and create refuses it
+            return _unavailable("multimodal_dataset", f"file {f.id} has images, but {model} does not take images")
     method = body.training_method.method.lower() if body.training_method else "sft"
     train_on_inputs: TrainOnInputs = "auto"
     if body.training_method and body.training_method.train_on_inputs is not None:

@@ -1,23 +1,41 @@
-"""Turn a create-job request into a fully resolved job: defaults applied from the model's limits,
-every problem reported at once (``InvalidRequest`` listing them all), inputs checked for ownership
-and validity. Routes call ``resolve_job_request``; nothing here knows HTTP."""
+"""Together's dialect: turn a ``POST /v1/fine-tunes`` body into a ``JobSpec`` (``tunery.jobspec``),
+every default applied from the model's limits, every problem reported at once (``InvalidRequest``
+listing them all), inputs checked for ownership and validity. Routes call
+``resolve_job_request``; nothing here knows HTTP."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from tunery.api.schemas.fine_tunes import FinetuneRequest, TrainingMethod, TrainingType
+from tunery.api.schemas.fine_tunes import FinetuneRequest
+from tunery.api.schemas.fine_tunes import TrainingType as WireTrainingType
 from tunery.errors import InvalidRequest, NotFound
+from tunery.jobspec import (
+    DPO,
+    SFT,
+    EarlyStopping,
+    FullTraining,
+    JobSecrets,
+    JobSpec,
+    LoraTraining,
+    LrScheduler,
+    LrSchedulerArgs,
+    MultimodalParams,
+    Parent,
+    TrainingMethod,
+    TrainingType,
+    Wandb,
+)
 from tunery.models.catalog import ModelCatalog
 from tunery.store.files import get_file
 from tunery.store.jobs import find_checkpoint, find_job_by_output_name, get_job
 from tunery.store.models import File, Job, User
+from tunery.store.status import JobStatus
 
 DEFAULT_SEED = 42
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
@@ -43,14 +61,14 @@ class Problems:
 
 
 @dataclass(frozen=True)
-class Parent:
+class ParentJob:
     """The job and step a new job continues from (``from_checkpoint``)."""
 
     job: Job
     step: int | None
 
 
-def resolve_parent(s: Session, ref: str, user: User) -> Parent:
+def resolve_parent(s: Session, ref: str, user: User) -> ParentJob:
     """``JOB_ID``, ``OUTPUT_NAME``, ``JOB_ID:STEP`` or ``OUTPUT_NAME:STEP`` → a completed job of the
     user and an existing checkpoint step (None = final)."""
     name, _, step_text = ref.rpartition(":") if re.search(r":\d+$", ref) else (ref, "", "")
@@ -59,14 +77,13 @@ def resolve_parent(s: Session, ref: str, user: User) -> Parent:
         raise NotFound(f'from_checkpoint "{ref}": no fine-tuning job or output model named "{name}"',
                        param="from_checkpoint")
     step = int(step_text) if step_text else None
-    if step is None and job.status != "completed":
+    if step is None and job.status != JobStatus.COMPLETED:
         raise InvalidRequest(f'from_checkpoint "{ref}": job {job.id} is {job.status}, so it has no final '
                              "model yet; pick an intermediate step with JOB_ID:STEP", param="from_checkpoint")
-    variant = "adapter" if job.params["training_type"]["type"] == "Lora" else "model"
-    if find_checkpoint(s, job.id, variant, step) is None:
+    if find_checkpoint(s, job.id, job.spec.checkpoint_variant, step) is None:
         raise InvalidRequest(f'from_checkpoint "{ref}": job {job.id} has no checkpoint at step {step}',
                              param="from_checkpoint")
-    return Parent(job, step)
+    return ParentJob(job, step)
 
 
 def base_model_of(s: Session, model_name: str, user: User) -> str:
@@ -91,14 +108,14 @@ def _check_file(s: Session, file_id: str, user: User, param: str, problems: Prob
     return f
 
 
-def _training_type(req: TrainingType | None, parent: Parent | None, limits: dict[str, Any],
-                   problems: Problems) -> dict[str, Any]:
+def _training_type(req: WireTrainingType | None, parent: ParentJob | None, limits: dict[str, Any],
+                   problems: Problems) -> TrainingType:
     if req is None and parent is not None:
-        return dict(parent.job.params["training_type"])
+        return parent.job.spec.training_type
     if req is not None and req.type.lower() == "full":
         problems.check(bool(limits.get("full_training")), "training_type",
                        f"Full training is not supported for the selected model ({limits['model_name']}).")
-        return {"type": "Full"}
+        return FullTraining()
     lora = limits["lora_training"]
     r = req.lora_r if req and req.lora_r is not None else lora["default_rank"]
     alpha = req.lora_alpha if req and req.lora_alpha is not None else 2 * r
@@ -112,22 +129,21 @@ def _training_type(req: TrainingType | None, parent: Parent | None, limits: dict
         problems.check(not unknown, "lora_trainable_modules",
                        f"lora_trainable_modules has unknown modules {unknown}; use all-linear or a comma list "
                        f"of {', '.join(lora['target_modules'])}")
-    return {"type": "Lora", "lora_r": r, "lora_alpha": alpha, "lora_dropout": dropout,
-            "lora_trainable_modules": modules}
+    return LoraTraining(lora_r=r, lora_alpha=alpha, lora_dropout=dropout, lora_trainable_modules=modules)
 
 
-def _training_method(req: FinetuneRequest, problems: Problems) -> dict[str, Any]:
-    m: TrainingMethod = req.training_method
+def _training_method(req: FinetuneRequest, problems: Problems) -> TrainingMethod:
+    m = req.training_method
     method = m.method.lower()
     if method not in ("sft", "dpo"):
         problems.add("training_method", f'training_method must be one of sft, dpo; got "{m.method}"')
-        return {"method": "sft", "train_on_inputs": "auto"}
+        return SFT()
     if method == "sft":
         for name in DPO_FIELDS:
             problems.check(getattr(m, name) in (None, False, 0, 0.0), f"training_method.{name}",
                            f"{name} is only supported for DPO training")
         toi = m.train_on_inputs if m.train_on_inputs is not None else req.train_on_inputs
-        return {"method": "sft", "train_on_inputs": "auto" if toi is None else toi}
+        return SFT(train_on_inputs="auto" if toi is None else toi)
     problems.check(m.train_on_inputs is None and req.train_on_inputs is None, "train_on_inputs",
                    "train_on_inputs is only supported for SFT training")
     beta = 0.1 if not m.dpo_beta else m.dpo_beta
@@ -136,12 +152,28 @@ def _training_method(req: FinetuneRequest, problems: Problems) -> dict[str, Any]
     problems.check(rpo >= 0, "rpo_alpha", f"rpo_alpha should be non-negative (got {rpo})")
     problems.check(gamma >= 0, "simpo_gamma", f"simpo_gamma should be non-negative (got {gamma})")
     simpo = gamma > 0
-    return {"method": "dpo", "dpo_beta": beta, "rpo_alpha": rpo, "simpo_gamma": gamma,
-            "dpo_normalize_logratios_by_length": bool(m.dpo_normalize_logratios_by_length) or simpo,
-            "dpo_reference_free": bool(m.dpo_reference_free) or simpo}
+    return DPO(dpo_beta=beta, rpo_alpha=rpo, simpo_gamma=gamma,
+               dpo_normalize_logratios_by_length=bool(m.dpo_normalize_logratios_by_length) or simpo,
+               dpo_reference_free=bool(m.dpo_reference_free) or simpo)
 
 
-def _schedule(req: FinetuneRequest, limits: dict[str, Any], method: str, problems: Problems) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Schedule:
+    """The optimisation settings of a request, resolved."""
+
+    learning_rate: float
+    lr_scheduler: LrScheduler
+    warmup_ratio: float
+    max_grad_norm: float
+    weight_decay: float
+    gradient_accumulation_steps: int
+    max_seq_length: int
+    n_epochs: int
+    n_checkpoints: int
+    n_evals: int
+
+
+def _schedule(req: FinetuneRequest, limits: dict[str, Any], method: str, problems: Problems) -> Schedule:
     sched = req.lr_scheduler
     args = sched.lr_scheduler_args
     p = problems
@@ -173,20 +205,20 @@ def _schedule(req: FinetuneRequest, limits: dict[str, Any], method: str, problem
             f"Maximum sequence length must be greater than {limits['min_max_seq_length']}; got {max_seq}")
     p.check(max_seq <= max_seq_limit, "max_seq_length",
             f"Maximum sequence length for {method.upper()} training must be less than {max_seq_limit}; got {max_seq}")
-    lr_args: dict[str, float] = {"min_lr_ratio": args.min_lr_ratio}
-    if sched.lr_scheduler_type == "cosine":
-        lr_args["num_cycles"] = args.num_cycles
-    return {"learning_rate": req.learning_rate, "warmup_ratio": req.warmup_ratio, "max_grad_norm": req.max_grad_norm,
-            "weight_decay": req.weight_decay, "gradient_accumulation_steps": gas, "max_seq_length": max_seq,
-            "lr_scheduler": {"lr_scheduler_type": sched.lr_scheduler_type, "lr_scheduler_args": lr_args},
-            "n_epochs": req.n_epochs, "n_checkpoints": req.n_checkpoints, "n_evals": req.n_evals}
+    cosine = sched.lr_scheduler_type == "cosine"
+    lr_scheduler = LrScheduler(lr_scheduler_type=sched.lr_scheduler_type, lr_scheduler_args=LrSchedulerArgs(
+        min_lr_ratio=args.min_lr_ratio, num_cycles=args.num_cycles if cosine else None))
+    return Schedule(learning_rate=req.learning_rate, lr_scheduler=lr_scheduler, warmup_ratio=req.warmup_ratio,
+                    max_grad_norm=req.max_grad_norm, weight_decay=req.weight_decay, gradient_accumulation_steps=gas,
+                    max_seq_length=max_seq, n_epochs=req.n_epochs, n_checkpoints=req.n_checkpoints,
+                    n_evals=req.n_evals)
 
 
-def _batch_size(req: FinetuneRequest, limits: dict[str, Any], training_type: dict[str, Any], method: str,
-                problems: Problems) -> int | str:
+def _batch_size(req: FinetuneRequest, limits: dict[str, Any], training_type: TrainingType, method: str,
+                problems: Problems) -> int | Literal["max"]:
     if req.batch_size == "max":
         return "max"
-    bounds = limits["lora_training"] if training_type["type"] == "Lora" else (limits.get("full_training") or {})
+    bounds = limits["lora_training"] if training_type.type == "Lora" else (limits.get("full_training") or {})
     hi = bounds.get("max_batch_size_dpo" if method == "dpo" else "max_batch_size", 1)
     lo = bounds.get("min_batch_size", 1)
     problems.check(req.batch_size <= hi, "batch_size",
@@ -196,7 +228,7 @@ def _batch_size(req: FinetuneRequest, limits: dict[str, Any], training_type: dic
     return req.batch_size
 
 
-def _early_stopping(req: FinetuneRequest, has_validation: bool, problems: Problems) -> dict[str, Any]:
+def _early_stopping(req: FinetuneRequest, has_validation: bool, problems: Problems) -> EarlyStopping:
     patience = 2 if req.early_stopping_patience is None else req.early_stopping_patience
     warmup = 1 if req.early_stopping_warmup_evals is None else req.early_stopping_warmup_evals
     delta = 0.0 if req.early_stopping_min_delta is None else req.early_stopping_min_delta
@@ -212,8 +244,7 @@ def _early_stopping(req: FinetuneRequest, has_validation: bool, problems: Proble
         problems.check(req.n_evals >= need, "n_evals",
                        f"Early stopping requires n_evals >= patience + warmup_evals + 1 = {need} "
                        f"(got n_evals={req.n_evals})")
-    return {"early_stopping_enabled": req.early_stopping_enabled, "early_stopping_patience": patience,
-            "early_stopping_warmup_evals": warmup, "early_stopping_min_delta": delta}
+    return EarlyStopping(enabled=req.early_stopping_enabled, patience=patience, warmup_evals=warmup, min_delta=delta)
 
 
 def _check_formats(train: File | None, val: File | None, method: str, problems: Problems) -> None:
@@ -228,12 +259,28 @@ def _check_formats(train: File | None, val: File | None, method: str, problems: 
             problems.add(param, f'{param} "{f.id}" is a preference dataset; use training_method dpo for it')
 
 
+def _multimodal_params(req: FinetuneRequest, model: str, limits: dict[str, Any], train: File | None,
+                       val: File | None, problems: Problems) -> MultimodalParams | None:
+    """The settings of a vision-language model's job, else None; images or ``train_vision`` for a
+    text model are refused (they would be ignored)."""
+    train_vision = bool(req.multimodal_params and req.multimodal_params.train_vision)
+    if limits["supports_vision"]:
+        return MultimodalParams(train_vision=train_vision)
+    if train_vision:
+        problems.add("multimodal_params",
+                     f"Vision encoder training is not supported for the non-multimodal model `{model}`")
+    for f, param in ((train, "training_file"), (val, "validation_file")):
+        if f is not None and (f.report or {}).get("dataset_is_multimodal"):
+            problems.add(param, f'{param} "{f.id}" has images, but `{model}` does not take images '
+                                "(supports_vision is false); fine-tune a vision-language model on it, "
+                                "such as tunery/tiny-vlm")
+    return None
+
+
 @dataclass(frozen=True)
 class ResolvedJob:
-    model: str
-    params: dict[str, Any]
-    secrets: dict[str, str]
-    parent: Parent | None
+    spec: JobSpec
+    secrets: JobSecrets
     training_file: File
     validation_file: File | None
 
@@ -264,40 +311,37 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
         raise
     method = _training_method(req, p)
     training_type = _training_type(req.training_type, parent, limits, p)
-    if parent and training_type["type"] != parent.job.params["training_type"]["type"]:
-        p.add("training_type", f"from_checkpoint continues a {parent.job.params['training_type']['type']} job; "
+    if parent and training_type.type != parent.job.spec.training_type.type:
+        p.add("training_type", f"from_checkpoint continues a {parent.job.spec.training_type.type} job; "
                                "the training type cannot change")
-    schedule = _schedule(req, limits, method["method"], p)
-    batch = _batch_size(req, limits, training_type, method["method"], p)
+    schedule = _schedule(req, limits, method.method, p)
+    batch = _batch_size(req, limits, training_type, method.method, p)
     stopping = _early_stopping(req, val is not None, p)
-    _check_formats(train, val, method["method"], p)
+    _check_formats(train, val, method.method, p)
     if req.n_evals > 0 and val is None and not req.validation_file:
         p.add("n_evals", f"n_evals={req.n_evals} needs a validation_file to evaluate on")
     if req.suffix is not None:
         p.check(bool(SUFFIX_RE.match(req.suffix)), "suffix",
                 "suffix must be 1-40 characters of letters, digits, '-', '_' or '.', starting with a letter or digit")
-    if req.multimodal_params and req.multimodal_params.train_vision and not limits["supports_vision"]:
-        p.add("multimodal_params", f"Vision encoder training is not supported for the non-multimodal model `{model}`")
+    multimodal = _multimodal_params(req, model, limits, train, val, p)
     p.raise_if_any()
     assert train is not None
-    params: dict[str, Any] = {
-        **schedule, **stopping, "batch_size": batch, "packing": req.packing,
-        "training_type": training_type, "training_method": method,
-        "random_seed": DEFAULT_SEED if req.random_seed is None else req.random_seed,
-        "from_hf_model": req.from_hf_model, "hf_model_revision": req.hf_model_revision,
-        "hf_output_repo_name": req.hf_output_repo_name,
-        "wandb_project_name": req.wandb_project_name or ("together" if (req.wandb_key or req.wandb_api_key) else None),
-        "wandb_name": req.wandb_name, "wandb_entity": req.wandb_entity, "wandb_base_url": req.wandb_base_url,
-        "parent_job_id": parent.job.id if parent else None, "parent_step": parent.step if parent else None,
-        "trainingfile_numlines": train.num_samples, "trainingfile_size": train.bytes,
-    }
-    secrets = {k: v for k, v in {"wandb_key": req.wandb_key or req.wandb_api_key,
-                                 "hf_api_token": req.hf_api_token}.items() if v}
-    return ResolvedJob(model, params, secrets, parent, train, val)
-
-
-def output_name(user: User, model: str, suffix: str | None, job_id: str) -> str:
-    """Together's convention: ``<account>/<base>-<suffix>-<hash>``."""
-    base = model.rstrip("/").split("/")[-1]
-    digest = hashlib.sha256(job_id.encode()).hexdigest()[:6]
-    return f"{user.name}/{base}{'-' + suffix if suffix else ''}-{digest}"
+    wandb_key = req.wandb_key or req.wandb_api_key
+    spec = JobSpec(
+        model=model, training_file=train.id, validation_file=val.id if val else None,
+        from_checkpoint=req.from_checkpoint or None,
+        parent=Parent(job_id=parent.job.id, step=parent.step) if parent else None,
+        from_hf_model=req.from_hf_model, hf_model_revision=req.hf_model_revision, suffix=req.suffix,
+        hf_output_repo_name=req.hf_output_repo_name,
+        wandb=Wandb(project_name=req.wandb_project_name or ("together" if wandb_key else None), name=req.wandb_name,
+                    entity=req.wandb_entity, base_url=req.wandb_base_url),
+        training_type=training_type, training_method=method,
+        multimodal_params=multimodal,
+        n_epochs=schedule.n_epochs, n_checkpoints=schedule.n_checkpoints, n_evals=schedule.n_evals,
+        batch_size=batch, gradient_accumulation_steps=schedule.gradient_accumulation_steps,
+        learning_rate=schedule.learning_rate, lr_scheduler=schedule.lr_scheduler, warmup_ratio=schedule.warmup_ratio,
+        max_grad_norm=schedule.max_grad_norm, weight_decay=schedule.weight_decay,
+        max_seq_length=schedule.max_seq_length, packing=req.packing,
+        random_seed=DEFAULT_SEED if req.random_seed is None else req.random_seed, early_stopping=stopping,
+    )
+    return ResolvedJob(spec, JobSecrets(wandb_key=wandb_key, hf_api_token=req.hf_api_token), train, val)

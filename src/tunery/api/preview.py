@@ -1,5 +1,6 @@
 """``POST /v1/fine-tunes/preview``: how the first rows of a training file are tokenized and masked,
-so users can check which tokens are trained before paying for a job."""
+so users can check which tokens are trained before paying for a job. With a vision-language model
+each image shows as the image tokens its processor puts in the sequence (never trained)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 from typing import Any
 
 from tunery.api.bounded import OverLimit
-from tunery.api.dataset_checks import tokenizer_for
+from tunery.api.dataset_checks import renderer_for
 from tunery.api.deps import AppContext
 from tunery.api.schemas.fine_tunes import PreviewRequest
 from tunery.datasets import DatasetFormat, detect_format, iter_records
@@ -16,7 +17,7 @@ from tunery.store.base_models import registered_models
 from tunery.store.files import get_file
 from tunery.store.models import User
 from tunery.training.data.chat import ConversationRefused
-from tunery.training.data.render import IGNORE, Marked, Renderer
+from tunery.training.data.render import IGNORE, Marked
 
 DEFAULT_ROWS = 5
 MAX_ROWS = 50
@@ -44,14 +45,16 @@ def preview_row(marked: Marked, tokenizer: Any, max_seq_length: int) -> dict[str
             "tokens": tokenizer.convert_ids_to_tokens(example.input_ids), "num_tokens": len(example),
             "num_trained_tokens": sum(1 for t in example.labels if t != IGNORE),
             "trained_spans": trained_spans(example.labels), "truncated": cut, "text": marked.text,
-            "segments": [{"text": text, "trained": trained} for text, trained in marked.segments()]}
+            "segments": [{"text": text, "trained": trained} for text, trained in marked.segments()],
+            "num_images": len(example.images), "num_image_tokens": sum(i.end - i.start for i in example.images),
+            "image_spans": [[i.start, i.end] for i in example.images]}
 
 
 def preview_task(path: str, file_id: str, model_dir: str, train_on_inputs: bool | str, method: str,
                  top_k: int, max_seq_length: int) -> dict[str, Any]:
     """In a bounded child (``api/bounded.py``): the file's first ``top_k`` samples, rendered."""
-    tokenizer = tokenizer_for(model_dir)
-    renderer = Renderer(tokenizer, train_on_inputs)  # type: ignore[arg-type]  # "auto" or a bool
+    renderer = renderer_for(model_dir, train_on_inputs)  # type: ignore[arg-type]  # "auto" or a bool
+    tokenizer = renderer.tokenizer
     rows = []
     fmt = DatasetFormat.GENERAL
     with open(path, "rb") as stream:

@@ -28,14 +28,15 @@ from rich.text import Text
 from tunery.cli.client import Client, CliError
 from tunery.cli.output import console as make_console
 from tunery.cli.output import duration, local_time, number, parse_time
+from tunery.store.status import TERMINAL, JobStatus
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_CANCELLED, EXIT_INTERRUPTED = 0, 1, 3, 130
-TERMINAL = {"completed", "error", "user_error", "cancelled"}
 POLL_S = 1.0
 PLAIN_PROGRESS_EVERY_S = 5.0
 SHOWN_EVENTS = 6
 RECONNECT_FOR_S = 60.0
-STATUS_STYLE = {"completed": "green", "error": "red", "user_error": "red", "cancelled": "red"}
+STATUS_STYLE: dict[str, str] = {JobStatus.COMPLETED: "green", JobStatus.ERROR: "red", JobStatus.USER_ERROR: "red",
+                JobStatus.CANCELLED: "red"}
 
 
 @dataclass
@@ -184,14 +185,14 @@ def _closing(view: JobView, out: Console) -> int:
     job = view.job
     job_id = job.get("id", "")
     took = duration(view.elapsed())
-    if view.status == "completed":
+    if view.status == JobStatus.COMPLETED:
         out.print(f"[green]✓[/] {job_id} completed in {took}: {escape(str(job.get('model_output_name')))} "
                   f"(final loss {number(view.train.get('train/loss'))}). "
                   f"Download it with: tunery fine-tuning download {job_id}")
         out.print(f"Chat with it: tunery chat {escape(str(job.get('model_output_name')))}", highlight=False,
                   soft_wrap=True)
         return EXIT_COMPLETED
-    if view.status == "cancelled":
+    if view.status == JobStatus.CANCELLED:
         out.print(f"[red]✗[/] {job_id} was cancelled after {took}")
         return EXIT_CANCELLED
     reason = job.get("error") or next((e.get("message") for e in reversed(view.events) if e.get("level") == "error"),

@@ -32,6 +32,7 @@ from enum import StrEnum
 from itertools import combinations
 from typing import Any, NoReturn
 
+from tunery.datasets.images import MAX_IMAGES_PER_SAMPLE, ImageInvalid, image_bytes, open_image
 from tunery.errors import DatasetInvalid
 
 
@@ -43,6 +44,9 @@ class DatasetFormat(StrEnum):
     INSTRUCTION = "instruction"
     PREFERENCE = "preference"
     PRETOKENIZED = "pretokenized"
+    # Prompts for reinforcement fine-tuning (OpenAI's format): ``messages`` that end with the turn the
+    # model answers, plus any other fields, which graders read as ``{{ item.field }}``.
+    REINFORCEMENT = "reinforcement"
 
 
 # Required and optional top-level keys of each JSONL format, in the order messages list them.
@@ -104,11 +108,6 @@ _PREFERENCE_INPUT_KEYS = frozenset(("messages", "tools", "parallel_tool_calls"))
 OUTPUT_MESSAGE_KEYS: tuple[str, ...] = ("role", "content", "tool_calls", "reasoning", "reasoning_content")
 _OUTPUT_MESSAGE_KEYS = frozenset(OUTPUT_MESSAGE_KEYS)
 
-# Multimodal limits (Together's data-preparation docs): base64 data URLs only, in user messages.
-MAX_IMAGES_PER_SAMPLE = 10
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-IMAGE_MEDIA_TYPES: tuple[str, ...] = ("image/jpeg", "image/jpg", "image/png", "image/webp")
-
 _SHOW_MAX_CHARS = 80
 
 
@@ -137,7 +136,7 @@ def detect_format(record: dict[str, Any], line: int) -> DatasetFormat:
         raise DatasetInvalid(f"line {line}: the line must be a JSON object; got {show(record)}", line=line)
     fmt = _FORMAT_BY_KEYS.get(frozenset(record))
     if fmt is not None:  # the common case: exactly the keys of one format
-        return fmt
+        return DatasetFormat.REINFORCEMENT if fmt is DatasetFormat.CONVERSATION and _awaits_answer(record) else fmt
     matches = [fmt for fmt, required in _REQUIRED_SETS if required <= record.keys()]
     if len(matches) > 1:
         names = ", ".join(fmt.value for fmt in matches)
@@ -147,8 +146,17 @@ def detect_format(record: dict[str, Any], line: int) -> DatasetFormat:
         )
     if not matches:
         raise _no_format_error(record, line)
+    if matches == [DatasetFormat.CONVERSATION] and _awaits_answer(record):
+        return DatasetFormat.REINFORCEMENT  # its other keys are the item's fields
     _check_keys(record, matches[0], line)
     return matches[0]
+
+
+def _awaits_answer(record: dict[str, Any]) -> bool:
+    """Messages whose last turn is not the assistant's: a prompt, not a sample to imitate."""
+    messages = record.get("messages")
+    return (isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict)
+            and messages[-1].get("role") != "assistant")
 
 
 def check_record(record: dict[str, Any], fmt: DatasetFormat, line: int) -> RecordFacts:
@@ -164,6 +172,8 @@ def check_record(record: dict[str, Any], fmt: DatasetFormat, line: int) -> Recor
         raise DatasetInvalid(
             f"line {line}: the pretokenized format is only accepted as Parquet; got a JSON sample", line=line
         )
+    if fmt is DatasetFormat.REINFORCEMENT:
+        return _check_reinforcement(record, line)
     keys = record.keys()
     if not (keys >= _REQUIRED[fmt] and keys <= _ALL_KEYS[fmt]):
         missing = [key for key in REQUIRED_KEYS[fmt] if key not in record]
@@ -267,6 +277,21 @@ def _check_conversation(record: dict[str, Any], line: int) -> RecordFacts:
         has_tools = has_tools or bool(record["functions"])
     facts = _check_messages(record["messages"], "messages", line, preference_input=False)
     _check_parallel_tool_calls(record, record["messages"], "", line, facts)
+    return _with_tools(facts) if has_tools else facts
+
+
+def _check_reinforcement(record: dict[str, Any], line: int) -> RecordFacts:
+    """A reinforcement prompt: its messages as a preference input's (no assistant turn needed, not
+    ending with one) and its tools; every other key is the grader's to read."""
+    if "messages" not in record:
+        raise DatasetInvalid(f'line {line}: sample is missing key "messages" (a reinforcement sample has '
+                             "messages ending with the turn the model answers, plus any fields)",
+                             line=line, param="messages")
+    has_tools = False
+    if "tools" in record:
+        _check_tools(record["tools"], "tools", line)
+        has_tools = bool(record["tools"])
+    facts = _check_messages(record["messages"], "messages", line, preference_input=True)
     return _with_tools(facts) if has_tools else facts
 
 
@@ -593,21 +618,14 @@ def _check_part_keys(part: dict[str, Any], field: str, path: str, line: int) -> 
 
 
 def _check_image_url(image: Any, path: str, line: int) -> None:
-    """An image is ``{"url": "data:image/<png|jpeg|webp>;base64,...", "detail"?}`` of at most 10 MiB."""
+    """An image is ``{"url": "data:image/<png|jpeg|webp>;base64,...", "detail"?}``: at most 10 MiB, and
+    decodable (a broken image would otherwise only fail the training job, far from its line)."""
     if not isinstance(image, dict) or not isinstance(image.get("url"), str):
         _fail(line, path, 'must be an object with a "url" string', image)
-    url: str = image["url"]
-    header, comma, payload = url.partition(",")
-    media_type = header[5:].removesuffix(";base64") if header.startswith("data:") else ""
-    if not comma or not header.endswith(";base64") or media_type not in IMAGE_MEDIA_TYPES:
-        _fail(line, f"{path}.url", "must be a base64 data URL (data:image/png|jpeg|webp;base64,...)", url)
-    if len(payload) * 3 // 4 > MAX_IMAGE_BYTES:
-        _fail(
-            line,
-            f"{path}.url",
-            f"must hold an image of at most {MAX_IMAGE_BYTES // (1024 * 1024)} MiB",
-            f"{len(payload) * 3 // 4} bytes",
-        )
+    try:
+        open_image(image_bytes(image["url"]))
+    except ImageInvalid as exc:
+        _fail(line, f"{path}.url", exc.problem, exc.value)
 
 
 # --- preference ------------------------------------------------------------------------------

@@ -267,6 +267,9 @@ def _snippet(text: str) -> str:
     return text if len(text) <= _SNIPPET_CHARS else text[: _SNIPPET_CHARS - 1] + "…"
 
 
+_PROMPT_OR_CONVERSATION = {DatasetFormat.CONVERSATION, DatasetFormat.REINFORCEMENT}
+
+
 def _validate_jsonl(stream: BinaryIO, tally: _Tally, *, check_formats: bool, max_line_memory: int | None) -> None:
     """Read every sample; with ``check_formats`` hold each to the file's one dataset format."""
     for line, record in iter_records(stream, max_line_memory=max_line_memory):
@@ -274,6 +277,12 @@ def _validate_jsonl(stream: BinaryIO, tally: _Tally, *, check_formats: bool, max
             fmt = detect_format(record, line)
             if tally.dataset_format is None:
                 tally.dataset_format, tally.format_line = fmt, line
+            elif {fmt, tally.dataset_format} == _PROMPT_OR_CONVERSATION:
+                # A conversation file's row that does not end with an answer: its own fault (a
+                # repeated role, a missing reply) says more than "another format".
+                check_record(record, tally.dataset_format, line)
+                raise DatasetInvalid(f"line {line}: the conversation must end with an assistant message (the "
+                                     "file's other samples are conversations, not reinforcement prompts)", line=line)
             elif fmt is not tally.dataset_format:
                 raise DatasetInvalid(
                     f"line {line}: sample is in {fmt.value} format but the file started in "

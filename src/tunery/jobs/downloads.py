@@ -31,7 +31,7 @@ def find_download(s: Session, user_id: str, ft_id: str, checkpoint: str | None,
     if m:
         ft_id, checkpoint_step = m.group(1), int(m.group(2))
     job = job_store.get_job(s, ft_id, user_id)
-    lora = job.params["training_type"]["type"] == "Lora"
+    lora = job.spec.is_lora
     choice = checkpoint or "default"
     if choice not in VARIANTS:
         raise InvalidRequest(f'checkpoint must be one of merged, adapter, model_output_path, default; got "{choice}"',

@@ -1,18 +1,44 @@
-"""Ending and removing jobs on a user's request."""
+"""A job's life on a user's request: create it from a spec, cancel it, delete it once ended."""
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import suppress
 
 from sqlalchemy.orm import Session
 
 from tunery.errors import Conflict, InvalidRequest
+from tunery.jobspec import JobSpec
 from tunery.queue.states import transition
 from tunery.storage import BlobStore
 from tunery.store import jobs as job_store
 from tunery.store.db import Database
-from tunery.store.models import Job
+from tunery.store.models import File, Job, User
+from tunery.store.secrets import SealedSecrets
 from tunery.store.status import TERMINAL, WAITING, JobStatus
+
+
+def create(s: Session, user: User, spec: JobSpec, secrets: SealedSecrets, training_file: File,
+           priority: int = 0) -> Job:
+    """Insert the job ``spec`` describes, for ``user``, and queue it. ``training_file`` is the
+    spec's training file, already checked by the dialect's resolver; ``secrets`` are the job's
+    credentials as ``SecretBox.seal`` left them (never stored in clear)."""
+    job_id = job_store.new_job_id()
+    job = job_store.create_job(s, Job(
+        id=job_id, user_id=user.id, spec=spec, model_output_name=output_name(user, spec.model, spec.suffix, job_id),
+        secrets=secrets.value, priority=priority,
+        trainingfile_numlines=training_file.num_samples, trainingfile_size=training_file.bytes,
+    ))
+    transition(s, job.id, JobStatus.QUEUED, event_type="job_pending", message="Job queued, waiting for a worker")
+    s.refresh(job)
+    return job
+
+
+def output_name(user: User, model: str, suffix: str | None, job_id: str) -> str:
+    """Together's convention: ``<account>/<base>-<suffix>-<hash>``."""
+    base = model.rstrip("/").split("/")[-1]
+    digest = hashlib.sha256(job_id.encode()).hexdigest()[:6]
+    return f"{user.name}/{base}{'-' + suffix if suffix else ''}-{digest}"
 
 
 def cancel(s: Session, job: Job, by: str) -> None:

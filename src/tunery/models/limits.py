@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from tunery.models.architecture import auto_model_class, is_vision_language
+
 MAX_LORA_RANK = 64
 MIN_MAX_SEQ_LENGTH = 128
 MAX_SEQ_LENGTH_CAP = 131072
@@ -74,12 +76,12 @@ def _mtime(model_dir: str | os.PathLike[str]) -> float:
 
 @lru_cache(maxsize=64)
 def _model_facts(model_dir: str, _mtime: float) -> dict[str, Any]:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir)
     text_config = config.get_text_config()
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = auto_model_class(config).from_config(config)
     template = _chat_template(Path(model_dir))
     return {
         "max_seq_length": min(int(getattr(text_config, "max_position_embeddings", 2048)), MAX_SEQ_LENGTH_CAP),
@@ -88,7 +90,10 @@ def _model_facts(model_dir: str, _mtime: float) -> dict[str, Any]:
         "target_modules": linear_module_names(model),
         "supports_tools": "tools" in template,
         "supports_reasoning": "reasoning" in template or "<think>" in template,
-        "supports_vision": getattr(config, "vision_config", None) is not None,
+        # Qwen2-VL and its kin give image tokens positions on three axes (get_rope_index), which
+        # packed training does not compute yet: no images for them rather than wrong positions.
+        "supports_vision": is_vision_language(config) and not any(hasattr(m, "get_rope_index")
+                                                                   for m in model.modules()),
     }
 
 

@@ -6,7 +6,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
+
+from tunery.jobspec import JobSpec
+from tunery.store.status import JobStatus
 
 
 def utcnow() -> datetime:
@@ -28,6 +31,20 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JobSpecJSON(TypeDecorator[JobSpec]):
+    """A ``JobSpec`` stored as JSON: dumped on write, validated on read. Stored specs are always the
+    current ``SPEC_VERSION`` (a version change comes with a migration that rewrites them)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: JobSpec | None, dialect: Any) -> dict[str, Any] | None:
+        return None if value is None else value.model_dump(mode="json")
+
+    def process_result_value(self, value: dict[str, Any] | None, dialect: Any) -> JobSpec | None:
+        return None if value is None else JobSpec.model_validate(value)
 
 
 class Base(DeclarativeBase):
@@ -143,17 +160,20 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
-    status: Mapped[str] = mapped_column(String(32), default="pending")
+    status: Mapped[str] = mapped_column(String(32), default=JobStatus.PENDING.value)
+    # What the job was asked to do (see tunery.jobspec). The next three are copies of spec fields,
+    # set whenever the spec is (see _copy_queried_fields), for the queries that select by them
+    # (claiming by model, finding the jobs that use a file).
+    spec: Mapped[JobSpec] = mapped_column(JobSpecJSON())
     model: Mapped[str] = mapped_column(String(512))
-    model_output_name: Mapped[str] = mapped_column(String(512))
-    suffix: Mapped[str | None] = mapped_column(String(64), default=None)
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str] = mapped_column(String(64), default="")
-    from_checkpoint: Mapped[str] = mapped_column(String(256), default="")
-    # The resolved hyperparameters as the API shows them (no secrets).
-    params: Mapped[dict[str, Any]] = mapped_column()
-    # wandb_key / hf_api_token; cleared when the job ends.
+    model_output_name: Mapped[str] = mapped_column(String(512))
+    # wandb_key / hf_api_token (tunery.jobspec.JobSecrets); cleared when the job ends.
     secrets: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # What the server learned about the inputs at create.
+    trainingfile_numlines: Mapped[int] = mapped_column(default=0)
+    trainingfile_size: Mapped[int] = mapped_column(default=0)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(128), default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -162,7 +182,9 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
-    # Progress, written by the worker.
+    # Progress and outcomes, written by the worker.
+    batch_size: Mapped[int | None] = mapped_column(default=None)  # the one used (resolved when "max")
+    total_price_nanodollars: Mapped[int] = mapped_column(default=0)
     total_steps: Mapped[int] = mapped_column(default=0)
     steps_completed: Mapped[int] = mapped_column(default=0)
     epochs_completed: Mapped[int] = mapped_column(default=0)
@@ -175,6 +197,13 @@ class Job(Base):
     early_stopping_best_metric: Mapped[float | None] = mapped_column(Float, default=None)
     wandb_url: Mapped[str | None] = mapped_column(String(1024), default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+    @validates("spec")
+    def _copy_queried_fields(self, _key: str, spec: JobSpec) -> JobSpec:
+        # The columns queries select by always say what the spec says.
+        self.model, self.training_file = spec.model, spec.training_file
+        self.validation_file = spec.validation_file or ""
+        return spec
 
 
 class JobEvent(Base):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tunery.errors import TuneryError
+from tunery.jobspec import JobSecrets
 from tunery.store.models import Job
 
 SEALED = "fernet"
@@ -25,6 +27,13 @@ class SecretsUnreadable(TuneryError):
     """The job's secrets were sealed with another secret key than this process has."""
 
 
+@dataclass(frozen=True)
+class SealedSecrets:
+    """A job's secrets as they may be stored: ``value`` is the ``jobs.secrets`` column."""
+
+    value: dict[str, Any] | None
+
+
 class SecretBox:
     """Seals and opens job secrets with a key derived from the server's secret key."""
 
@@ -32,20 +41,21 @@ class SecretBox:
         digest = hashlib.sha256(b"tunery job secrets\n" + server_key).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
 
-    def seal(self, secrets: dict[str, str]) -> dict[str, Any] | None:
-        """The column value for ``secrets`` (None when there are none)."""
-        if not secrets:
-            return None
-        return {SEALED: self._fernet.encrypt(json.dumps(secrets).encode()).decode()}
+    def seal(self, secrets: JobSecrets) -> SealedSecrets:
+        """``secrets`` ready to store (no value at all when there are none)."""
+        plain = secrets.model_dump(exclude_none=True)
+        if not plain:
+            return SealedSecrets(None)
+        return SealedSecrets({SEALED: self._fernet.encrypt(json.dumps(plain).encode()).decode()})
 
-    def open(self, stored: dict[str, Any] | None) -> dict[str, str]:
+    def open(self, stored: dict[str, Any] | None) -> JobSecrets:
         """The secrets in a column value; a value written before they were sealed reads as is."""
         if not stored:
-            return {}
+            return JobSecrets()
         if SEALED not in stored:
-            return dict(stored)
+            return JobSecrets.model_validate(stored)
         try:
-            opened: dict[str, str] = json.loads(self._fernet.decrypt(stored[SEALED].encode()))
+            opened = JobSecrets.model_validate_json(self._fernet.decrypt(stored[SEALED].encode()))
         except InvalidToken:
             raise SecretsUnreadable("this process cannot read the job's secrets (its W&B key or Hugging Face "
                                     "token): they were sealed with another secret key; give every API node "
@@ -61,6 +71,6 @@ def seal_plaintext(s: Session, box: SecretBox) -> int:
     sealed = 0
     for job in s.scalars(select(Job).where(Job.secrets.is_not(None))):
         if not box.is_sealed(job.secrets):
-            job.secrets = box.seal(dict(job.secrets or {}))
+            job.secrets = box.seal(box.open(job.secrets)).value
             sealed += 1
     return sealed

@@ -45,9 +45,8 @@ def resolve_model_name(s: Session, user_id: str, name: str) -> ServedModel:
     if step is None and job.status != JobStatus.COMPLETED.value:
         raise NotFound(f"fine-tuning job {job.id} is {job.status}; its model can be used once it has completed "
                        f"(or name a checkpoint: {job.model_output_name}:STEP)", param="model")
-    p = job.params
-    base, revision = p.get("from_hf_model") or job.model, p.get("hf_model_revision")
-    if _is_lora(job) and not _on_full_weights(s, job):
+    base, revision = job.spec.from_hf_model or job.spec.model, job.spec.hf_model_revision
+    if job.spec.is_lora and not _on_full_weights(s, job):
         adapter = job_store.find_checkpoint(s, job.id, "adapter", step)
         if adapter is not None:
             return ServedModel(base, revision, job.id, step, adapter_key=adapter.blob_key)
@@ -77,19 +76,15 @@ def _readings(name: str) -> list[tuple[str, int | None]]:
     return readings
 
 
-def _is_lora(job: Job) -> bool:
-    return bool(job.params["training_type"]["type"] == "Lora")
-
-
 def _on_full_weights(s: Session, job: Job) -> bool:
     """Whether a LoRA job's adapter was trained over a full job's weights (through from_checkpoint)
     rather than over its base model: then only its merged weights are self-contained."""
-    parent_id = job.params.get("parent_job_id")
+    parent_id = job.spec.parent.job_id if job.spec.parent else None
     for _ in range(MAX_PARENT_DEPTH):
         parent = s.get(Job, parent_id) if parent_id else None
         if parent is None:
             return False
-        if not _is_lora(parent):
+        if not parent.spec.is_lora:
             return True
-        parent_id = parent.params.get("parent_job_id")
+        parent_id = parent.spec.parent.job_id if parent.spec.parent else None
     return True

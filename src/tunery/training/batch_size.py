@@ -5,6 +5,10 @@ small dataset still gets several steps per epoch) and halves on out-of-memory. E
 forward and backward pass over ``size`` rows of ``row_capacity`` tokens, the worst case training
 will meet, while tensors the size of AdamW's two moment buffers are held, as they will be.
 
+When not even one row fits, memory demands activation checkpointing: each decoder layer's
+activations are recomputed in the backward instead of held (about a third more compute), and the
+search runs again with it on. A size that fits without it never pays for it.
+
 Only CUDA is probed: there an allocation failure is an exception the probe can catch. On CPU it is
 the kernel's OOM killer, which no probe survives, so CPU runs take the bound as it is.
 """
@@ -17,7 +21,9 @@ from collections.abc import Callable
 import torch
 
 from tunery.errors import TrainingFailed
-from tunery.training.data.collate import attention_bias
+from tunery.training.attention import attention_for
+from tunery.training.data.collate import Batch
+from tunery.training.distributed import Dist
 from tunery.training.model import LoadedModel, forward_logps, mask_dtype
 
 
@@ -26,13 +32,29 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
-def largest_fitting(upper: int, try_size: Callable[[int], None]) -> int:
-    """The first of ``upper, upper // 2, …, 1`` for which ``try_size`` does not run out of memory.
+def fitting_batch_size(loaded: LoadedModel, dist: Dist, upper: int, row_capacity: int) -> int:
+    """The largest micro-batch of full rows that fits on every rank, turning on activation
+    checkpointing (on every rank) when not even one row fits without it."""
+    size = dist.min(largest_fitting(upper, probe_step(loaded, row_capacity)))
+    if size == 0:
+        enable_activation_checkpointing(loaded)
+        size = dist.min(largest_fitting(upper, probe_step(loaded, row_capacity)))
+    if size == 0:
+        raise TrainingFailed("the model does not fit in device memory even with batch_size 1 and activation "
+                             "checkpointing at this max_seq_length; lower max_seq_length or use LoRA", user_error=True)
+    return size
 
-    Other errors propagate; running out of memory at 1 is a ``TrainingFailed``.
-    """
+
+def enable_activation_checkpointing(loaded: LoadedModel) -> None:
+    causal_lm = loaded.model.get_base_model() if loaded.is_lora else loaded.model
+    causal_lm.activation_checkpointing_enable({"use_reentrant": False})
+
+
+def largest_fitting(upper: int, try_size: Callable[[int], None]) -> int:
+    """The first of ``upper, upper // 2, …, 1`` for which ``try_size`` does not run out of memory, or
+    0 when none fits. Other errors propagate."""
     size = max(1, upper)
-    while True:
+    while size:
         try:
             try_size(size)
             return size
@@ -40,10 +62,8 @@ def largest_fitting(upper: int, try_size: Callable[[int], None]) -> int:
             if not is_out_of_memory(exc):
                 raise
         _release_memory()
-        if size == 1:
-            raise TrainingFailed("the model does not fit in device memory even with batch_size 1 at this "
-                                 "max_seq_length; lower max_seq_length or use LoRA", user_error=True)
         size //= 2
+    return 0
 
 
 def probe_step(loaded: LoadedModel, row_capacity: int) -> Callable[[int], None]:
@@ -55,13 +75,13 @@ def probe_step(loaded: LoadedModel, row_capacity: int) -> Callable[[int], None]:
         ids = torch.full((size, row_capacity), loaded.tokenizer.eos_token_id or 0, dtype=torch.long,
                          device=loaded.device)
         positions = torch.arange(row_capacity, device=loaded.device).expand(size, -1)
-        segments = torch.zeros_like(ids)
+        rows = Batch(ids, positions, torch.zeros_like(ids), ids, ids.numel(), ids.numel(), ((row_capacity,),) * size)
         devices = [] if loaded.device.type != "cuda" else [
             loaded.device.index if loaded.device.index is not None else torch.cuda.current_device()]
         try:
             with torch.random.fork_rng(devices=devices):
                 moments = [torch.empty_like(p) for p in params for _ in range(2)]  # AdamW's state, to come
-                logps = forward_logps(loaded, ids, positions, ids, attention_bias(segments, mask_dtype(loaded)))
+                logps = forward_logps(loaded, ids, positions, ids, attention_for(rows, mask_dtype(loaded)))
                 (-logps.sum()).backward()
                 del logps, moments
         finally:

@@ -1,9 +1,9 @@
 """The training job's configuration: written as JSON by the worker, read once by a recipe.
 
-Every Together create-API hyperparameter has a field here, even those the SFT recipe does not use
-yet (DPO, W&B), so the worker has one place to put them. Paths are local: the worker has already
-fetched files, base model and parent checkpoint. Validation reports every problem at once, in
-messages that say what to change.
+The worker builds it from the job's spec (``tunery.jobspec.JobSpec.train_config``) plus the local
+paths it fetched the inputs to (files, base model, parent checkpoint); a recipe run by hand on a
+GPU box reads the same JSON. Validation reports every problem at once, in messages that say what
+to change.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: str
-    method: Literal["sft", "dpo"] = "sft"
+    method: Literal["sft", "dpo", "grpo"] = "sft"
     base_model_dir: str
     base_model_name: str | None = None  # the job's ``model``: with from_hf_model, the template base
     # Bring-your-own-model jobs: base_model_dir holds the from_hf_model weights (at hf_model_revision),
@@ -50,8 +50,11 @@ class TrainConfig(BaseModel):
     file_type: Literal["jsonl", "parquet"] = "jsonl"
     output_dir: str
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 mixed precision where the device multiplies bf16 natively, else fp32 (model.py)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
+    train_vision: bool = False  # a vision-language model's vision tower and projector train too
     n_epochs: int = 1
     learning_rate: float = 1e-5
     lr_scheduler_type: Literal["linear", "cosine"] = "cosine"
@@ -79,6 +82,24 @@ class TrainConfig(BaseModel):
     simpo_gamma: float = 0.0
     dpo_normalize_logratios_by_length: bool = False
     dpo_reference_free: bool = False
+
+    # GRPO (recipes/grpo.py): the grader in OpenAI's schema (graders/schema.py), completions sampled per
+    # prompt, the KL coefficient to the reference, the ratio clip range, policy updates per sampled batch,
+    # sampling length and temperature; evals every eval_interval steps (0: n_evals spread evenly), each
+    # prompt sampled eval_samples times (1: greedily).
+    grader: dict[str, Any] | None = None
+    grpo_group_size: int = 4
+    grpo_beta: float = 0.04
+    grpo_epsilon: float = 0.2
+    grpo_iterations: int = 1
+    grpo_max_new_tokens: int = 128
+    grpo_temperature: float = 1.0
+    eval_interval: int = 0
+    eval_samples: int = 1
+    grader_wall_seconds: float = 10.0
+    grader_cpu_seconds: int = 5
+    grader_memory_mb: int = 1024
+    judge_model_dirs: dict[str, str] = {}  # score_model graders' models -> where the worker put them
 
     wandb_api_key: SecretStr | None = None
     wandb_base_url: str | None = None
@@ -140,6 +161,30 @@ def _range_problems(c: TrainConfig) -> list[str | None]:
         None if c.dpo_beta > 0 else f"dpo_beta must be > 0; got {c.dpo_beta}",
         None if c.rpo_alpha >= 0 else f"rpo_alpha must be >= 0; got {c.rpo_alpha}",
         None if c.simpo_gamma >= 0 else f"simpo_gamma must be >= 0; got {c.simpo_gamma}",
+        *(_grpo_problems(c) if c.method == "grpo" else []),
+    ]
+
+
+def _grpo_problems(c: TrainConfig) -> list[str | None]:
+    from tunery.graders.schema import read_grader
+
+    grader_problems: list[str | None] = ["grpo needs a grader"]
+    if c.grader is not None:
+        grader_problems = [f"grader: {p}" for p in read_grader(c.grader, judge_models=set(c.judge_model_dirs))[1]]
+    return [
+        *grader_problems,
+        _positive_int("grpo_group_size", c.grpo_group_size, minimum=2),
+        None if c.grpo_beta >= 0 else f"grpo_beta must be >= 0; got {c.grpo_beta}",
+        None if 0 < c.grpo_epsilon < 1 else f"grpo_epsilon must be in (0, 1); got {c.grpo_epsilon}",
+        _positive_int("grpo_iterations", c.grpo_iterations),
+        _positive_int("grpo_max_new_tokens", c.grpo_max_new_tokens),
+        None if 0 <= c.grpo_temperature <= 2 else f"grpo_temperature must be in [0, 2]; got {c.grpo_temperature}",
+        None if c.eval_interval >= 0 else f"eval_interval must be >= 0; got {c.eval_interval}",
+        None if c.eval_interval == 0 or c.validation_file else "eval_interval needs a validation_file",
+        _positive_int("eval_samples", c.eval_samples),
+        None if c.grader_wall_seconds > 0 else f"grader_wall_seconds must be > 0; got {c.grader_wall_seconds}",
+        _positive_int("grader_cpu_seconds", c.grader_cpu_seconds),
+        _positive_int("grader_memory_mb", c.grader_memory_mb, minimum=128),
     ]
 
 

@@ -4,6 +4,9 @@
     <dir>/model/     a complete transformers model dir (LoRA: base with the adapter merged in;
                      full: the trained model) + tokenizer + training_config.json
 
+A vision-language model's directories hold its whole processor (tokenizer, image processor, chat
+template), so each loads with ``AutoModelForImageTextToText`` and ``AutoProcessor``.
+
 ``training_config.json`` is the resolved training config without secrets. The merge happens on
 CPU in a fresh copy of the base (loaded from disk), so the model being trained, its device memory
 and the random number streams are left exactly as they were.
@@ -55,5 +58,5 @@ def _stored_dtype(model_dir: Path) -> torch.dtype | None:
 
 
 def _finish(directory: Path, loaded: LoadedModel, config: dict[str, Any]) -> None:
-    loaded.tokenizer.save_pretrained(directory)
+    (loaded.processor or loaded.tokenizer).save_pretrained(directory)
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,9 +1,5 @@
-"""The recipes' command line: ``--config``/``--report``, the report file, and exit codes.
-
-    0  completed (early stopping included)
-    1  failed for another reason (an ``error`` event carries the message)
-    2  user error: bad data or config (an ``error`` event says what to change)
-    3  stopped on request; the last checkpoint record names the state to resume from
+"""The recipes' command line: ``--config``/``--report``, the report file, and the exit code
+(``exit_codes.ExitCode``: completed, failed, user error, stopped on request).
 
 Under ``torchrun`` each rank runs this; rank 0 alone writes the report and answers SIGTERM (see
 ``distributed.py``). ``torchrun`` itself exits 1 whenever a rank did not exit 0.
@@ -22,10 +18,9 @@ from pydantic import ValidationError
 from tunery.errors import DatasetInvalid, TrainingFailed
 from tunery.training.config import TrainConfig
 from tunery.training.distributed import env_rank, ignore_sigterm_off_main
+from tunery.training.exit_codes import ExitCode
 from tunery.training.reporter import JsonLinesReporter, NullReporter, Reporter
 from tunery.training.session import TrainResult
-
-EXIT_COMPLETED, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
 
 
 def entry_point(run: Callable[[TrainConfig, Reporter], TrainResult], argv: list[str] | None, prog: str,
@@ -47,12 +42,12 @@ def entry_point(run: Callable[[TrainConfig, Reporter], TrainResult], argv: list[
         except (TrainingFailed, DatasetInvalid, ValidationError) as exc:
             user = not isinstance(exc, TrainingFailed) or exc.user_error
             reporter.event("error", _message(exc), level="error", user_error=user)
-            return EXIT_USER_ERROR if user else EXIT_FAILED
+            return ExitCode.USER_ERROR if user else ExitCode.FAILED
         except Exception as exc:  # noqa: BLE001 - every failure must reach the report
             reporter.event("error", f"{type(exc).__name__}: {exc}", level="error", user_error=False)
             traceback.print_exc()  # the full story goes to stderr, which the worker keeps
-            return EXIT_FAILED
-    return EXIT_STOPPED if result.status == "stopped" else EXIT_COMPLETED
+            return ExitCode.FAILED
+    return ExitCode.STOPPED if result.status == "stopped" else ExitCode.COMPLETED
 
 
 class _StderrErrors(NullReporter):

@@ -2,9 +2,12 @@
 
 Where the weights come from, in order: ``resume_from`` (this job's checkpoint: its ``adapter/`` for
 LoRA, its ``model/`` for full), ``init_from`` (an adapter dir continues that adapter; a model dir
-becomes the base), else ``base_model_dir``. Precision: fp32 on CPU (bf16 matmuls are far slower
-there); on CUDA with bf16 support, LoRA keeps the frozen base in bf16 and the adapters in fp32,
-full fine-tuning keeps fp32 weights, and both run the forward pass under bf16 autocast.
+becomes the base), else ``base_model_dir``. Precision (``precision``, see ``autocast_dtype_for``): in
+bf16 mixed precision LoRA keeps the frozen base in bf16 and the adapters in fp32, full fine-tuning
+keeps fp32 weights, and both run the forward pass under bf16 autocast; in fp32, everything is fp32.
+
+A vision-language model loads with ``AutoModelForImageTextToText`` and its processor; ``train_vision``
+decides whether its vision part trains (see ``vision.py``).
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from tunery.errors import TrainingFailed
+from tunery.models.architecture import auto_model_class
 from tunery.training import attention
 from tunery.training.attention import Segments
 from tunery.training.config import TrainConfig
+from tunery.training.data.images import load_processor
+from tunery.training.fused_lora import fuse_lora_layers
 from tunery.training.logprobs import TargetLogps
+from tunery.training.vision import freeze_vision, lora_targets
 
 ATTN_IMPLEMENTATION = attention.PACKED  # SDPA, plus per-example attention for wide packed rows
 
@@ -34,6 +42,7 @@ class LoadedModel:
     autocast_dtype: torch.dtype | None
     param_count: int  # parameters of the underlying model, adapters excluded
     ddp: Any = None  # DistributedDataParallel over ``scorer`` when training in several processes
+    processor: Any = None  # a vision-language model's AutoProcessor (its tokenizer is ``tokenizer``)
     scorer: TargetLogps = field(init=False)  # ``model`` as batch -> target log-probabilities
 
     def __post_init__(self) -> None:
@@ -48,6 +57,22 @@ def pick_device(preference: str) -> torch.device:
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def autocast_dtype_for(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 when ``precision`` says so, or for ``auto`` where the device multiplies bf16 natively: CUDA
+    GPUs with bf16, and CPUs with AVX512-BF16 or AMX (on the 2-core Zen 4 box a bf16 GEMM ran 2.4x
+    fp32's and a small-llama LoRA step 2x; without those instructions bf16 is emulated, far slower
+    than fp32). None means fp32."""
+    if precision == "bf16" or (precision == "auto" and _native_bf16(device)):
+        return torch.bfloat16
+    return None
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -70,16 +95,18 @@ def load_tokenizer(model_dir: str | Path) -> Any:
 
 
 def load_causal_lm(model_dir: str | Path, dtype: torch.dtype) -> Any:
-    from transformers import AutoModelForCausalLM
+    """A text model, or a vision-language model (whose language model is the causal LM)."""
+    from transformers import AutoConfig
 
     attention.register()
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
+    auto = auto_model_class(AutoConfig.from_pretrained(model_dir))
+    return auto.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
 
 
 def load_for_training(cfg: TrainConfig) -> LoadedModel:
     """Build the model to train from ``cfg``; call after seeding (LoRA init draws random numbers)."""
     device = pick_device(cfg.device)
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = autocast_dtype_for(device, cfg.precision) == torch.bfloat16
     is_lora = cfg.lora is not None
     init_adapter = cfg.init_from is not None and is_adapter_dir(cfg.init_from)
     base_dir = Path(cfg.init_from if cfg.init_from and not init_adapter else cfg.base_model_dir)
@@ -88,24 +115,30 @@ def load_for_training(cfg: TrainConfig) -> LoadedModel:
     base_dtype = torch.bfloat16 if (bf16 and is_lora) else torch.float32
     model = load_causal_lm(base_dir, base_dtype)
     param_count = sum(p.numel() for p in model.parameters())
+    processor = load_processor(cfg.base_model_dir)
+    if cfg.train_vision and processor is None:
+        raise TrainingFailed("train_vision needs a vision-language model; this one is text-only", user_error=True)
     adapter = _adapter_to_continue(cfg, init_adapter)
     if is_lora:
-        model = _with_lora(model, cfg, adapter)
+        model = _with_lora(model, cfg, adapter, vision=processor is not None)
     elif adapter is not None:  # full training from a LoRA export: fold the adapter in first
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    if processor is not None and not is_lora and not cfg.train_vision:
+        freeze_vision(model)
     model.config.use_cache = False
     model.to(device)
     model.train()
     return LoadedModel(
         model=model,
-        tokenizer=load_tokenizer(cfg.base_model_dir),
+        tokenizer=processor.tokenizer if processor is not None else load_tokenizer(cfg.base_model_dir),
         base_dir=base_dir,
         is_lora=is_lora,
         device=device,
         autocast_dtype=torch.bfloat16 if bf16 else None,
         param_count=param_count,
+        processor=processor,
     )
 
 
@@ -117,20 +150,27 @@ def _adapter_to_continue(cfg: TrainConfig, init_adapter: bool) -> Path | None:
     return None
 
 
-def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None) -> Any:
+def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None, vision: bool = False) -> Any:
+    """LoRA on ``cfg.lora.target_modules``; on a vision-language model (``vision``) those of its
+    language model, and of its vision part too with ``train_vision``."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if adapter is not None:
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        fuse_lora_layers(model)
+        return model
     assert cfg.lora is not None
+    targets = lora_targets(model, cfg.lora.target_modules, cfg.train_vision) if vision else cfg.lora.target_modules
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cast(int, cfg.lora.lora_alpha),  # annotated int; any positive number works
         lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
+        target_modules=targets,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    fuse_lora_layers(model)
+    return model
 
 
 def forward_logps(

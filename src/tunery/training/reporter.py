@@ -81,9 +81,6 @@ class JsonLinesReporter:
     def should_stop(self) -> bool:
         return self._stop.is_set()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def close(self) -> None:
         self._file.close()
 
@@ -135,9 +132,6 @@ class ListReporter:
         if not self._stop and self._stop_when is not None and self._stop_when(self):
             self._stop = True
         return self._stop
-
-    def request_stop(self) -> None:
-        self._stop = True
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r["kind"] == kind]

@@ -198,16 +198,17 @@ def make_plan(cfg: TrainConfig, loaded: LoadedModel, dist: Dist, rows: int, has_
 
 def max_batch_size(cfg: TrainConfig, loaded: LoadedModel, dist: Dist, rows: int, row_capacity: int) -> int:
     """``batch_size: "max"``: the model's limit, small enough for several steps per epoch, and (on
-    CUDA) halved until full-length rows fit on every rank (see ``batch_size.py``)."""
+    CUDA) halved until full-length rows fit on every rank, with activation checkpointing when memory
+    demands it (see ``batch_size.py``)."""
     from tunery.models.limits import model_limits
-    from tunery.training.batch_size import largest_fitting, probe_step
+    from tunery.training.batch_size import fitting_batch_size
 
     limits = model_limits(cfg.base_model_name or "", cfg.base_model_dir)
     key = "max_batch_size_dpo" if cfg.method == "dpo" else "max_batch_size"
     upper = max(1, min(limits["lora_training" if cfg.lora else "full_training"][key], rows // MIN_BATCHES_PER_EPOCH))
     if loaded.device.type != "cuda":
         return upper
-    return dist.min(largest_fitting(upper, probe_step(loaded, row_capacity)))
+    return fitting_batch_size(loaded, dist, upper, row_capacity)
 
 
 def build_optimizer(loaded: LoadedModel, cfg: TrainConfig) -> torch.optim.Optimizer:

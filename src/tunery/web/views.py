@@ -81,7 +81,7 @@ def make_env() -> Environment:
     env = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(when=when, duration=duration, filesize=filesize, show=show, breakable=breakable)
-    env.globals.update(statuses=STATUSES)
+    env.globals.update(statuses=STATUSES, Status=JobStatus)
     return env
 
 
@@ -136,7 +136,7 @@ class JobView:
 
 def checkpoint_rows(job: Job, checkpoints: list[Checkpoint]) -> list[CheckpointRow]:
     """One row per saved step (final last) with a link per downloadable variant."""
-    lora = job.params["training_type"]["type"] == "Lora"
+    lora = job.spec.is_lora
     groups: dict[tuple[bool, int], list[Checkpoint]] = {}
     for c in checkpoints:
         if c.variant in ("model", "adapter"):
@@ -157,30 +157,30 @@ def checkpoint_rows(job: Job, checkpoints: list[Checkpoint]) -> list[CheckpointR
 def hyperparameters(job: Job) -> list[tuple[str, str, str]]:
     """``(name, as submitted, as resolved)``; the resolved column differs where the server chose
     the value once training started (batch size "max")."""
-    p = job.params
-    tt = p["training_type"]
-    method = p["training_method"]
-    batch_resolved = p.get("batch_size_resolved")
-    rows: list[tuple[str, Any, Any]] = [
-        ("training type", tt["type"], tt["type"]),
-    ]
-    if tt["type"] == "Lora":
-        for k in ("lora_r", "lora_alpha", "lora_dropout", "lora_trainable_modules"):
-            rows.append((k, tt.get(k), tt.get(k)))
-    rows += [(f"training_method.{k}" if k != "method" else "training method", v, v) for k, v in method.items()]
-    rows.append(("batch_size", p["batch_size"],
-                 batch_resolved if batch_resolved is not None else
-                 (p["batch_size"] if p["batch_size"] != "max" else "chosen when training starts")))
-    for k in ("n_epochs", "n_checkpoints", "n_evals", "learning_rate", "lr_scheduler", "warmup_ratio",
-              "max_grad_norm", "weight_decay", "gradient_accumulation_steps", "max_seq_length", "packing",
-              "random_seed", "early_stopping_enabled"):
-        v: Any = p.get(k)
-        if k == "lr_scheduler":
-            v = f"{v['lr_scheduler_type']} ({show(v.get('lr_scheduler_args') or {})})"
-        rows.append((k, v, v))
-    if p.get("early_stopping_enabled"):
-        for k in ("early_stopping_patience", "early_stopping_min_delta", "early_stopping_warmup_evals"):
-            rows.append((k, p.get(k), p.get(k)))
+    spec = job.spec
+    rows: list[tuple[str, Any, Any]] = [("training type", spec.training_type.type, spec.training_type.type)]
+    if (lora := spec.lora) is not None:
+        rows += [("lora_r", lora.lora_r, lora.lora_r), ("lora_alpha", lora.lora_alpha, lora.lora_alpha),
+                 ("lora_dropout", lora.lora_dropout, lora.lora_dropout),
+                 ("lora_trainable_modules", lora.lora_trainable_modules, lora.lora_trainable_modules)]
+    rows += [(f"training_method.{k}" if k != "method" else "training method", v, v)
+             for k, v in spec.training_method.model_dump().items()]
+    rows.append(("batch_size", spec.batch_size,
+                 job.batch_size if job.batch_size is not None else
+                 (spec.batch_size if spec.batch_size != "max" else "chosen when training starts")))
+    sched = spec.lr_scheduler
+    schedule = f"{sched.lr_scheduler_type} ({show(sched.lr_scheduler_args.model_dump(exclude_none=True))})"
+    rows += [(name, v, v) for name, v in (
+        ("n_epochs", spec.n_epochs), ("n_checkpoints", spec.n_checkpoints), ("n_evals", spec.n_evals),
+        ("learning_rate", spec.learning_rate), ("lr_scheduler", schedule), ("warmup_ratio", spec.warmup_ratio),
+        ("max_grad_norm", spec.max_grad_norm), ("weight_decay", spec.weight_decay),
+        ("gradient_accumulation_steps", spec.gradient_accumulation_steps), ("max_seq_length", spec.max_seq_length),
+        ("packing", spec.packing), ("random_seed", spec.random_seed),
+        ("early_stopping_enabled", spec.early_stopping.enabled))]
+    if (stopping := spec.early_stopping).enabled:
+        rows += [("early_stopping_patience", stopping.patience, stopping.patience),
+                 ("early_stopping_min_delta", stopping.min_delta, stopping.min_delta),
+                 ("early_stopping_warmup_evals", stopping.warmup_evals, stopping.warmup_evals)]
     return [(name, show(a), show(b)) for name, a, b in rows]
 
 

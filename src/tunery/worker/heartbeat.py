@@ -15,12 +15,9 @@ import threading
 from tunery.store import jobs as job_store
 from tunery.store.db import Database
 from tunery.store.status import JobStatus
+from tunery.worker.fate import JobEnded, Outcome
 
 log = logging.getLogger("tunery.worker")
-
-
-class JobLost(Exception):
-    """Another worker owns the job now (this worker was presumed dead)."""
 
 
 class JobHeartbeat:
@@ -57,6 +54,6 @@ class JobHeartbeat:
             self.cancel_requested.set()
 
     def check(self) -> None:
-        """Raise ``JobLost`` if the job was given to another worker."""
+        """Raise ``JobEnded`` (lost) if the job was given to another worker."""
         if self.lost.is_set():
-            raise JobLost(self.job_id)
+            raise JobEnded(self.job_id, Outcome.LOST)

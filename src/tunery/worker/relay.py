@@ -1,130 +1,32 @@
-"""Relays what the training child reports (a JSON-lines file it appends to) into the store:
-events, metrics and job progress, and intermediate checkpoints — packaged and uploaded before
-they are listed, and listed only while the job is still this worker's."""
+"""Relays what the training child reports (a JSON-lines file it appends to, see
+``tunery.training.reporter``) into the store: events, metrics and job progress as they come, and
+each intermediate checkpoint handed to ``packaging.upload_checkpoint``. It never changes the job's
+status; it remembers what the worker needs afterwards (the final model's path, the child's error).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-import uuid
 from collections import deque
-from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 
 from tunery.storage import BlobStore
-from tunery.storage.archives import pack_dir
 from tunery.store import jobs as job_store
 from tunery.store.db import Database
-from tunery.store.models import Job
-from tunery.worker.heartbeat import JobLost
+from tunery.worker.packaging import Pause, no_pause, upload_checkpoint
 
 log = logging.getLogger("tunery.worker")
 
 # How long the relay keeps retrying the last reports of a finished child before giving up.
 DRAIN_TIMEOUT_S = 120.0
-# Checkpoint parts, as the training engine lays them out (see tunery.training.export).
-PARTS = ("model", "adapter", "state")
 # Events the relay turns into job columns rather than copying verbatim.
 INTERNAL_EVENTS = {"error"}
-
-Pause = Callable[[str], None]
-
-
-def _no_pause(phase: str) -> None:
-    return None
-
-
-def checkpoint_key(job_id: str, step: int, part: str, final: bool) -> str:
-    """A fresh key per upload: a listed blob is never overwritten, not even by a worker that was
-    presumed dead and still uploads the same step."""
-    return f"jobs/{job_id}/{'final' if final else f'step-{step}'}/{part}-{uuid.uuid4().hex[:12]}.tar.zst"
-
-
-@dataclass
-class StoredPart:
-    part: str
-    key: str
-    size: int
-
-
-def pack_parts(blobs: BlobStore, job_id: str, step: int, path: Path, parts: tuple[str, ...],
-               pause: Pause = _no_pause, phase: str = "") -> list[tuple[str, Path, int]]:
-    """Package each part present under ``path`` as a .tar.zst in the store's staging dir."""
-    packed: list[tuple[str, Path, int]] = []
-    try:
-        for part in parts:
-            src = path / part
-            if not src.is_dir():
-                continue
-            archive = blobs.staging_dir() / f"{job_id}-{step}-{part}-{uuid.uuid4().hex[:8]}.tar.zst"
-            packed.append((part, archive, pack_dir(src, archive, part)))
-            if phase:
-                pause(phase)
-    except BaseException:
-        for _, archive, _ in packed:  # a retry starts clean, with the disk space back
-            archive.unlink(missing_ok=True)
-        raise
-    return packed
-
-
-def store_parts(blobs: BlobStore, job_id: str, step: int, packed: list[tuple[str, Path, int]], final: bool,
-                pause: Pause = _no_pause, phase: str = "") -> list[StoredPart]:
-    """Put packaged parts in the store (each put is atomic). Nothing is listed yet."""
-    stored: list[StoredPart] = []
-    try:
-        for part, archive, size in packed:
-            key = checkpoint_key(job_id, step, part, final)
-            blobs.put(key, archive)
-            stored.append(StoredPart(part, key, size))
-            if phase:
-                pause(phase)
-    except BaseException:
-        discard(blobs, stored)
-        for _, archive, _ in packed:
-            archive.unlink(missing_ok=True)
-        raise
-    return stored
-
-
-def discard(blobs: BlobStore, stored: list[StoredPart]) -> None:
-    for p in stored:
-        with suppress(Exception):  # best effort: an unlisted blob is garbage, never data
-            blobs.delete(p.key)
-
-
-def list_parts(s: Session, job_id: str, worker_id: str, step: int, stored: list[StoredPart], final: bool) -> None:
-    """List stored parts as the job's checkpoint — in the caller's transaction, and only while the
-    job is still this worker's (``JobLost`` otherwise), so a listed checkpoint is always complete
-    and always from the job's current run."""
-    query = select(Job.worker_id).where(Job.id == job_id)
-    if s.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    if s.scalar(query) != worker_id:
-        raise JobLost(job_id)
-    for p in stored:
-        job_store.add_checkpoint(s, job_id, step, p.part, p.key, p.size, final)
-
-
-def upload_checkpoint(db: Database, blobs: BlobStore, job_id: str, worker_id: str, step: int, path: Path,
-                      pause: Pause = _no_pause) -> list[str]:
-    """Package, store, then list an intermediate checkpoint's parts. Returns the parts listed."""
-    stored = store_parts(blobs, job_id, step, pack_parts(blobs, job_id, step, path, PARTS), final=False,
-                         pause=pause, phase="checkpoint")
-    try:
-        with db.session() as s:
-            list_parts(s, job_id, worker_id, step, stored, final=False)
-    except BaseException:
-        discard(blobs, stored)
-        raise
-    return [p.part for p in stored]
 
 
 @dataclass
@@ -134,7 +36,7 @@ class Relay:
     job_id: str
     worker_id: str
     report_path: Path
-    pause: Pause = _no_pause
+    pause: Pause = no_pause
     offset: int = 0
     total_steps: int = 0
     last_step: int = 0
@@ -218,8 +120,7 @@ class Relay:
                 job = job_store.get_job(s, self.job_id)
                 progress["evals_completed"] = job.evals_completed + 1
             if type_ == "training_start" and "batch_size" in r:
-                job = job_store.get_job(s, self.job_id)
-                job.params = {**job.params, "batch_size_resolved": r["batch_size"]}
+                progress["batch_size"] = int(r["batch_size"])
             if progress:
                 job_store.update_progress(s, self.job_id, **progress)
 
@@ -243,6 +144,6 @@ class Relay:
             return
         # The test seam pauses in a checkpoint upload only once an earlier one is listed, so the
         # kill tests can check that the job resumes from the earlier one.
-        pause = self.pause if self.listed_steps else _no_pause
+        pause = self.pause if self.listed_steps else no_pause
         upload_checkpoint(self.db, self.blobs, self.job_id, self.worker_id, step, path, pause)
         self.listed_steps.append(step)

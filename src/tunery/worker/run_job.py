@@ -1,11 +1,11 @@
 """Run one claimed job to its end: stage inputs, train in a child process while relaying its
 reports, then package and upload the model and finish the job — heartbeating throughout from a
-background thread (``worker/heartbeat.py``). Every status change is guarded by ownership
-(``owned_by``), so a worker that was presumed dead can never touch the job's new run."""
+background thread (``worker/heartbeat.py``). Every status this worker writes goes through the
+job's ``JobFate`` (``worker/fate.py``), which also settles, once, whether a refused write means the
+user cancelled or another worker took the job over."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -18,13 +18,14 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from sqlalchemy.orm import Session
 
 from tunery.errors import TrainingFailed, TuneryError
+from tunery.jobspec import LocalInputs
+from tunery.lifetime import on_parent_death
 from tunery.models.catalog import ModelCatalog
-from tunery.queue.states import IllegalTransition, transition
 from tunery.settings import Settings
 from tunery.storage import BlobStore
 from tunery.storage.archives import unpack
@@ -35,15 +36,16 @@ from tunery.store.files import get_file_any_owner
 from tunery.store.models import File, Job
 from tunery.store.secrets import SecretBox
 from tunery.store.status import JobStatus
-from tunery.training.config import LoraSettings, TrainConfig
-from tunery.worker.heartbeat import JobHeartbeat, JobLost
+from tunery.training.config import TrainConfig
+from tunery.training.exit_codes import ExitCode
+from tunery.worker.fate import JobEnded, JobFate, Outcome
+from tunery.worker.heartbeat import JobHeartbeat
 from tunery.worker.hub_push import HubPushFailed, push_model
-from tunery.worker.relay import Relay, discard, list_parts, pack_parts, store_parts
+from tunery.worker.packaging import FINAL_PARTS, discard, list_parts, pack_parts, store_parts
+from tunery.worker.relay import Relay
 
 log = logging.getLogger("tunery.worker")
 
-EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_STOPPED = 0, 1, 2, 3
-PR_SET_PDEATHSIG = 1
 TORCHRUN_SHUTDOWN_TIMEOUT_S = 900
 
 
@@ -64,15 +66,12 @@ class WorkerContext:
 
 @dataclass
 class Running:
-    """One job on this worker: its heartbeat and the devices it may use."""
+    """One job on this worker: its heartbeat, the owner of its status, and its devices."""
 
     job_id: str
     heartbeat: JobHeartbeat
+    fate: JobFate
     devices: list[str] = field(default_factory=list)
-
-
-class JobCancelled(Exception):
-    """The user cancelled the job while it was being packaged."""
 
 
 def run_job(ctx: WorkerContext, job_id: str, devices: list[str] | None = None) -> None:
@@ -81,37 +80,25 @@ def run_job(ctx: WorkerContext, job_id: str, devices: list[str] | None = None) -
     scratch = ctx.scratch / job_id
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
+    fate = JobFate(ctx.db, job_id, ctx.worker_id)
     try:
         with JobHeartbeat(ctx.db, job_id, ctx.worker_id, ctx.settings.heartbeat_interval_s) as beat, \
                 ExitStack() as stack:
-            job = Running(job_id, beat, devices or [])
-            config = stage(ctx, job, scratch, stack)
-            relay, code, stop_reason = train(ctx, job, config, scratch)
-            finish(ctx, job, relay, code, stop_reason, scratch)
-    except JobLost:
-        log.warning("job %s was taken over by another worker; abandoning it", job_id)
-    except JobCancelled:
-        pass
+            running = Running(job_id, beat, fate, devices or [])
+            config = stage(ctx, running, scratch, stack)
+            finish(ctx, running, train(ctx, running, config, scratch), scratch)
+    except JobEnded as ended:
+        if ended.outcome == Outcome.LOST:
+            log.warning("job %s was taken over by another worker; abandoning it", job_id)
     except TrainingFailed as e:
-        fail(ctx, job_id, e.message, user_error=e.user_error)
+        fate.fail(e.message, user_error=e.user_error)
     except TuneryError as e:
-        fail(ctx, job_id, e.message, user_error=e.status_code < 500)
+        fate.fail(e.message, user_error=e.status_code < 500)
     except Exception as e:  # a bug or an environment problem; the job must not stay running
         log.exception("job %s failed", job_id)
-        fail(ctx, job_id, f"internal error: {type(e).__name__}: {e}", user_error=False)
+        fate.fail(f"internal error: {type(e).__name__}: {e}", user_error=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def fail(ctx: WorkerContext, job_id: str, message: str, *, user_error: bool) -> None:
-    to = JobStatus.USER_ERROR if user_error else JobStatus.ERROR
-    try:
-        with ctx.db.session() as s:
-            transition(s, job_id, to, event_type="job_error", level="error", message=message, error=message,
-                       worker_id=None, owned_by=ctx.worker_id)
-    except IllegalTransition:
-        if not _cancel_if_requested(ctx, job_id):
-            log.warning("job %s failed here (%s) but is no longer this worker's", job_id, message)
 
 
 # -- staging --------------------------------------------------------------------------------------
@@ -128,21 +115,19 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
     with ctx.db.session() as s:
         job = job_store.get_job(s, job_id)
         registered = registered_models(s)
-        train_file = _file(s, job.training_file)
-        val_file = _file(s, job.validation_file) if job.validation_file else None
-        parent = job_store.find_checkpoint(s, job.params["parent_job_id"],
-                                       "adapter" if _is_lora(job) else "model",
-                                       job.params["parent_step"]) if job.params.get("parent_job_id") else None
+        train_file = _file(s, job.spec.training_file)
+        val_file = _file(s, job.spec.validation_file) if job.spec.validation_file else None
+        spec = job.spec
+        parent = job_store.find_checkpoint(s, spec.parent.job_id, spec.checkpoint_variant,
+                                           spec.parent.step) if spec.parent else None
         resume = job_store.latest_state_checkpoint(s, job.id)
         secrets = ctx.secrets.open(job.secrets)
-    p = job.params
-    source = p.get("from_hf_model") or job.model
+    source = spec.from_hf_model or spec.model
     _event(ctx, job_id, "model_downloading", f"Loading base model {source}")
-    model = ctx.catalog.resolve(source, registered, revision=p.get("hf_model_revision"),
-                                token=secrets.get("hf_api_token"))
+    model = ctx.catalog.resolve(source, registered, revision=spec.hf_model_revision, token=secrets.hf_api_token)
     _event(ctx, job_id, "model_download_complete", f"Base model {source} ready")
     # Bring-your-own weights must be built like the job's model (the template); the recipe checks.
-    template = ctx.catalog.resolve(job.model, registered).path if p.get("from_hf_model") else None
+    template = ctx.catalog.resolve(spec.model, registered).path if spec.from_hf_model else None
     _event(ctx, job_id, "training_data_downloading", f"Fetching training file {train_file.id}")
     train_path = stack.enter_context(ctx.blobs.local_copy(train_file.blob_key))
     _event(ctx, job_id, "training_data_download_complete", f"Training file {train_file.id} ready")
@@ -153,15 +138,17 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
         _event(ctx, job_id, "validation_data_download_complete", f"Validation file {val_file.id} ready")
     init_from = None
     if parent is not None:
-        init_from = str(_fetch_archive(ctx, parent.blob_key, scratch / "init"))
+        init_from = _fetch_archive(ctx, parent.blob_key, scratch / "init")
     resume_from = None
     if resume is not None:
-        resume_from = str(_fetch_checkpoint(ctx, job, resume.step, scratch / "resume"))
+        resume_from = _fetch_checkpoint(ctx, job, resume.step, scratch / "resume")
         _event(ctx, job_id, "job_start", f"Resuming from the checkpoint at step {resume.step}")
     ctx.pause("staging")
     running.heartbeat.check()
-    config = _train_config(job, model.path, train_path, train_file.file_type, val_path, init_from, resume_from,
-                           scratch / "out", secrets, template)
+    inputs = LocalInputs(base_model_dir=model.path, train_file=train_path, file_type=_file_type(train_file),
+                         output_dir=scratch / "out", validation_file=val_path, init_from=init_from,
+                         resume_from=resume_from, template_model_dir=template)
+    config = spec.train_config(job.id, inputs, secrets)
     path = scratch / "config.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a W&B key
     with os.fdopen(fd, "w") as f:
@@ -176,8 +163,10 @@ def _file(s: Session, file_id: str) -> File:
     return f
 
 
-def _is_lora(job: Job) -> bool:
-    return bool(job.params["training_type"]["type"] == "Lora")
+def _file_type(f: File) -> Literal["jsonl", "parquet"]:
+    if f.file_type not in ("jsonl", "parquet"):
+        raise TrainingFailed(f"file {f.id} is {f.file_type}; training reads jsonl or parquet", user_error=True)
+    return "jsonl" if f.file_type == "jsonl" else "parquet"
 
 
 def _fetch_archive(ctx: WorkerContext, key: str, dest: Path) -> Path:
@@ -186,49 +175,13 @@ def _fetch_archive(ctx: WorkerContext, key: str, dest: Path) -> Path:
 
 
 def _fetch_checkpoint(ctx: WorkerContext, job: Job, step: int, dest: Path) -> Path:
-    """Rebuild ``checkpoints/step-N/`` (state plus weights) of this job from the job_store."""
+    """Rebuild ``checkpoints/step-N/`` (state plus weights) of this job from the object store."""
     root = dest / f"step-{step}"
     with ctx.db.session() as s:
         parts = [c for c in job_store.list_checkpoints(s, job.id) if c.step == step and not c.final]
     for c in parts:
         _fetch_archive(ctx, c.blob_key, root)
     return root
-
-
-def _train_config(job: Job, model_dir: Path, train_path: Path, file_type: str, val_path: Path | None,
-                  init_from: str | None, resume_from: str | None, out: Path, secrets: dict[str, Any],
-                  template: Path | None = None) -> TrainConfig:
-    p = job.params
-    tt, tm, sched = p["training_type"], p["training_method"], p["lr_scheduler"]
-    lora = None
-    if tt["type"] == "Lora":
-        modules = tt["lora_trainable_modules"]
-        lora = LoraSettings(r=tt["lora_r"], alpha=tt["lora_alpha"], dropout=tt["lora_dropout"],
-                            target_modules="all-linear" if modules == "all-linear"
-                            else [m.strip() for m in modules.split(",")])
-    dpo = {k: tm[k] for k in ("dpo_beta", "rpo_alpha", "simpo_gamma", "dpo_normalize_logratios_by_length",
-                              "dpo_reference_free") if k in tm}
-    return TrainConfig(
-        job_id=job.id, method=tm["method"], base_model_dir=str(model_dir), base_model_name=job.model,
-        init_from=init_from, resume_from=resume_from, train_file=str(train_path),
-        validation_file=str(val_path) if val_path else None, file_type=file_type,  # type: ignore[arg-type]  # TrainConfig validates it
-        output_dir=str(out), lora=lora,
-        n_epochs=p["n_epochs"], learning_rate=p["learning_rate"], lr_scheduler_type=sched["lr_scheduler_type"],
-        min_lr_ratio=sched["lr_scheduler_args"].get("min_lr_ratio", 0.0),
-        num_cycles=sched["lr_scheduler_args"].get("num_cycles", 0.5), warmup_ratio=p["warmup_ratio"],
-        max_grad_norm=p["max_grad_norm"], weight_decay=p["weight_decay"], batch_size=p["batch_size"],
-        gradient_accumulation_steps=p["gradient_accumulation_steps"], max_seq_length=p["max_seq_length"],
-        packing=p["packing"], train_on_inputs=tm.get("train_on_inputs", "auto"), n_checkpoints=p["n_checkpoints"],
-        n_evals=p["n_evals"], seed=p["random_seed"],
-        early_stopping_enabled=p["early_stopping_enabled"], early_stopping_patience=p["early_stopping_patience"],
-        early_stopping_min_delta=p["early_stopping_min_delta"],
-        early_stopping_warmup_evals=p["early_stopping_warmup_evals"], **dpo,
-        wandb_api_key=secrets.get("wandb_key"), wandb_base_url=p.get("wandb_base_url"),
-        wandb_project_name=p.get("wandb_project_name"), wandb_name=p.get("wandb_name"),
-        wandb_entity=p.get("wandb_entity"), hf_api_token=secrets.get("hf_api_token"),
-        hf_output_repo_name=p.get("hf_output_repo_name"), from_hf_model=p.get("from_hf_model"),
-        hf_model_revision=p.get("hf_model_revision"), template_model_dir=str(template) if template else None,
-    )
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -255,32 +208,27 @@ def child_env(settings: Settings, devices: list[str] | None = None) -> dict[str,
     return env
 
 
-# Resolved up front: between fork and exec (in a threaded worker) the child must not load libraries.
-_prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl if sys.platform == "linux" else None
+@dataclass(frozen=True)
+class TrainingRun:
+    relay: Relay
+    exit_code: int
+    stop_reason: str | None  # why the worker asked the child to stop: "cancel", "shutdown" or None
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the worker dies, however it dies, so a killed
-    worker never leaves an orphan training on (Linux; elsewhere the heartbeat still requeues).
-    Linux sends it when the forking *thread* ends; that is the job's thread, which outlives the
-    child."""
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def train(ctx: WorkerContext, running: Running, config: TrainConfig,
-          scratch: Path) -> tuple[Relay, int, str | None]:
-    """Run the training child to its exit, relaying its reports. Returns the relay, the exit code
-    and why it was asked to stop ("cancel", "shutdown" or None)."""
+def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Path) -> TrainingRun:
+    """Run the training child to its exit, relaying its reports."""
     job_id, beat = running.job_id, running.heartbeat
     report = scratch / "report.jsonl"
     relay = Relay(ctx.db, ctx.blobs, job_id, ctx.worker_id, report, ctx.pause)
     cmd = training_command(config, scratch / "config.json", report, ctx.settings.processes_per_job,
                            ctx.settings.recipe_module)
     with open(scratch / "train.log", "wb") as log_file:
+        # The child gets SIGKILL when the worker dies, however it dies, so a killed worker never
+        # leaves an orphan training on. Linux sends it when the forking *thread* ends: that is the
+        # job's thread, which outlives the child.
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
                                 env=child_env(ctx.settings, running.devices), start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=on_parent_death(signal.SIGKILL))
     stop_reason: str | None = None
     paused = False
     try:
@@ -303,93 +251,58 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig,
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     (scratch / "config.json").unlink(missing_ok=True)
-    return relay, proc.returncode, stop_reason
+    return TrainingRun(relay, proc.returncode, stop_reason)
 
 
 # -- finishing ------------------------------------------------------------------------------------
 
-def _cancel_if_requested(ctx: WorkerContext, job_id: str, step: int | None = None) -> bool:
-    with ctx.db.session() as s:
-        job = job_store.get_job(s, job_id)
-        if job.status != JobStatus.CANCEL_REQUESTED or job.worker_id != ctx.worker_id:
-            return False
-        where = f" at step {step}" if step else ""
-        transition(s, job_id, JobStatus.CANCELLED, event_type="job_stopped", message=f"Job cancelled{where}",
-                   worker_id=None, owned_by=ctx.worker_id)
-    return True
-
-
-def _advance(ctx: WorkerContext, job_id: str, to: JobStatus, event_type: str, message: str,
-             **columns: Any) -> None:
-    """Move on to the next packaging stage, unless the user cancelled meanwhile."""
-    try:
-        with ctx.db.session() as s:
-            transition(s, job_id, to, event_type=event_type, message=message, owned_by=ctx.worker_id, **columns)
-    except IllegalTransition:
-        if _cancel_if_requested(ctx, job_id):
-            raise JobCancelled(job_id) from None
-        with ctx.db.session() as s:
-            if job_store.get_job(s, job_id).worker_id != ctx.worker_id:
-                raise JobLost(job_id) from None
-        raise
-
-
-def finish(ctx: WorkerContext, running: Running, relay: Relay, code: int, stop_reason: str | None,
-           scratch: Path) -> None:
-    job_id = running.job_id
+def finish(ctx: WorkerContext, running: Running, run: TrainingRun, scratch: Path) -> None:
+    """End the job according to how its training child ended."""
+    relay, code, fate = run.relay, run.exit_code, running.fate
     running.heartbeat.check()
-    if code == EXIT_STOPPED or (stop_reason and code != EXIT_OK):
-        if stop_reason == "shutdown":
-            try:
-                with ctx.db.session() as s:
-                    transition(s, job_id, JobStatus.QUEUED, event_type="job_restarted", level="warning",
-                               message=f"Worker {ctx.worker_id} shut down at step {relay.last_step}; the job was "
-                                       "requeued and resumes from its last checkpoint", worker_id=None,
-                               heartbeat_at=None, owned_by=ctx.worker_id)
-            except IllegalTransition:  # cancelled meanwhile, or no longer ours
-                if not _cancel_if_requested(ctx, job_id, relay.last_step):
-                    raise JobLost(job_id) from None
-        elif not _cancel_if_requested(ctx, job_id, relay.last_step):
-            raise TrainingFailed(f"training stopped unexpectedly at step {relay.last_step}")
-        return
-    if code != EXIT_OK:
+    if code == ExitCode.STOPPED or (run.stop_reason and code != ExitCode.COMPLETED):
+        if run.stop_reason == "shutdown":
+            fate.requeue(f"Worker {ctx.worker_id} shut down at step {relay.last_step}; the job was requeued "
+                         "and resumes from its last checkpoint")
+            return
+        fate.stop_if_ended(relay.last_step)  # cancelled, as asked
+        raise TrainingFailed(f"training stopped unexpectedly at step {relay.last_step}")
+    if code != ExitCode.COMPLETED:
         message = relay.error_message or _log_tail(scratch / "train.log")
-        raise TrainingFailed(message, user_error=code == EXIT_USER_ERROR or relay.error_is_users)
+        raise TrainingFailed(message, user_error=code == ExitCode.USER_ERROR or relay.error_is_users)
     if relay.final_path is None:
         raise TrainingFailed("training ended without writing a final model")
-    package_and_complete(ctx, running, relay)
+    package_and_complete(ctx, running, relay.final_path, relay.final_step)
 
 
-def package_and_complete(ctx: WorkerContext, running: Running, relay: Relay) -> None:
+def package_and_complete(ctx: WorkerContext, running: Running, final_dir: Path, step: int) -> None:
     """Pack the final model, upload it, and then — in one transaction — list it and complete the
-    job, so a completed job always has its model and a listed model always belongs to a job that
-    completed (a worker killed before that commit leaves nothing listed; the rerun uploads anew)."""
-    assert relay.final_path is not None
-    job_id, beat = running.job_id, running.heartbeat
-    _advance(ctx, job_id, JobStatus.COMPRESSING, "model_compressing", "Compressing the trained model")
-    packed = pack_parts(ctx.blobs, job_id, relay.final_step, relay.final_path, ("model", "adapter"),
-                        ctx.pause, "compressing")
+    job (a worker killed before that commit leaves nothing listed; the rerun uploads anew). A
+    cancel that arrives meanwhile ends the job as cancelled and leaves nothing stored."""
+    job_id, fate = running.job_id, running.fate
+    fate.advance(JobStatus.COMPRESSING, "model_compressing", "Compressing the trained model")
+    packed = pack_parts(ctx.blobs, job_id, step, final_dir, FINAL_PARTS, ctx.pause, "compressing")
     _event(ctx, job_id, "model_compression_complete", "Model compressed")
-    _advance(ctx, job_id, JobStatus.UPLOADING, "model_uploading", "Uploading the trained model")
-    stored = store_parts(ctx.blobs, job_id, relay.final_step, packed, final=True, pause=ctx.pause, phase="uploading")
     try:
-        push_to_hub(ctx, job_id, relay.final_path)
-        beat.check()
-        with ctx.db.session() as s:
-            list_parts(s, job_id, ctx.worker_id, relay.final_step, stored, final=True)
+        fate.advance(JobStatus.UPLOADING, "model_uploading", "Uploading the trained model")
+    except BaseException:
+        for p in packed:
+            p.archive.unlink(missing_ok=True)
+        raise
+    stored = store_parts(ctx.blobs, job_id, step, packed, final=True, pause=ctx.pause, phase="uploading")
+    try:
+        push_to_hub(ctx, job_id, final_dir)
+        running.heartbeat.check()
+
+        def record(s: Session) -> None:
+            list_parts(s, job_id, ctx.worker_id, step, stored, final=True)
             job = job_store.get_job(s, job_id)
-            price = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)  # nanodollars
-            job.params = {**job.params, "total_price_nanodollars": price}
+            job.total_price_nanodollars = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)
             job_store.add_event(s, job_id, "model_upload_complete",
-                            f"Model uploaded ({', '.join(p.part for p in stored)})",
-                            fields={"model_path": f"jobs/{job_id}/final"})
-            transition(s, job_id, JobStatus.COMPLETED, event_type="job_complete", message="Fine-tuning job completed",
-                       worker_id=None, owned_by=ctx.worker_id)
-    except IllegalTransition:
-        discard(ctx.blobs, stored)
-        if _cancel_if_requested(ctx, job_id):
-            raise JobCancelled(job_id) from None
-        raise JobLost(job_id) from None
+                                f"Model uploaded ({', '.join(p.part for p in stored)})",
+                                fields={"model_path": f"jobs/{job_id}/final"})
+
+        fate.complete(record)
     except BaseException:
         discard(ctx.blobs, stored)
         raise
@@ -400,7 +313,7 @@ def push_to_hub(ctx: WorkerContext, job_id: str, final_dir: Path) -> None:
     the job: the model stays downloadable here, and an error-level warning event says what went wrong."""
     with ctx.db.session() as s:
         job = job_store.get_job(s, job_id)
-        repo, token = job.params.get("hf_output_repo_name"), ctx.secrets.open(job.secrets).get("hf_api_token")
+        repo, token = job.spec.hf_output_repo_name, ctx.secrets.open(job.secrets).hf_api_token
     if not repo:
         return
     _event(ctx, job_id, "model_uploading_to_hf", f"Uploading the model to Hugging Face repo {repo}")

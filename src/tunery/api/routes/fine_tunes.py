@@ -12,17 +12,15 @@ from sqlalchemy.orm import Session
 from tunery.api.dataset_checks import check_job_files
 from tunery.api.deps import Ctx, CurrentUser, DbSession, ReadSession
 from tunery.api.estimates import estimate_price as estimate
-from tunery.api.job_requests import base_model_of, output_name, resolve_job_request
+from tunery.api.job_requests import base_model_of, resolve_job_request
 from tunery.api.preview import preview
 from tunery.api.schemas.fine_tunes import FinetuneRequest, PreviewRequest, PriceEstimateRequest, wire_job
 from tunery.api.schemas.timefmt import iso
 from tunery.jobs import lifecycle
 from tunery.queue.claim import queue_position
-from tunery.queue.states import transition
 from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
 from tunery.store.models import Job, JobEvent
-from tunery.store.status import JobStatus
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
 
@@ -63,22 +61,14 @@ def create_job(ctx: Ctx, user: CurrentUser, req: FinetuneRequest) -> dict[str, A
     with ctx.db.read() as s:
         registered = registered_models(s)
         resolved = resolve_job_request(s, req, user, ctx.catalog, registered)
-    if not req.from_hf_model:  # those train with the hub model's tokenizer, fetched by the worker
+    spec = resolved.spec
+    if not spec.from_hf_model:  # those train with the hub model's tokenizer, fetched by the worker
         files = [(resolved.training_file, "training_file")]
         files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
-        check_job_files(ctx, registered, resolved.model, resolved.params, files)
-    job_id = job_store.new_job_id()
+        check_job_files(ctx, registered, spec, files)
     with ctx.db.session() as s:
-        job = job_store.create_job(s, Job(
-            id=job_id, user_id=user.id, model=resolved.model,
-            model_output_name=output_name(user, resolved.model, req.suffix, job_id), suffix=req.suffix,
-            training_file=resolved.training_file.id,
-            validation_file=resolved.validation_file.id if resolved.validation_file else "",
-            from_checkpoint=req.from_checkpoint or "", params=resolved.params,
-            secrets=ctx.secrets.seal(resolved.secrets), priority=req.priority,
-        ))
-        transition(s, job.id, JobStatus.QUEUED, event_type="job_pending", message="Job queued, waiting for a worker")
-        s.refresh(job)
+        job = lifecycle.create(s, user, spec, ctx.secrets.seal(resolved.secrets), resolved.training_file,
+                               priority=req.priority)
         return job_json(s, job)
 
 
@@ -119,7 +109,7 @@ CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Me
 @router.get("/{job_id}/checkpoints")
 def list_checkpoints(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     job = job_store.get_job(s, job_id, user.id)
-    lora = job.params["training_type"]["type"] == "Lora"
+    lora = job.spec.is_lora
     data = []
     for c in job_store.list_checkpoints(s, job.id):
         label = CHECKPOINT_TYPES.get((c.final, c.variant))

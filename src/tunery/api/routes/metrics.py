@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tunery.api.deps import Ctx
 from tunery.store.models import Job, JobEvent, Worker, utcnow
-from tunery.store.status import WORKING, JobStatus
+from tunery.store.status import TERMINAL, WORKING, JobStatus
 
 router = APIRouter(tags=["operations"])
 access_log = logging.getLogger("tunery.access")
@@ -142,11 +142,11 @@ def _job_metrics(out: Exposition, s: Session, heartbeat_timeout_s: float) -> Non
                [({}, float(claims or 0))])
     out.metric("tunery_jobs_restarted_total", "counter", "Times a job was requeued to resume elsewhere.",
                [({}, float(restarts or 0))])
-    finished = ("completed", "cancelled", "error", "user_error")
     out.metric("tunery_jobs_finished_total", "counter", "Jobs that ended, by final status.",
-               [({"status": st}, float(by_status.get(st, 0))) for st in finished])
+               [({"status": st.value}, float(by_status.get(st.value, 0))) for st in JobStatus if st in TERMINAL])
+    failed = (JobStatus.ERROR, JobStatus.USER_ERROR)
     out.metric("tunery_jobs_failed_total", "counter", "Jobs that ended in error or user_error.",
-               [({}, float(by_status.get("error", 0) + by_status.get("user_error", 0)))])
+               [({}, float(sum(by_status.get(st.value, 0) for st in failed)))])
     stalest = s.scalar(select(func.min(Job.heartbeat_at)).where(Job.status.in_([w.value for w in WORKING])))
     out.metric("tunery_running_job_heartbeat_age_seconds_max", "gauge",
                "Seconds since the stalest running job's last heartbeat (0 when none run).",

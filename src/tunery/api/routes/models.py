@@ -15,6 +15,7 @@ from tunery.api.schemas.timefmt import unix
 from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
 from tunery.store.models import Job, User
+from tunery.store.status import JobStatus
 
 router = APIRouter(tags=["models"])
 
@@ -30,7 +31,7 @@ def fine_tuned_entry(job: Job, owner: User) -> dict[str, Any]:
 
 def model_entries(ctx: AppContext, s: Session, user: User) -> list[dict[str, Any]]:
     base = [base_model_entry(name) for name in ctx.catalog.supported(registered_models(s))]
-    return base + [fine_tuned_entry(j, user) for j in job_store.list_jobs(s, user.id, status="completed")]
+    return base + [fine_tuned_entry(j, user) for j in job_store.list_jobs(s, user.id, status=JobStatus.COMPLETED)]
 
 
 @router.get("/v1/models")

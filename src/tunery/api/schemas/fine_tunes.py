@@ -7,6 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunery.api.schemas.timefmt import iso
+from tunery.jobspec import SFT
+from tunery.store.models import Job
+from tunery.store.status import JobStatus
 
 
 class LrSchedulerArgs(BaseModel):
@@ -115,10 +118,13 @@ class PreviewRequest(BaseModel):
     training_method: str | None = "sft"
 
 
-def wire_job(job: Any, *, events: list[dict[str, Any]], queue_depth: int) -> dict[str, Any]:
+def wire_job(job: Job, *, events: list[dict[str, Any]], queue_depth: int) -> dict[str, Any]:
     """The one converter from a job row to Together's ``FinetuneResponse`` JSON."""
-    p = job.params
+    spec = job.spec
     seconds = job.seconds_remaining
+    completed = job.status == JobStatus.COMPLETED
+    running = job.status == JobStatus.RUNNING
+    method = spec.training_method
     return {
         "id": job.id,
         "object": "fine-tune",
@@ -129,48 +135,47 @@ def wire_job(job: Any, *, events: list[dict[str, Any]], queue_depth: int) -> dic
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
         "started_at": iso(job.started_at),
-        "model": job.model,
+        "model": spec.model,
         "model_output_name": job.model_output_name,
-        "model_output_path": f"jobs/{job.id}/final" if job.status == "completed" else None,
-        "adapter_output_name": (f"{job.model_output_name}-adapter"
-                                if p["training_type"]["type"] == "Lora" and job.status == "completed" else None),
-        "suffix": job.suffix,
-        "training_file": job.training_file,
-        "validation_file": job.validation_file,
-        "from_checkpoint": job.from_checkpoint or None,
-        "from_hf_model": p.get("from_hf_model"),
-        "hf_model_revision": p.get("hf_model_revision"),
-        "hf_output_repo_name": p.get("hf_output_repo_name"),
-        "n_epochs": p["n_epochs"],
-        "n_checkpoints": p["n_checkpoints"],
-        "n_evals": p["n_evals"],
-        "eval_steps": p.get("eval_steps"),
-        "batch_size": p.get("batch_size_resolved") or p["batch_size"],
-        "requested_batch_size": p["batch_size"],
-        "gradient_accumulation_steps": p["gradient_accumulation_steps"],
-        "learning_rate": p["learning_rate"],
-        "lr_scheduler": p["lr_scheduler"],
-        "warmup_ratio": p["warmup_ratio"],
-        "max_grad_norm": p["max_grad_norm"],
-        "weight_decay": p["weight_decay"],
-        "max_seq_length": p["max_seq_length"],
-        "packing": p["packing"],
-        "random_seed": p["random_seed"],
-        "training_type": p["training_type"],
-        "training_method": p["training_method"],
-        "train_on_inputs": p["training_method"].get("train_on_inputs"),
-        "multimodal_params": p.get("multimodal_params"),
-        "early_stopping_enabled": p["early_stopping_enabled"],
-        "early_stopping_patience": p["early_stopping_patience"],
-        "early_stopping_min_delta": p["early_stopping_min_delta"],
-        "early_stopping_warmup_evals": p["early_stopping_warmup_evals"],
+        "model_output_path": f"jobs/{job.id}/final" if completed else None,
+        "adapter_output_name": f"{job.model_output_name}-adapter" if spec.is_lora and completed else None,
+        "suffix": spec.suffix,
+        "training_file": spec.training_file,
+        "validation_file": spec.validation_file or "",
+        "from_checkpoint": spec.from_checkpoint,
+        "from_hf_model": spec.from_hf_model,
+        "hf_model_revision": spec.hf_model_revision,
+        "hf_output_repo_name": spec.hf_output_repo_name,
+        "n_epochs": spec.n_epochs,
+        "n_checkpoints": spec.n_checkpoints,
+        "n_evals": spec.n_evals,
+        "eval_steps": None,
+        "batch_size": job.batch_size or spec.batch_size,
+        "requested_batch_size": spec.batch_size,
+        "gradient_accumulation_steps": spec.gradient_accumulation_steps,
+        "learning_rate": spec.learning_rate,
+        "lr_scheduler": spec.lr_scheduler.model_dump(exclude_none=True),
+        "warmup_ratio": spec.warmup_ratio,
+        "max_grad_norm": spec.max_grad_norm,
+        "weight_decay": spec.weight_decay,
+        "max_seq_length": spec.max_seq_length,
+        "packing": spec.packing,
+        "random_seed": spec.random_seed,
+        "training_type": spec.training_type.model_dump(),
+        "training_method": method.model_dump(),
+        "train_on_inputs": method.train_on_inputs if isinstance(method, SFT) else None,
+        "multimodal_params": spec.multimodal_params.model_dump() if spec.multimodal_params else None,
+        "early_stopping_enabled": spec.early_stopping.enabled,
+        "early_stopping_patience": spec.early_stopping.patience,
+        "early_stopping_min_delta": spec.early_stopping.min_delta,
+        "early_stopping_warmup_evals": spec.early_stopping.warmup_evals,
         "early_stopped": job.early_stopped,
         "early_stopping_best_step": job.early_stopping_best_step,
         "early_stopping_best_metric": job.early_stopping_best_metric,
-        "wandb_project_name": p.get("wandb_project_name"),
-        "wandb_name": p.get("wandb_name"),
-        "wandb_entity": p.get("wandb_entity"),
-        "wandb_base_url": p.get("wandb_base_url"),
+        "wandb_project_name": spec.wandb.project_name,
+        "wandb_name": spec.wandb.name,
+        "wandb_entity": spec.wandb.entity,
+        "wandb_base_url": spec.wandb.base_url,
         "wandb_url": job.wandb_url,
         "total_steps": job.total_steps,
         "steps_completed": job.steps_completed,
@@ -178,15 +183,15 @@ def wire_job(job: Any, *, events: list[dict[str, Any]], queue_depth: int) -> dic
         "evals_completed": job.evals_completed,
         "token_count": job.token_count,
         "param_count": job.param_count,
-        "total_price": p.get("total_price_nanodollars", 0),
-        "trainingfile_numlines": p.get("trainingfile_numlines", 0),
-        "trainingfile_size": p.get("trainingfile_size", 0),
-        "TrainingFileNumLines": p.get("trainingfile_numlines", 0),
-        "TrainingFileSize": p.get("trainingfile_size", 0),
+        "total_price": job.total_price_nanodollars,
+        "trainingfile_numlines": job.trainingfile_numlines,
+        "trainingfile_size": job.trainingfile_size,
+        "TrainingFileNumLines": job.trainingfile_numlines,
+        "TrainingFileSize": job.trainingfile_size,
         "queue_depth": queue_depth,
         "progress": {
-            "estimate_available": seconds is not None and job.status == "running",
-            "seconds_remaining": int(seconds) if seconds is not None and job.status == "running" else 0,
+            "estimate_available": seconds is not None and running,
+            "seconds_remaining": int(seconds) if seconds is not None and running else 0,
         },
         "priority": job.priority,
         "restarts": job.restarts,

@@ -8,16 +8,21 @@ another. Padding is one more segment whose targets are ignored.
 Targets are pre-shifted per example: ``targets[t]`` is the label of token ``t + 1`` when that token
 belongs to the same example, else ``-100`` — so the last token of one example is never trained to
 predict the first token of the next, and the loss is a plain token-level cross-entropy.
+
+Examples with images (see ``images.py``) bring them along: ``encode_images`` turns the batch's
+images, in the order of their tokens (row by row), into the model's image inputs (``vision``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-from tunery.training.data.render import IGNORE, Example
+from tunery.training.data.render import IGNORE, Example, ExampleImage
+
+ImageInputs = Callable[[Sequence[ExampleImage]], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -29,6 +34,7 @@ class Batch:
     num_tokens: int  # real (non-padding) tokens
     num_targets: int  # trained targets
     lengths: tuple[tuple[int, ...], ...] = ()  # per row, its examples' lengths in order
+    vision: dict[str, torch.Tensor] = field(default_factory=dict)  # image inputs (pixel_values …), if any
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
@@ -39,10 +45,11 @@ class Batch:
             self.num_tokens,
             self.num_targets,
             self.lengths,
+            {key: value.to(device) for key, value in self.vision.items()},
         )
 
 
-def collate(rows: Sequence[Sequence[Example]], pad_id: int) -> Batch:
+def collate(rows: Sequence[Sequence[Example]], pad_id: int, encode_images: ImageInputs | None = None) -> Batch:
     width = max(sum(len(e) for e in row) for row in rows)
     shape = (len(rows), width)
     input_ids = torch.full(shape, pad_id, dtype=torch.long)
@@ -64,7 +71,11 @@ def collate(rows: Sequence[Sequence[Example]], pad_id: int) -> Batch:
         segment_ids[b, at:] = len(row)
     num_targets = int((targets != IGNORE).sum())
     lengths = tuple(tuple(len(e) for e in row) for row in rows)
-    return Batch(input_ids, position_ids, segment_ids, targets, num_tokens, num_targets, lengths)
+    images = [image for row in rows for example in row for image in example.images]
+    if images and encode_images is None:
+        raise ValueError("these examples have images; collate them with encode_images")
+    vision = encode_images(images) if images and encode_images is not None else {}
+    return Batch(input_ids, position_ids, segment_ids, targets, num_tokens, num_targets, lengths, vision)
 
 
 def attention_bias(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

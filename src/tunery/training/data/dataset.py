@@ -13,12 +13,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tunery.datasets import DatasetFormat, detect_format, iter_records
 from tunery.errors import TrainingFailed
 from tunery.training.data.chat import ConversationRefused
-from tunery.training.data.render import Example, Renderer, from_pretokenized, truncate
+from tunery.training.data.render import Example, TrainOnInputs, from_pretokenized, truncate
+
+
+class Renderer(Protocol):
+    """What reading a dataset needs: ``render.Renderer``, or ``images.VisionRenderer`` around one."""
+
+    @property
+    def train_on_inputs(self) -> TrainOnInputs: ...
+
+    def render(self, record: dict[str, Any], fmt: DatasetFormat) -> Example: ...
+
+    def preference(self, record: dict[str, Any]) -> tuple[Example, Example]: ...
 
 
 @dataclass

@@ -43,9 +43,20 @@ TrainOnInputs = bool | Literal["auto"]
 
 
 @dataclass(frozen=True, slots=True)
+class ExampleImage:
+    """An image of a sample: its file, decoded again for each batch (compressed bytes keep a
+    dataset of images small), and the image tokens that stand for it, ``input_ids[start:end]``."""
+
+    data: bytes
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
 class Example:
     input_ids: list[int]
     labels: list[int]
+    images: tuple[ExampleImage, ...] = ()  # in token order; see images.py
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -293,7 +304,14 @@ def from_pretokenized(row: dict[str, Any]) -> list[Example]:
 
 
 def truncate(example: Example, max_length: int) -> tuple[Example, bool]:
-    """Keep the first ``max_length`` tokens; say whether anything was cut."""
+    """Keep the first ``max_length`` tokens; say whether anything was cut. An image is kept whole or
+    not at all: a cut through its tokens moves to before them (the model needs all of an image's
+    tokens or none)."""
     if len(example) <= max_length:
         return example, False
-    return Example(example.input_ids[:max_length], example.labels[:max_length]), True
+    cut = max_length
+    for image in example.images:
+        if image.end > cut:
+            cut = min(cut, image.start)
+    images = tuple(image for image in example.images if image.end <= cut)
+    return Example(example.input_ids[:cut], example.labels[:cut], images), True

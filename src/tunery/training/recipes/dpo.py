@@ -36,6 +36,7 @@ from tunery.training.attention import attention_for
 from tunery.training.config import TrainConfig
 from tunery.training.data.collate import collate
 from tunery.training.data.dataset import PairDataset, load_pairs
+from tunery.training.data.images import image_encoder, with_images
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
@@ -149,7 +150,7 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
     seed_everything(cfg.seed)
     loaded = load_for_training(cfg)
     max_len = max_seq_length_for(cfg, loaded)
-    renderer = Renderer(loaded.tokenizer, False)
+    renderer = with_images(Renderer(loaded.tokenizer, False), loaded.processor)
     train = load_pairs(cfg.train_file, cfg.file_type, renderer, max_len)
     val = load_pairs(cfg.validation_file, cfg.file_type, renderer, max_len, what="validation file") \
         if cfg.validation_file else None
@@ -237,9 +238,9 @@ def _pair_losses(
 def _score(s: Session, dataset: PairDataset, rows: list[list[int]], objective: Objective) -> PairScores:
     """Run the model over rows of pairs; row ``b`` holds pair ``k`` as segments ``2k`` and ``2k + 1``."""
     batch = collate([[e for i in row for e in dataset.pairs[i]] for row in rows],
-                    s.loaded.tokenizer.pad_token_id).to(s.loaded.device)
+                    s.loaded.tokenizer.pad_token_id, image_encoder(s.loaded.processor)).to(s.loaded.device)
     logps = forward_logps(s.loaded, batch.input_ids, batch.position_ids, batch.targets,
-                          attention_for(batch, mask_dtype(s.loaded)))
+                          attention_for(batch, mask_dtype(s.loaded)), **batch.vision)
     sums, counts = sequence_logps(logps, batch.targets, batch.segment_ids, int(batch.segment_ids.max()) + 1)
     b = torch.tensor([b for b, row in enumerate(rows) for _ in row])
     k = torch.tensor([k for row in rows for k in range(len(row))])

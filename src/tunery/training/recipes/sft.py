@@ -31,6 +31,7 @@ from tunery.training.attention import attention_for
 from tunery.training.config import TrainConfig
 from tunery.training.data.collate import Batch, collate
 from tunery.training.data.dataset import TokenizedDataset, load_examples
+from tunery.training.data.images import image_encoder, with_images
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
@@ -104,7 +105,7 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
     seed_everything(cfg.seed)
     loaded = load_for_training(cfg)
     max_len = max_seq_length_for(cfg, loaded)
-    renderer = Renderer(loaded.tokenizer, cfg.train_on_inputs)
+    renderer = with_images(Renderer(loaded.tokenizer, cfg.train_on_inputs), loaded.processor)
     train = load_examples(cfg.train_file, cfg.file_type, renderer, max_len)
     val = None
     if cfg.validation_file:
@@ -165,13 +166,15 @@ def _evaluate(s: Session, data: Data) -> float:
 
 def _collate(s: Session, dataset: TokenizedDataset, rows: list[list[int]]) -> Batch:
     examples = dataset.examples
-    return collate([[examples[i] for i in row] for row in rows], s.loaded.tokenizer.pad_token_id).to(s.loaded.device)
+    return collate([[examples[i] for i in row] for row in rows], s.loaded.tokenizer.pad_token_id,
+                   image_encoder(s.loaded.processor)).to(s.loaded.device)
 
 
 def _loss_sum(s: Session, batch: Batch) -> torch.Tensor:
     """Sum of ``-log p(target)`` over the batch's trained targets."""
     isolation = attention_for(batch, mask_dtype(s.loaded))
-    return -forward_logps(s.loaded, batch.input_ids, batch.position_ids, batch.targets, isolation).sum()
+    return -forward_logps(s.loaded, batch.input_ids, batch.position_ids, batch.targets, isolation,
+                          **batch.vision).sum()
 
 
 def main(argv: list[str] | None = None) -> int:

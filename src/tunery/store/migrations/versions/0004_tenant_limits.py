@@ -1,7 +1,7 @@
 """multi-tenant limits: cached template scans per file, announced multipart sizes, server-side web sessions
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-23 14:30:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import tunery.store.models
 
-revision = '0003'
-down_revision = '0002'
+revision = '0004'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 
