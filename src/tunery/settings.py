@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     worker_models: str = ""
     worker_devices: str = ""
     worker_jobs: int = 0
+    # One run of a job may train this long (0 = no limit); then it is stopped like a cancel and
+    # ends user_error. A training process that ignores SIGTERM (cancel, shutdown, this limit)
+    # for stop_grace_s is killed.
+    job_timeout_s: float = 0.0
+    stop_grace_s: float = 600.0
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
     max_restarts: int = 3
@@ -103,6 +108,8 @@ class Settings(BaseSettings):
     # Price in USD per million trained tokens (0 = free); per-user quota in tokens (0 = none).
     price_per_million_tokens: float = 0.0
     token_quota: int = 0
+    # Unfinished jobs a user may have at once (0 = any number); see tunery/jobs/admission.py.
+    max_active_jobs_per_user: int = 0
     # "text" or "json" (one JSON object per log line, plus one per HTTP request).
     log_format: Literal["text", "json"] = "text"
     # Python module run as the training child instead of tunery.training.recipes.<method>; for

@@ -36,6 +36,8 @@ from tunery.training.data.render import Renderer, TrainOnInputs
 
 EXACT_MAX_BYTES = 1024 * 1024
 SAMPLE_BYTES = 512 * 1024
+# A rough guess for text in a model's tokenizer, where no tokenizer is at hand.
+BYTES_PER_TOKEN = 4
 
 
 @lru_cache(maxsize=32)
@@ -132,8 +134,10 @@ def scan(ctx: AppContext, f: File, model_dir: str, train_on_inputs: TrainOnInput
     if out["scanned"] < out["size"] and out["scanned"]:
         tokens = round(tokens * out["size"] / out["scanned"])
     verdict = FileScan(tokens, out["problem"])
+    cached = {"tokens": verdict.tokens, "problem": verdict.problem}
     with ctx.db.session() as s:
-        record_scan(s, f.id, key, {"tokens": verdict.tokens, "problem": verdict.problem})
+        record_scan(s, f.id, key, cached)
+    f.scans = {**(f.scans or {}), key: cached}  # this request's copy of the row too
     return verdict
 
 
@@ -147,18 +151,25 @@ def model_dir_of(ctx: AppContext, registered: Mapping[str, str], model: str) -> 
 
 
 def check_job_files(ctx: AppContext, registered: Mapping[str, str], spec: JobSpec,
-                    files: list[tuple[File, str]]) -> None:
+                    files: list[tuple[File, str]]) -> int:
     """Raise ``InvalidRequest`` (param ``training_file`` or ``validation_file``) when the job's
-    model cannot train on one of ``files`` (``(file, param)`` pairs). Call it outside any
-    transaction: it may render the files."""
+    model cannot train on one of ``files`` (``(file, param)`` pairs); return the tokens the job will
+    train on, as the price estimate counts them (the training file's each epoch, the validation
+    file's at each evaluation). A model that is not on this node (a hub model its job will
+    download, or bring-your-own weights) is not checked here, and its tokens are guessed from the
+    files' sizes. Call it outside any transaction: it may render the files."""
     model, method = spec.model, spec.training_method
-    model_dir = model_dir_of(ctx, registered, model)
-    if model_dir is None:
-        return
+    model_dir = None if spec.from_hf_model else model_dir_of(ctx, registered, model)
     train_on_inputs = method.train_on_inputs if isinstance(method, SFT) else "auto"
+    tokens: dict[str, int] = {}
     for f, param in files:
+        if model_dir is None:
+            tokens[param] = f.bytes // BYTES_PER_TOKEN
+            continue
         what = param.replace("_", " ")
         verdict = scan(ctx, f, model_dir, train_on_inputs, method.method, what)
         if verdict.problem:
             raise InvalidRequest(f'{param} "{f.id}" cannot be trained on with model {model}: {verdict.problem}',
                                  param=param)
+        tokens[param] = verdict.tokens
+    return tokens.get("training_file", 0) * max(1, spec.n_epochs) + tokens.get("validation_file", 0) * spec.n_evals

@@ -11,28 +11,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from tunery.api.dataset_checks import scan
 from tunery.api.deps import AppContext
 from tunery.api.job_requests import base_model_of, resolve_parent
 from tunery.api.schemas.fine_tunes import PriceEstimateRequest
 from tunery.errors import NotFound
+from tunery.jobs.admission import tokens_used
 from tunery.store.base_models import registered_models
 from tunery.store.files import get_file
-from tunery.store.models import File, Job, User
+from tunery.store.models import File, User
 from tunery.training.data.render import TrainOnInputs
 
 
 def _unavailable(reason: str, message: str | None = None) -> dict[str, Any]:
     """Together's shape, plus ``message`` saying what is wrong where there is more to say."""
     return {"estimation_available": False, "unavailable_reason": reason, **({"message": message} if message else {})}
-
-
-def tokens_used(s: Session, user_id: str) -> int:
-    """Tokens the user's jobs have been sized for so far: the token quota's measure."""
-    return int(s.scalar(select(func.coalesce(func.sum(Job.token_count), 0)).where(Job.user_id == user_id)) or 0)
 
 
 def estimate_price(ctx: AppContext, user: User, body: PriceEstimateRequest) -> dict[str, Any]:

@@ -189,6 +189,8 @@ class Job(Base):
     steps_completed: Mapped[int] = mapped_column(default=0)
     epochs_completed: Mapped[int] = mapped_column(default=0)
     evals_completed: Mapped[int] = mapped_column(default=0)
+    # The job's estimated tokens, held against its user's token quota until it reports token_count.
+    reserved_tokens: Mapped[int] = mapped_column(default=0)
     token_count: Mapped[int] = mapped_column(default=0)
     param_count: Mapped[int] = mapped_column(default=0)
     seconds_remaining: Mapped[float | None] = mapped_column(Float, default=None)

@@ -6,6 +6,7 @@ user cancelled or another worker took the job over."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -20,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tunery.errors import TrainingFailed, TuneryError
 from tunery.jobspec import LocalInputs
 from tunery.lifetime import on_parent_death
 from tunery.models.catalog import ModelCatalog
+from tunery.outbound import check_url, parse_allow_list
 from tunery.settings import Settings
 from tunery.storage import BlobStore
 from tunery.storage.archives import unpack
@@ -47,6 +50,8 @@ from tunery.worker.relay import Relay
 log = logging.getLogger("tunery.worker")
 
 TORCHRUN_SHUTDOWN_TIMEOUT_S = 900
+# How long a job waits between tries to give itself back while the database is away.
+DATABASE_RETRY_WAITS_S = (1, 2, 4, 8, 16)
 
 
 @dataclass
@@ -94,11 +99,37 @@ def run_job(ctx: WorkerContext, job_id: str, devices: list[str] | None = None) -
         fate.fail(e.message, user_error=e.user_error)
     except TuneryError as e:
         fate.fail(e.message, user_error=e.status_code < 500)
+    except DBAPIError as e:  # the database is locked, restarting or unreachable: not the job's fault
+        log.warning("job %s: database error (%s); giving the job back to the queue", job_id, type(e.orig).__name__)
+        _give_back(fate, job_id, f"Worker {ctx.worker_id} lost its database connection ({type(e.orig).__name__}); "
+                                 "the job was requeued and resumes from its last checkpoint")
     except Exception as e:  # a bug or an environment problem; the job must not stay running
         log.exception("job %s failed", job_id)
-        fate.fail(f"internal error: {type(e).__name__}: {e}", user_error=False)
+        fate.fail(_internal_error(e), user_error=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _give_back(fate: JobFate, job_id: str, message: str) -> None:
+    """Requeue the job, retrying while the database is away; if it stays away, the heartbeat check
+    requeues the job once this worker's beats have lapsed. Never fails the job."""
+    for wait in DATABASE_RETRY_WAITS_S:
+        try:
+            fate.requeue(message)
+            return
+        except JobEnded:
+            return
+        except DBAPIError:
+            time.sleep(wait)
+    log.error("job %s: the database stayed unavailable; the heartbeat check will requeue the job", job_id)
+
+
+def _internal_error(error: Exception) -> str:
+    """What the user is told of a failure that is not theirs; a full disk is named plainly."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return ("the worker ran out of disk space (No space left on device); its partial files were removed, "
+                "so the job can run again once the operator has freed space")
+    return f"internal error: {type(error).__name__}: {error}"
 
 
 # -- staging --------------------------------------------------------------------------------------
@@ -145,6 +176,8 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
         _event(ctx, job_id, "job_start", f"Resuming from the checkpoint at step {resume.step}")
     ctx.pause("staging")
     running.heartbeat.check()
+    if spec.wandb.base_url:  # checked at create too; the operator's list may have changed since
+        check_url(spec.wandb.base_url, parse_allow_list(ctx.settings.outbound_url_allow), param="wandb_base_url")
     inputs = LocalInputs(base_model_dir=model.path, train_file=train_path, file_type=_file_type(train_file),
                          output_dir=scratch / "out", validation_file=val_path, init_from=init_from,
                          resume_from=resume_from, template_model_dir=template)
@@ -230,17 +263,24 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Pa
                                 env=child_env(ctx.settings, running.devices), start_new_session=True,
                                 preexec_fn=on_parent_death(signal.SIGKILL))
     stop_reason: str | None = None
+    stopping_since: float | None = None
+    limit = ctx.settings.job_timeout_s
+    deadline = time.monotonic() + limit if limit > 0 else None
     paused = False
     try:
         while proc.poll() is None:
             relay.pump()
             beat.check()
-            if beat.cancel_requested.is_set() and stop_reason is None:
-                stop_reason = "cancel"
-                proc.send_signal(signal.SIGTERM)
-            if ctx.stopping.is_set() and stop_reason is None:
-                stop_reason = "shutdown"
-                proc.send_signal(signal.SIGTERM)
+            if stop_reason is None:
+                stop_reason = _why_stop(ctx, running, deadline)
+                if stop_reason is not None:  # SIGTERM: the child checkpoints at its next step and exits
+                    proc.send_signal(signal.SIGTERM)
+                    stopping_since = time.monotonic()
+            elif stopping_since is not None and time.monotonic() - stopping_since > ctx.settings.stop_grace_s:
+                log.warning("job %s: the training process ignored SIGTERM for %.0f s; killing it", job_id,
+                            ctx.settings.stop_grace_s)
+                os.killpg(proc.pid, signal.SIGKILL)
+                stopping_since = None
             if not paused and relay.listed_steps:  # the test seam: killed mid-training, resumable
                 paused = True
                 ctx.pause("training")
@@ -252,6 +292,17 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Pa
             proc.wait()
     (scratch / "config.json").unlink(missing_ok=True)
     return TrainingRun(relay, proc.returncode, stop_reason)
+
+
+def _why_stop(ctx: WorkerContext, running: Running, deadline: float | None) -> str | None:
+    """Why the worker should stop the training child now ("cancel", "shutdown", "timeout"), if at all."""
+    if running.heartbeat.cancel_requested.is_set():
+        return "cancel"
+    if ctx.stopping.is_set():
+        return "shutdown"
+    if deadline is not None and time.monotonic() > deadline:
+        return "timeout"
+    return None
 
 
 # -- finishing ------------------------------------------------------------------------------------
@@ -266,6 +317,10 @@ def finish(ctx: WorkerContext, running: Running, run: TrainingRun, scratch: Path
                          "and resumes from its last checkpoint")
             return
         fate.stop_if_ended(relay.last_step)  # cancelled, as asked
+        if run.stop_reason == "timeout":
+            raise TrainingFailed(f"the job ran longer than the {ctx.settings.job_timeout_s:g} s this server allows "
+                                 f"a run of a job (TUNERY_JOB_TIMEOUT_S); it was stopped at step {relay.last_step}",
+                                 user_error=True)
         raise TrainingFailed(f"training stopped unexpectedly at step {relay.last_step}")
     if code != ExitCode.COMPLETED:
         message = relay.error_message or _log_tail(scratch / "train.log")

@@ -17,6 +17,7 @@ from tunery.api.preview import preview
 from tunery.api.schemas.fine_tunes import FinetuneRequest, PreviewRequest, PriceEstimateRequest, wire_job
 from tunery.api.schemas.timefmt import iso
 from tunery.jobs import lifecycle
+from tunery.jobs.admission import Limits
 from tunery.queue.claim import queue_position
 from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
@@ -61,13 +62,12 @@ def create_job(ctx: Ctx, user: CurrentUser, req: FinetuneRequest) -> dict[str, A
     with ctx.db.read() as s:
         registered = registered_models(s)
         resolved = resolve_job_request(s, req, user, ctx.catalog, registered)
-    spec = resolved.spec
-    if not spec.from_hf_model:  # those train with the hub model's tokenizer, fetched by the worker
-        files = [(resolved.training_file, "training_file")]
-        files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
-        check_job_files(ctx, registered, spec, files)
+    files = [(resolved.training_file, "training_file")]
+    files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
+    tokens = check_job_files(ctx, registered, resolved.spec, files)
     with ctx.db.session() as s:
-        job = lifecycle.create(s, user, spec, ctx.secrets.seal(resolved.secrets), resolved.training_file,
+        job = lifecycle.create(s, user, resolved.spec, ctx.secrets.seal(resolved.secrets), resolved.training_file,
+                               limits=Limits.from_settings(ctx.settings), estimated_tokens=tokens,
                                priority=req.priority)
         return job_json(s, job)
 

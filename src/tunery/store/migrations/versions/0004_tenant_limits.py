@@ -1,4 +1,5 @@
-"""multi-tenant limits: cached template scans per file, announced multipart sizes, server-side web sessions
+"""multi-tenant limits: cached template scans per file, announced multipart sizes, tokens reserved by
+queued jobs, server-side web sessions
 
 Revision ID: 0004
 Revises: 0003
@@ -24,6 +25,8 @@ def upgrade() -> None:
     # Uploads begun before this revision announced no size: 0 means "bounded by the server's cap".
     with op.batch_alter_table('multipart_uploads', schema=None) as batch_op:
         batch_op.add_column(sa.Column('file_size', sa.BigInteger(), nullable=False, server_default='0'))
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('reserved_tokens', sa.BigInteger(), nullable=False, server_default='0'))
     op.create_table('web_sessions',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('key_id', sa.String(length=64), nullable=False),
@@ -41,6 +44,8 @@ def downgrade() -> None:
     with op.batch_alter_table('web_sessions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_web_sessions_key_id'))
     op.drop_table('web_sessions')
+    with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('reserved_tokens')
     with op.batch_alter_table('multipart_uploads', schema=None) as batch_op:
         batch_op.drop_column('file_size')
     with op.batch_alter_table('files', schema=None) as batch_op:
