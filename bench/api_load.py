@@ -41,7 +41,8 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-ROUTES = {"retrieve": "/v1/fine-tunes/{id}", "events": "/v1/fine-tunes/{id}/events"}
+# The routes measured, as their templates read (the histograms' route label).
+ROUTES = {"retrieve": "/v1/fine-tunes/{job_id}", "events": "/v1/fine-tunes/{job_id}/events"}
 SEED_JOBS = """
 import random, sys
 from datetime import timedelta
@@ -55,14 +56,23 @@ try:
     from tunery.store.status import JobStatus
 except ImportError:  # checkouts from before the status enum moved beside the tables
     from tunery.queue.states import JobStatus
-PARAMS = {"training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
-          "lora_trainable_modules": "all-linear"}, "training_method": {"method": "sft", "train_on_inputs": "auto"},
-          "batch_size": 8, "n_epochs": 1, "n_checkpoints": 1, "n_evals": 0, "learning_rate": 1e-3,
-          "lr_scheduler": {"lr_scheduler_type": "cosine",
-                           "lr_scheduler_args": {"min_lr_ratio": 0.0, "num_cycles": 0.5}},
-          "warmup_ratio": 0.0, "max_grad_norm": 1.0, "weight_decay": 0.0, "gradient_accumulation_steps": 1,
-          "max_seq_length": 128, "packing": True, "random_seed": 42, "early_stopping_enabled": False,
-          "early_stopping_patience": 2, "early_stopping_min_delta": 0.0, "early_stopping_warmup_evals": 1}
+try:  # the typed job description, where the checkout has it
+    from tunery.jobspec import SFT, JobSpec, LoraTraining, LrScheduler
+    DESCRIPTION = {"spec": JobSpec(
+        model="tunery/tiny-llama", training_file="file-x", training_type=LoraTraining(lora_r=8, lora_alpha=16),
+        training_method=SFT(), n_epochs=1, n_checkpoints=1, n_evals=0, batch_size=8, gradient_accumulation_steps=1,
+        learning_rate=1e-3, lr_scheduler=LrScheduler(), warmup_ratio=0.0, max_grad_norm=1.0, weight_decay=0.0,
+        max_seq_length=128, packing=True, random_seed=42)}
+except ImportError:
+    DESCRIPTION = {"model": "tunery/tiny-llama", "training_file": "file-x", "params": {
+        "training_type": {"type": "Lora", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+                          "lora_trainable_modules": "all-linear"},
+        "training_method": {"method": "sft", "train_on_inputs": "auto"}, "batch_size": 8, "n_epochs": 1,
+        "n_checkpoints": 1, "n_evals": 0, "learning_rate": 1e-3, "warmup_ratio": 0.0, "max_grad_norm": 1.0,
+        "lr_scheduler": {"lr_scheduler_type": "cosine", "lr_scheduler_args": {"min_lr_ratio": 0.0}},
+        "weight_decay": 0.0, "gradient_accumulation_steps": 1, "max_seq_length": 128, "packing": True,
+        "random_seed": 42, "early_stopping_enabled": False, "early_stopping_patience": 2,
+        "early_stopping_min_delta": 0.0, "early_stopping_warmup_evals": 1}}
 db = Database(Settings(data_dir=sys.argv[1]).resolved_database_url)
 db.migrate()
 rng = random.Random(0)
@@ -74,9 +84,8 @@ for u in range(int(sys.argv[2])):
     for j in range(int(sys.argv[3])):
         job_id = job_store.new_job_id()
         with db.session() as s:
-            job_store.create_job(s, Job(id=job_id, user_id=user_id, model="tunery/tiny-llama",
-                                        model_output_name=f"user{u}/m-{j}", training_file="file-x", params=dict(PARAMS),
-                                        created_at=utcnow() - timedelta(minutes=rng.randint(1, 600))))
+            job_store.create_job(s, Job(id=job_id, user_id=user_id, model_output_name=f"user{u}/m-{j}",
+                                        created_at=utcnow() - timedelta(minutes=rng.randint(1, 600)), **DESCRIPTION))
             transition(s, job_id, JobStatus.QUEUED, event_type="job_pending", message="Job queued")
             if j % 5:  # four in five ran to the end; the rest wait in the queue
                 transition(s, job_id, JobStatus.RUNNING, event_type="job_start", message="Job started on worker w")
@@ -98,8 +107,14 @@ def load_average() -> str:
     return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
 
 
+# Children of the API node that are not serving requests: its bounded task children, the
+# inference engine it supervises.
+NOT_API = ("tunery.api.bounded", "inference")
+
+
 def process_tree_cpu_s(root: int) -> float:
-    """User+system CPU seconds of ``root`` and its descendants, from /proc (clock ticks)."""
+    """User+system CPU seconds of ``root`` and its descendants that serve requests (with
+    --api-workers N, the N processes uvicorn starts), from /proc (clock ticks)."""
     ticks = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     stats: dict[int, float] = {}
@@ -108,7 +123,10 @@ def process_tree_cpu_s(root: int) -> float:
             continue
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
+            continue
+        if any(part in cmdline for part in NOT_API):
             continue
         pid, ppid = int(entry.name), int(fields[1])
         children.setdefault(ppid, []).append(pid)
@@ -213,7 +231,7 @@ async def poll(port: int, jobs: list[tuple[str, str]], until: float, poll_s: flo
         key, job_id = rng.choice(jobs)
         for name, route in ROUTES.items():
             t0 = time.perf_counter()
-            status = await conn.get(route.format(id=job_id), key)
+            status = await conn.get(route.format(job_id=job_id), key)
             latencies[name].append(time.perf_counter() - t0)
             assert status == 200, status
         next_at += poll_s  # a fixed schedule: a slow answer does not lower the offered rate
@@ -227,13 +245,19 @@ def pct(values: list[float], q: float) -> float:
 
 def measure(node: Node, clients: int, seconds: float, poll_s: float, label: str) -> None:
     print(f"--- {label}: {node.api_workers} API process(es), src {node.src}")
-    # 1. cost with no load
+    # 1. cost with no load, after a warm-up (first requests fill caches and import lazily)
+    for route in ROUTES.values():
+        with httpx.Client(base_url=node.base_url) as http:
+            for i in range(50):
+                key, job_id = node.jobs[i % len(node.jobs)]
+                http.get(route.format(job_id=job_id), headers={"Authorization": f"Bearer {key}"})
     before, cpu0 = node.histogram(), process_tree_cpu_s(node.api.pid)
     for route in ROUTES.values():
         with httpx.Client(base_url=node.base_url) as http:
             for i in range(400):
                 key, job_id = node.jobs[i % len(node.jobs)]
-                assert http.get(route.format(id=job_id), headers={"Authorization": f"Bearer {key}"}).status_code == 200
+                r = http.get(route.format(job_id=job_id), headers={"Authorization": f"Bearer {key}"})
+                assert r.status_code == 200, r.text
     after, cpu1 = node.histogram(), process_tree_cpu_s(node.api.pid)
     for name in ROUTES:
         total, count = after[name][0] - before[name][0], after[name][1] - before[name][1]

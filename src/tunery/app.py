@@ -19,9 +19,8 @@ from tunery.inference.client import EngineClient
 from tunery.inference.protocol import engine_token
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
-from tunery.storage import direct_uploads, open_blob_store
+from tunery.storage import open_blob_store
 from tunery.store.db import Database
-from tunery.store.files import release_interrupted_uploads
 from tunery.store.secrets import SecretBox, seal_plaintext
 from tunery.web.routes import router as web_router
 
@@ -47,11 +46,6 @@ def create_app(settings: Settings, db: Database | None = None, engine: EngineCli
         db = Database(settings.resolved_database_url)
         db.migrate()
     blobs = open_blob_store(settings)
-    if direct_uploads(blobs) is None:
-        # The local store's uploads are received by this node alone: any still marked in
-        # progress were cut off by a restart; reopen them so the client's retry works.
-        with db.session() as s:
-            release_interrupted_uploads(s)
     box = SecretBox(settings.signing_key())
     with db.session() as s:
         seal_plaintext(s, box)  # jobs queued before secrets were sealed at rest
@@ -65,3 +59,9 @@ def create_app(settings: Settings, db: Database | None = None, engine: EngineCli
     install_api(app, settings)
     app.include_router(web_router)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The application with settings from the environment: what each process of ``tunery serve
+    --api-workers N`` builds (uvicorn imports this factory in each)."""
+    return create_app(Settings())

@@ -23,7 +23,9 @@ from tunery.api.routes import (
 )
 from tunery.settings import Settings
 
-ROUTERS = (health.router, files.router, uploads.router, openai.router, fine_tunes.router, download.router,
+# Matched in this order, and a request is matched against every router before its own: the jobs
+# routes every SDK polls go first.
+ROUTERS = (fine_tunes.router, health.router, files.router, uploads.router, openai.router, download.router,
            models.router, graders.router, metrics.router, chat_completions.router, completions.router)
 
 

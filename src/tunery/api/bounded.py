@@ -72,6 +72,10 @@ class OverLimit(TaskFailed):
                          if what == "memory" else f"took longer than {limit:g} s")
 
 
+class _Gone(Exception):
+    """The child exited cleanly before it took the request: a fresh one can take it."""
+
+
 class _Child:
     """One child process; ``call`` sends a request and waits for its answer until a deadline."""
 
@@ -87,8 +91,11 @@ class _Child:
 
     def call(self, task: str, args: dict[str, Any], timeout_s: float) -> Any:
         stdin, stdout = cast(IO[str], self.proc.stdin), cast(IO[str], self.proc.stdout)
-        stdin.write(json.dumps({"task": task, "args": args}) + "\n")
-        stdin.flush()
+        try:
+            stdin.write(json.dumps({"task": task, "args": args}) + "\n")
+            stdin.flush()
+        except BrokenPipeError:
+            raise _Gone from None
         ready, _, _ = select.select([stdout], [], [], timeout_s)
         if not ready:
             self.kill()
@@ -96,6 +103,8 @@ class _Child:
         line = stdout.readline()
         if not line:
             code = self.proc.wait()
+            if code == 0:
+                raise _Gone  # it had just given up waiting for work (idle exit) as the request came
             raise TaskFailed(f"the task's process died (exit status {code}); it most likely needed more than "
                              f"{self.memory_bytes} bytes of memory (TUNERY_TASK_MEMORY_BYTES)")
         answer: dict[str, Any] = json.loads(line)
@@ -174,7 +183,11 @@ class BoundedPool:
         with self._slot():
             child = self._child()
             try:
-                result = child.call(task, args, timeout_s)
+                try:
+                    result = child.call(task, args, timeout_s)
+                except _Gone:
+                    child = _Child(self.memory_bytes, self.idle_exit_s)
+                    result = child.call(task, args, timeout_s)
             except OverLimit:
                 raise
             except (TaskFailed, TaskRefused):

@@ -41,12 +41,17 @@ def get_ctx(request: Request) -> AppContext:
     return ctx
 
 
-def get_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Session]:
+async def _ctx(request: Request) -> AppContext:
+    # async: FastAPI runs a sync dependency in the thread pool, a hop per request for nothing.
+    return get_ctx(request)
+
+
+def get_session(ctx: Annotated[AppContext, Depends(_ctx)]) -> Iterator[Session]:
     with ctx.db.session() as s:
         yield s
 
 
-def get_read_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Session]:
+def get_read_session(ctx: Annotated[AppContext, Depends(_ctx)]) -> Iterator[Session]:
     with ctx.db.read() as s:
         yield s
 
@@ -57,18 +62,22 @@ def bearer_key(request: Request) -> str | None:
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
 
-def current_user(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]) -> User:
-    key = bearer_key(request)
+def authenticate(s: Session, key: str | None) -> User:
+    """The owner of the unrevoked API key ``key``; ``Unauthorized`` otherwise."""
     if key is None:
         raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
-    with ctx.db.read() as s:
-        user = user_for_key(s, key)
+    user = user_for_key(s, key)
     if user is None:
         raise Unauthorized("invalid or revoked API key")
     return user
 
 
-Ctx = Annotated[AppContext, Depends(get_ctx)]
+def current_user(request: Request, ctx: Annotated[AppContext, Depends(_ctx)]) -> User:
+    with ctx.db.read() as s:
+        return authenticate(s, bearer_key(request))
+
+
+Ctx = Annotated[AppContext, Depends(_ctx)]
 # scope="function": the transaction commits before the response is sent. FastAPI's default ends
 # a yield dependency after the response, so a client could read a 200 and then not find what it
 # just created (seen on PostgreSQL under load).

@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tunery.api.dataset_checks import check_job_files
-from tunery.api.deps import Ctx, CurrentUser, DbSession, ReadSession
+from tunery.api.deps import AppContext, Ctx, CurrentUser, DbSession, ReadSession, authenticate, bearer_key, get_ctx
 from tunery.api.estimates import estimate_price as estimate
 from tunery.api.job_requests import base_model_of, resolve_job_request
 from tunery.api.preview import preview
@@ -21,12 +23,12 @@ from tunery.jobs.admission import Limits
 from tunery.queue.claim import queue_position
 from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
-from tunery.store.models import Job, JobEvent
+from tunery.store.models import Job
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
 
 
-def wire_event(e: JobEvent) -> dict[str, Any]:
+def wire_event(e: job_store.Event) -> dict[str, Any]:
     return {"object": "fine-tune-event", "created_at": iso(e.created_at), "level": e.level,
             "message": e.message, "type": e.type, **(e.fields or {})}
 
@@ -77,9 +79,19 @@ def list_jobs(s: ReadSession, user: CurrentUser) -> dict[str, Any]:
     return {"object": "list", "data": [job_json(s, j, with_events=False) for j in job_store.list_jobs(s, user.id)]}
 
 
+# The two routes every SDK polls while a job runs are async, and hop to a thread once: to
+# authenticate, read and encode together (a dependency or sync endpoint is a hop each).
+
+
 @router.get("/{job_id}")
-def retrieve_job(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    return job_json(s, job_store.get_job(s, job_id, user.id))
+async def retrieve_job(request: Request, job_id: str) -> Response:
+    return await run_in_threadpool(_job_response, get_ctx(request), bearer_key(request), job_id)
+
+
+def _job_response(ctx: AppContext, key: str | None, job_id: str) -> Response:
+    with ctx.db.read() as s:
+        user = authenticate(s, key)
+        return JSONResponse(job_json(s, job_store.get_job(s, job_id, user.id)))
 
 
 @router.post("/{job_id}/cancel")
@@ -97,9 +109,15 @@ def delete_job(ctx: Ctx, user: CurrentUser, job_id: str) -> dict[str, Any]:
 
 
 @router.get("/{job_id}/events")
-def list_events(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    job = job_store.get_job(s, job_id, user.id)
-    return {"object": "list", "data": [wire_event(e) for e in job_store.list_events(s, job.id)]}
+async def list_events(request: Request, job_id: str) -> Response:
+    return await run_in_threadpool(_events_response, get_ctx(request), bearer_key(request), job_id)
+
+
+def _events_response(ctx: AppContext, key: str | None, job_id: str) -> Response:
+    with ctx.db.read() as s:
+        user = authenticate(s, key)
+        job = job_store.get_job(s, job_id, user.id)
+        return JSONResponse({"object": "list", "data": [wire_event(e) for e in job_store.list_events(s, job.id)]})
 
 
 CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Merged",
