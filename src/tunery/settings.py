@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     inference_max_batch_size: int = 32
     inference_max_batch_tokens: int = 65536
     inference_max_tokens: int = 4096
-    inference_max_concurrent_per_user: int = 8
+    inference_max_concurrent_per_user: int = 16
     inference_max_pending: int = 512
     # How long an API request waits for an engine that is starting or restarting.
     inference_start_timeout_s: float = 120.0

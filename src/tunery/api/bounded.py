@@ -46,6 +46,7 @@ TASKS: dict[str, str] = {
     "validate": "tunery.api.validation:validate_task",
     "scan": "tunery.api.dataset_checks:scan_task",
     "preview": "tunery.api.preview:preview_task",
+    "check_prompts": "tunery.api.dataset_checks:prompts_task",
 }
 IDLE_EXIT_S = 120.0
 # Children run at this niceness above the API's, so request handling wins the CPU.

@@ -24,10 +24,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tunery.api.bounded import OverLimit
+from tunery.api.bounded import OverLimit, TaskRefused
 from tunery.api.deps import AppContext
 from tunery.errors import InvalidRequest, NotFound
-from tunery.jobspec import SFT, JobSpec
+from tunery.jobspec import GRPO, SFT, JobSpec
 from tunery.store.files import record_scan
 from tunery.store.models import File
 from tunery.training.data.dataset import FileScan
@@ -167,9 +167,36 @@ def check_job_files(ctx: AppContext, registered: Mapping[str, str], spec: JobSpe
             tokens[param] = f.bytes // BYTES_PER_TOKEN
             continue
         what = param.replace("_", " ")
+        if isinstance(method, GRPO):  # its tokens are the completions it samples: the file's size must do
+            _check_prompts(ctx, f, model_dir, spec.max_seq_length - method.max_new_tokens, param)
+            tokens[param] = f.bytes // BYTES_PER_TOKEN
+            continue
         verdict = scan(ctx, f, model_dir, train_on_inputs, method.method, what)
         if verdict.problem:
             raise InvalidRequest(f'{param} "{f.id}" cannot be trained on with model {model}: {verdict.problem}',
                                  param=param)
         tokens[param] = verdict.tokens
     return tokens.get("training_file", 0) * max(1, spec.n_epochs) + tokens.get("validation_file", 0) * spec.n_evals
+
+
+def prompts_task(path: str, file_type: str, model_dir: str, room: int, what: str) -> None:
+    """In a bounded child: GRPO's prompts render with the model's template and leave ``room``
+    tokens for the completions (``DatasetInvalid``, naming the line, otherwise)."""
+    from tunery.training.data.prompts import load_prompts
+
+    load_prompts(path, file_type, tokenizer_for(model_dir), room, what)
+
+
+def _check_prompts(ctx: AppContext, f: File, model_dir: str, room: int, param: str) -> None:
+    if room < 1:
+        raise InvalidRequest(f"max_seq_length must exceed training_method.max_new_tokens; room for prompts: {room}",
+                             param="max_seq_length")
+    with ctx.blobs.local_copy(f.blob_key) as path:
+        try:
+            ctx.tasks.run("check_prompts", {"path": str(path), "file_type": f.file_type, "model_dir": model_dir,
+                                            "room": room, "what": param.replace("_", " ")},
+                          ctx.settings.task_timeout_s)
+        except TaskRefused as refused:
+            raise InvalidRequest(f'{param} "{f.id}": {refused.message}', param=param) from None
+        except OverLimit as limit:
+            raise InvalidRequest(f'{param} "{f.id}": reading its prompts {limit}', param=param) from None

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tunery.errors import TrainingFailed, TuneryError
-from tunery.jobspec import LocalInputs
+from tunery.jobspec import GRPO, LocalInputs
 from tunery.lifetime import on_parent_death
 from tunery.models.catalog import ModelCatalog
 from tunery.outbound import check_url, parse_allow_list
@@ -159,6 +159,9 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
     _event(ctx, job_id, "model_download_complete", f"Base model {source} ready")
     # Bring-your-own weights must be built like the job's model (the template); the recipe checks.
     template = ctx.catalog.resolve(spec.model, registered).path if spec.from_hf_model else None
+    method = spec.training_method
+    judges = {name: ctx.catalog.resolve(name, registered).path
+              for name in (method.judge_models if isinstance(method, GRPO) else ())}
     _event(ctx, job_id, "training_data_downloading", f"Fetching training file {train_file.id}")
     train_path = stack.enter_context(ctx.blobs.local_copy(train_file.blob_key))
     _event(ctx, job_id, "training_data_download_complete", f"Training file {train_file.id} ready")
@@ -180,7 +183,7 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
         check_url(spec.wandb.base_url, parse_allow_list(ctx.settings.outbound_url_allow), param="wandb_base_url")
     inputs = LocalInputs(base_model_dir=model.path, train_file=train_path, file_type=_file_type(train_file),
                          output_dir=scratch / "out", validation_file=val_path, init_from=init_from,
-                         resume_from=resume_from, template_model_dir=template)
+                         resume_from=resume_from, template_model_dir=template, judge_model_dirs=judges)
     config = spec.train_config(job.id, inputs, secrets)
     path = scratch / "config.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a W&B key
@@ -253,7 +256,9 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Pa
     job_id, beat = running.job_id, running.heartbeat
     report = scratch / "report.jsonl"
     relay = Relay(ctx.db, ctx.blobs, job_id, ctx.worker_id, report, ctx.pause)
-    cmd = training_command(config, scratch / "config.json", report, ctx.settings.processes_per_job,
+    # GRPO samples and grades in one process (its recipe refuses torchrun).
+    processes = 1 if config.method == "grpo" else ctx.settings.processes_per_job
+    cmd = training_command(config, scratch / "config.json", report, processes,
                            ctx.settings.recipe_module)
     with open(scratch / "train.log", "wb") as log_file:
         # The child gets SIGKILL when the worker dies, however it dies, so a killed worker never

@@ -37,7 +37,8 @@ class TrainingType(BaseModel):
 
 
 class TrainingMethod(BaseModel):
-    """SFT (``train_on_inputs``) or DPO (``dpo_beta`` …) as one lenient object; validated later."""
+    """SFT (``train_on_inputs``), DPO (``dpo_beta`` …) or GRPO (``grader`` …) as one lenient object;
+    validated later."""
 
     model_config = ConfigDict(extra="ignore")
     method: str = "sft"
@@ -47,6 +48,15 @@ class TrainingMethod(BaseModel):
     dpo_reference_free: bool | None = None
     rpo_alpha: float | None = None
     simpo_gamma: float | None = None
+    grader: dict[str, Any] | None = None
+    group_size: int | None = None
+    kl_coef: float | None = None
+    clip_range: float | None = None
+    num_iterations: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    eval_interval: int | None = None
+    eval_samples: int | None = None
 
 
 class MultimodalParams(BaseModel):
