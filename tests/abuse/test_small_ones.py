@@ -31,7 +31,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServ
 
 def test_a_file_name_in_any_script_downloads(tenants: tuple[LiveServer, Tenant, Tenant], tmp_path: Path) -> None:
     _, alice, _ = tenants
-    name = 'données "数据" \\ x.jsonl'
+    name = 'données "数据" x.jsonl'
     path = text_file(tmp_path / "t.jsonl", n=3)
     uploaded = alice.http.post("/v1/files/upload", files={"file": (name, path.read_bytes())},
                                data={"purpose": "fine-tune", "file_name": name})
@@ -65,13 +65,14 @@ def test_signing_out_ends_the_session_on_the_server(tenants: tuple[LiveServer, T
 
 
 class Hub(BaseHTTPRequestHandler):
-    """A hub that needs a login for everything: records what credentials it was sent."""
+    """A hub where the model is private: records what credentials it was sent."""
 
     seen: list[str | None] = []
 
     def do_GET(self) -> None:
         Hub.seen.append(self.headers.get("authorization"))
-        self.send_response(401)
+        self.send_response(401)  # what the hub answers for a private or missing repo
+        self.send_header("X-Error-Code", "RepoNotFound")
         self.send_header("content-type", "application/json")
         self.end_headers()
         self.wfile.write(b'{"error": "Invalid credentials"}')
