@@ -139,6 +139,7 @@ class Wandb(_Part):
     name: str | None = None
     entity: str | None = None
     base_url: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 class MultimodalParams(_Part):
@@ -160,6 +161,8 @@ class JobSpec(_Part):
     # Inputs: the base model (the template architecture when from_hf_model is set), the data and
     # where to start from.
     model: str
+    # The alias the request named the model by (``tunery models alias``); OpenAI's dialect shows it.
+    model_alias: str | None = None
     training_file: str
     validation_file: str | None = None
     from_checkpoint: str | None = None  # as the user wrote it; ``parent`` is what it resolved to
@@ -188,6 +191,8 @@ class JobSpec(_Part):
     packing: bool
     random_seed: int
     early_stopping: EarlyStopping = EarlyStopping()
+    # The user's own key-value pairs (OpenAI's job metadata): shown back and filterable, never used.
+    metadata: dict[str, str] | None = None
 
     @property
     def lora(self) -> LoraTraining | None:
@@ -236,6 +241,7 @@ class JobSpec(_Part):
             dpo_reference_free=dpo.dpo_reference_free,
             wandb_api_key=_secret(secrets.wandb_key), wandb_base_url=self.wandb.base_url,
             wandb_project_name=self.wandb.project_name, wandb_name=self.wandb.name, wandb_entity=self.wandb.entity,
+            wandb_tags=list(self.wandb.tags),
             hf_api_token=_secret(secrets.hf_api_token), hf_output_repo_name=self.hf_output_repo_name, **grpo,
         )
 

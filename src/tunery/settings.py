@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     outbound_url_allow: str = "https://api.wandb.ai"
     # Allow downloading base models from the Hugging Face hub when they are not cached.
     allow_hub_downloads: bool = False
+    # The Weights & Biases API key that jobs created through OpenAI's API log with when they ask for
+    # a wandb integration: OpenAI's requests carry no key (it keeps one per organisation).
+    wandb_api_key: str = ""
     # Price in USD per million trained tokens (0 = free); per-user quota in tokens (0 = none).
     price_per_million_tokens: float = 0.0
     token_quota: int = 0

@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tunery.errors import TrainingFailed, TuneryError
+from tunery.jobs.results import ResultsBlob, list_results_file, store_results_blob
 from tunery.jobspec import GRPO, LocalInputs
 from tunery.lifetime import on_parent_death
 from tunery.models.catalog import ModelCatalog
@@ -248,7 +249,7 @@ def child_env(settings: Settings, devices: list[str] | None = None) -> dict[str,
 class TrainingRun:
     relay: Relay
     exit_code: int
-    stop_reason: str | None  # why the worker asked the child to stop: "cancel", "shutdown" or None
+    stop_reason: str | None  # why the worker asked the child to stop: "cancel", "pause", "shutdown", "timeout"
 
 
 def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Path) -> TrainingRun:
@@ -300,9 +301,12 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Pa
 
 
 def _why_stop(ctx: WorkerContext, running: Running, deadline: float | None) -> str | None:
-    """Why the worker should stop the training child now ("cancel", "shutdown", "timeout"), if at all."""
+    """Why the worker should stop the training child now ("cancel", "pause", "shutdown", "timeout"), if at
+    all. A pause is a stop too: the child saves a resumable checkpoint at its next step."""
     if running.heartbeat.cancel_requested.is_set():
         return "cancel"
+    if running.heartbeat.pause_requested.is_set():
+        return "pause"
     if ctx.stopping.is_set():
         return "shutdown"
     if deadline is not None and time.monotonic() > deadline:
@@ -321,7 +325,10 @@ def finish(ctx: WorkerContext, running: Running, run: TrainingRun, scratch: Path
             fate.requeue(f"Worker {ctx.worker_id} shut down at step {relay.last_step}; the job was requeued "
                          "and resumes from its last checkpoint")
             return
-        fate.stop_if_ended(relay.last_step)  # cancelled, as asked
+        fate.stop_if_ended(relay.last_step)  # cancelled or paused, as asked
+        if run.stop_reason == "pause":  # resumed before the pause took effect: continue from the checkpoint
+            fate.requeue(f"Job resumed while it was pausing; it continues from step {relay.last_step}")
+            return
         if run.stop_reason == "timeout":
             raise TrainingFailed(f"the job ran longer than the {ctx.settings.job_timeout_s:g} s this server allows "
                                  f"a run of a job (TUNERY_JOB_TIMEOUT_S); it was stopped at step {relay.last_step}",
@@ -350,21 +357,31 @@ def package_and_complete(ctx: WorkerContext, running: Running, final_dir: Path, 
             p.archive.unlink(missing_ok=True)
         raise
     stored = store_parts(ctx.blobs, job_id, step, packed, final=True, pause=ctx.pause, phase="uploading")
+    results: ResultsBlob | None = None
     try:
         push_to_hub(ctx, job_id, final_dir)
+        results = store_results_blob(ctx.db, ctx.blobs, job_id)
         running.heartbeat.check()
+        kept_results = True
 
         def record(s: Session) -> None:
+            nonlocal kept_results
             list_parts(s, job_id, ctx.worker_id, step, stored, final=True)
             job = job_store.get_job(s, job_id)
             job.total_price_nanodollars = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)
+            assert results is not None
+            kept_results = list_results_file(s, job_id, job.user_id, results)
             job_store.add_event(s, job_id, "model_upload_complete",
                                 f"Model uploaded ({', '.join(p.part for p in stored)})",
                                 fields={"model_path": f"jobs/{job_id}/final"})
 
         fate.complete(record)
+        if not kept_results:
+            ctx.blobs.delete(results.key)
     except BaseException:
         discard(ctx.blobs, stored)
+        if results is not None:
+            ctx.blobs.delete(results.key)
         raise
 
 
