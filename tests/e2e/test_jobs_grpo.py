@@ -41,6 +41,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     s.stop()
 
 
+def together_client(server: LiveServer) -> Any:
+    """The together SDK, waiting as long as the openai SDK does: creating a job checks its prompts in a
+    fresh bounded child process, which on a loaded machine can take longer than the SDK's 60 s."""
+    return sdk_client(server).with_options(timeout=600)
+
+
 def openai_client(server: LiveServer) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=server.api_key, max_retries=0)
 
@@ -60,7 +66,7 @@ def create(client: Any, **body: Any) -> dict[str, Any]:
 def jobs(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A GRPO job through Together's API and a reinforcement job through OpenAI's, as created."""
     d = tmp_path_factory.mktemp("prompts")
-    tg, oa = sdk_client(server), openai_client(server)
+    tg, oa = together_client(server), openai_client(server)
     train, val = tg.files.upload(prompts(d / "prompts.jsonl", 8)).id, tg.files.upload(prompts(d / "val.jsonl", 4)).id
     method = {"method": "grpo", "grader": GRADER, "group_size": 2, "kl_coef": 0.05, "clip_range": 0.2,
               "max_new_tokens": 4, "temperature": 1.0, "eval_interval": 1}
@@ -78,7 +84,7 @@ def jobs(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
 
 def test_a_grpo_job_trains_reports_rl_metrics_and_serves_the_model(server: LiveServer, jobs: dict[str, Any]) -> None:
-    client, job = sdk_client(server), jobs["grpo"]
+    client, job = together_client(server), jobs["grpo"]
     assert job["training_method"]["method"] == "grpo" and job["training_method"]["grader"]["type"] == "multi"
     done = wait_for(client, job["id"], DONE, timeout=400)
     events = client.fine_tuning.list_events(job["id"]).data
@@ -135,7 +141,7 @@ def test_an_openai_reinforcement_job_trains_reports_rewards_and_serves_the_model
 
 
 def test_bad_grpo_requests_get_every_problem_in_one_400(server: LiveServer, tmp_path: Path) -> None:
-    client = sdk_client(server)
+    client = together_client(server)
     sft = tmp_path / "sft.jsonl"
     sft.write_text(json.dumps({"messages": [{"role": "user", "content": "1+1="},
                                             {"role": "assistant", "content": "2"}]}) + "\n")
