@@ -123,6 +123,18 @@ def test_ctrl_c_leaves_the_job_running_and_a_cancelled_job_watch_fails(cli_serve
     assert watched.returncode == 3 and f"{job_id} was cancelled" in watched.stdout
 
 
+def test_preview_marks_the_trained_text(cli_server: LiveServer, tmp_path: Path) -> None:
+    path = conversation_file(tmp_path / "p.jsonl", n=3)
+    up = json.loads(tunery(cli_server, "files", "upload", path, "--json").stdout)
+    shown = tunery(cli_server, "fine-tuning", "preview", up["id"], "--model", "tunery/tiny-llama", "--top-k", "2")
+    assert shown.returncode == 0, shown.stderr
+    assert "Row 2:" in shown.stdout and "Row 3" not in shown.stdout
+    # Only the answer and its end-of-turn marker are between the markers.
+    assert re.search(r"<\|im_start\|>assistant\n\[\[The \w+ is \w+\.<\|im_end\|>\n\]\]", shown.stdout), shown.stdout
+    everything = json.loads(tunery(cli_server, "fine-tuning", "preview", up["id"], "--model", "tunery/tiny-llama",
+                                   "--top-k", "1", "--train-on-inputs", "--json").stdout)
+    assert [s["trained"] for s in everything["rows"][0]["segments"]] == [True]
+
 def test_chat_with_the_fine_tuned_model(cli_server: LiveServer, completed_job: str) -> None:
     name = str(read_json(cli_server, "fine-tuning", "retrieve", completed_job)["model_output_name"])  # type: ignore[index]
     question = [{"role": "system", "content": "Answer briefly."},

@@ -48,19 +48,25 @@ def renderer_for(model_dir: str, train_on_inputs: TrainOnInputs) -> Renderer | V
     return with_images(Renderer(tokenizer, train_on_inputs), processor)
 
 
-@lru_cache(maxsize=256)
-def _scan(path: str, file_type: str, model_dir: str, train_on_inputs: TrainOnInputs, method: str,
-          what: str) -> FileScan:
-    from tunery.training.data.dataset import scan_file
-
-    renderer = renderer_for(model_dir, False if method == "dpo" else train_on_inputs)
-    return scan_file(path, file_type, renderer, method, what=what)
+_SCANS: dict[tuple[Any, ...], FileScan] = {}  # a file's bytes never change: its verdicts stay true
+_SCANS_KEPT = 256
 
 
 def scan(ctx: AppContext, f: File, model_dir: str, train_on_inputs: TrainOnInputs = "auto", method: str = "sft",
          what: str = "training file") -> FileScan:
-    with ctx.blobs.local_copy(f.blob_key) as path:
-        return _scan(str(path), f.file_type, model_dir, train_on_inputs, method, what)
+    """``scan_file`` of ``f`` with the model's renderer, remembered by file id (not by the local
+    path, which an object store gives anew for every copy)."""
+    from tunery.training.data.dataset import scan_file
+
+    key = (f.id, f.bytes, model_dir, train_on_inputs, method, what)
+    if key not in _SCANS:
+        renderer = renderer_for(model_dir, False if method == "dpo" else train_on_inputs)
+        with ctx.blobs.local_copy(f.blob_key) as path:
+            verdict = scan_file(path, f.file_type, renderer, method, what=what)
+        if len(_SCANS) >= _SCANS_KEPT:
+            _SCANS.pop(next(iter(_SCANS)))
+        _SCANS[key] = verdict
+    return _SCANS[key]
 
 
 def model_dir_of(ctx: AppContext, s: Session, model: str) -> str | None:
