@@ -7,8 +7,8 @@ import pytest
 from tunery.api.openai.hyperparameters import resolve
 
 
-@pytest.mark.parametrize(("examples", "epochs"), [(1, 25), (10, 10), (34, 3), (50, 3), (8_333, 3), (8_334, 2), (10_000, 2),
-                                                  (30_000, 1)])
+@pytest.mark.parametrize(("examples", "epochs"), [(1, 25), (10, 10), (34, 3), (50, 3), (8_333, 3), (8_334, 2),
+                                                  (10_000, 2), (30_000, 1)])
 def test_auto_epochs_aim_at_100_to_25000_examples_seen(examples: int, epochs: int) -> None:
     chosen = resolve("supervised", examples, 16, n_epochs="auto", batch_size="auto", learning_rate_multiplier="auto",
                      beta=None)
