@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tunery.models.builtin import BUILTINS
-from tunery.models.limits import model_limits
+from tunery.models.limits import model_limits, why_no_vision
 from tunery.models.registry import ResolvedModel, resolve
 
 
@@ -24,6 +24,10 @@ class ModelCatalog:
 
     def limits(self, name: str, registered: Mapping[str, str]) -> dict[str, Any]:
         return model_limits(name, self.resolve(name, registered).path)
+
+    def why_no_vision(self, name: str, registered: Mapping[str, str]) -> str | None:
+        """Why a vision-language model cannot train on images (None for a text model or one that can)."""
+        return why_no_vision(self.resolve(name, registered).path)
 
     def supported(self, registered: Mapping[str, str]) -> list[str]:
         return sorted(BUILTINS) + sorted(registered)

@@ -18,7 +18,7 @@ the model's own logits, then ``log_softmax``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -131,15 +131,21 @@ class TargetLogps(nn.Module):
         self.split: tuple[Any, nn.Linear] | None = _split_head(model)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
-                hits: bool = False, **inputs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                temperature: float = 1.0, hits: bool = False, **inputs: Any,
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``temperature``: log-probabilities of the logits divided by it (what sampling at that
+        temperature draws from). ``hits``: also return whether each target was the top guess."""
         if self.split is None:
             logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **inputs).logits
-            logps = logits_target_logps(logits, targets)
+            logps = logits_target_logps(logits / temperature if temperature != 1 else logits, targets)
             return (logps, logits_hits(logits.detach(), targets)) if hits else logps
         body, head = self.split
         hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **inputs).last_hidden_state
         trained = targets != IGNORE
-        picked, picked_hits = target_logps_and_hits(hidden[trained], head.weight, head.bias, targets[trained])
+        hidden, bias = hidden[trained], cast(torch.Tensor | None, head.bias)
+        if temperature != 1:  # (h·Wᵀ + b) / T = (h / T)·Wᵀ + b / T
+            hidden, bias = hidden / temperature, None if bias is None else bias / temperature
+        picked, picked_hits = target_logps_and_hits(hidden, head.weight, bias, targets[trained])
         logps = picked.new_zeros(trained.shape).masked_scatter(trained, picked)
         return (logps, torch.zeros_like(trained).masked_scatter(trained, picked_hits)) if hits else logps
 
