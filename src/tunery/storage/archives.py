@@ -14,9 +14,13 @@ LEVEL = 3  # zstd's default: fast, and weights barely compress anyway
 def pack_dir(src: Path, dest: Path, arcname: str) -> int:
     """Write ``src`` as ``dest`` (a .tar.zst with one top folder ``arcname``); returns its size."""
     tmp = dest.with_suffix(dest.suffix + ".part")
-    with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=LEVEL, threads=-1).stream_writer(raw) as zw, \
-            tarfile.open(fileobj=zw, mode="w|") as tar:
-        tar.add(src, arcname=arcname)
+    try:
+        with open(tmp, "wb") as raw, zstandard.ZstdCompressor(level=LEVEL, threads=-1).stream_writer(raw) as zw, \
+                tarfile.open(fileobj=zw, mode="w|") as tar:
+            tar.add(src, arcname=arcname)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay full of half an archive
+        raise
     tmp.replace(dest)
     return dest.stat().st_size
 

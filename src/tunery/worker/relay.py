@@ -7,16 +7,24 @@ status; it remembers what the worker needs afterwards (the final model's path, t
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from tunery.storage import BlobStore
 from tunery.store import jobs as job_store
 from tunery.store.db import Database
 from tunery.worker.packaging import Pause, no_pause, upload_checkpoint
 
+log = logging.getLogger("tunery.worker")
+
+# How long the relay keeps retrying the last reports of a finished child before giving up.
+DRAIN_TIMEOUT_S = 120.0
 # Events the relay turns into job columns rather than copying verbatim.
 INTERNAL_EVENTS = {"error"}
 
@@ -41,21 +49,42 @@ class Relay:
     listed_steps: list[int] = field(default_factory=list)
     _first_step: tuple[int, float] | None = None
     _pending: str = field(default="", repr=False)
+    # Complete records read but not yet applied, oldest first.
+    _unapplied: deque[str] = field(default_factory=deque, repr=False)
+    _error: DBAPIError | None = field(default=None, repr=False)
 
-    def pump(self) -> None:
-        """Apply every complete record written since the last call."""
-        if not self.report_path.exists():
-            return
-        with open(self.report_path, encoding="utf-8") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-            self.offset = f.tell()
-        text = self._pending + chunk
-        lines = text.split("\n")
-        self._pending = lines.pop()  # an incomplete last line waits for the next pump
-        for line in lines:
-            if line.strip():
-                self.apply(json.loads(line))
+    def pump(self) -> bool:
+        """Apply every complete record written since the last call, in order. A database error
+        (locked, restarting, unreachable) stops the pump with the record unapplied, to be retried
+        at the next call, so a blip never loses a report or fails the job. Returns whether every
+        record read so far is applied."""
+        if self.report_path.exists():
+            with open(self.report_path, encoding="utf-8") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+                self.offset = f.tell()
+            lines = (self._pending + chunk).split("\n")
+            self._pending = lines.pop()  # an incomplete last line waits for the next pump
+            self._unapplied.extend(line for line in lines if line.strip())
+        while self._unapplied:
+            try:
+                self.apply(json.loads(self._unapplied[0]))
+            except DBAPIError as error:
+                log.warning("job %s: could not record a report (%s); retrying", self.job_id, type(error.orig).__name__)
+                self._error = error
+                return False
+            self._unapplied.popleft()
+        return True
+
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Pump until every record is applied, backing off on database errors; raises the last
+        error after ``timeout_s``."""
+        deadline, wait = time.monotonic() + timeout_s, 0.1
+        while not self.pump():
+            if time.monotonic() > deadline and self._error is not None:
+                raise self._error
+            time.sleep(wait)
+            wait = min(5.0, wait * 2)
 
     def apply(self, record: dict[str, Any]) -> None:
         kind = record.pop("kind")
