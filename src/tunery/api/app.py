@@ -12,6 +12,7 @@ from tunery.api.routes import (
     chat_completions,
     completions,
     download,
+    downloads,
     files,
     fine_tunes,
     graders,
@@ -23,7 +24,7 @@ from tunery.api.routes import (
 from tunery.settings import Settings
 
 ROUTERS = (health.router, files.router, uploads.router, openai.router, fine_tunes.router, download.router,
-           models.router, graders.router, metrics.router, chat_completions.router, completions.router)
+           downloads.router, models.router, graders.router, metrics.router, chat_completions.router, completions.router)
 
 
 class DoubleV1Alias:

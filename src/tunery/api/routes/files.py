@@ -140,7 +140,7 @@ async def create_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
         staged.discard()
         raise InvalidRequest("expires_after is not supported: files on this server are kept until you delete "
                              "them (files.delete)", param="expires_after")
-    row = await _receive_whole_file(request, ctx, user, form, staged, dialect_400=True)
+    row = await _receive_whole_file(request, ctx, user, form, staged)
     return JSONResponse(FileResponse.from_row(row).wire())
 
 
@@ -209,19 +209,17 @@ async def upload_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
     return _validated(await _receive_whole_file(request, ctx, user, form, staged))
 
 
-async def _receive_whole_file(request: Request, ctx: AppContext, user: User, form: FormParts, staged: StagedFile,
-                              dialect_400: bool = False) -> File:
+async def _receive_whole_file(request: Request, ctx: AppContext, user: User, form: FormParts,
+                              staged: StagedFile) -> File:
     """Store the bytes a form's ``file`` part brought (already in ``staged``) as a new file of the
     user's and validate them. The name is ``file_name`` or the part's filename. Bad metadata is a
-    422 (a 400 with ``dialect_400``, OpenAI's status for it)."""
+    400 naming the field."""
     try:
         meta = FileCreateRequest.for_bytes(form.text("purpose"), form.text("file_name") or form.filename or "",
                                            form.text("file_type"))
     except ValidationError as error:
         staged.discard()
-        if dialect_400:
-            raise invalid_request(error) from None
-        raise RequestValidationError(error.errors()) from None
+        raise invalid_request(error) from None
     row = await run_in_threadpool(store_staged_file, ctx, user, meta, staged)
     return await run_in_threadpool(validate_file, ctx, file_validator(request), row)
 

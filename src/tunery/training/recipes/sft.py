@@ -64,6 +64,7 @@ from tunery.training.session import (
     track_eval,
     warn_about_data,
 )
+from tunery.training.tokenized import write_tokenized
 
 
 @dataclass
@@ -107,6 +108,8 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
     max_len = max_seq_length_for(cfg, loaded)
     renderer = with_images(Renderer(loaded.tokenizer, cfg.train_on_inputs), loaded.processor)
     train = load_examples(cfg.train_file, cfg.file_type, renderer, max_len)
+    if dist.main:
+        write_tokenized(cfg.output_dir, train.examples, reporter)
     val = None
     if cfg.validation_file:
         val = load_examples(cfg.validation_file, cfg.file_type, renderer, max_len, what="validation file")
