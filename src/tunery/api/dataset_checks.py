@@ -67,7 +67,7 @@ def model_dir_of(ctx: AppContext, s: Session, model: str) -> str | None:
     """The local directory of a base model, or None where it is not here (a hub model not yet
     downloaded: its job will download it and check the data itself)."""
     try:
-        return str(ctx.catalog.resolve(model, registered_models(s)).path)
+        return str(ctx.catalog.resolve(model, registered_models(s), weights=False).path)
     except NotFound:
         return None
 

@@ -31,7 +31,7 @@ def estimate_price(ctx: AppContext, s: Session, user: User, body: PriceEstimateR
     if body.from_checkpoint:
         model = resolve_parent(s, body.from_checkpoint, user).job.model
     base = base_model_of(s, model, user)
-    model_dir = str(ctx.catalog.resolve(base, registered).path)
+    model_dir = str(ctx.catalog.resolve(base, registered, weights=False).path)
     files: list[tuple[File, str]] = []
     for file_id, kind in ((body.training_file, "train"), (body.validation_file, "eval")):
         if not file_id:

@@ -67,7 +67,7 @@ def preview(ctx: AppContext, s: Session, user: User, req: PreviewRequest) -> dic
         raise InvalidRequest(f'training_file "{f.id}" is {f.dataset_format} data, which training_method {method} '
                              "cannot train on (preference data trains with dpo)", param="training_file")
     limits = ctx.catalog.limits(req.model, registered_models(s))
-    model_dir = str(ctx.catalog.resolve(req.model, registered_models(s)).path)
+    model_dir = str(ctx.catalog.resolve(req.model, registered_models(s), weights=False).path)
     train_on_inputs = "auto" if req.train_on_inputs is None else req.train_on_inputs
     renderer = renderer_for(model_dir, train_on_inputs)
     tokenizer = renderer.tokenizer
