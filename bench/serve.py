@@ -88,7 +88,9 @@ def free_port() -> int:
 def start_server(data_dir: Path, threads: int) -> tuple[subprocess.Popen[bytes], str, str]:
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TUNERY_")}, "TUNERY_WORKERS": "0",
-           "TUNERY_INFERENCE_THREADS": str(threads), "TUNERY_INFERENCE_START": "eager", "HF_HUB_OFFLINE": "1"}
+           "TUNERY_INFERENCE_THREADS": str(threads), "TUNERY_INFERENCE_START": "eager", "HF_HUB_OFFLINE": "1",
+           # One user drives every stream here; the per-user cap is for sharing a server, not for this.
+           "TUNERY_INFERENCE_MAX_CONCURRENT_PER_USER": "64"}
     tunery = str(Path(sys.executable).parent / "tunery")
     log = open(data_dir.parent / "server.log", "wb")  # noqa: SIM115 - the server writes to it while it runs
     proc = subprocess.Popen([tunery, "serve", "--port", str(port), "--data-dir", str(data_dir), "--no-worker"],

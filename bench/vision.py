@@ -39,7 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.sample_images: the same data and evaluation as the proof test
 
-from tests.sample_images import COLOURS, answer_accuracy, colour_samples  # noqa: E402
+from tests.sample_images import COLOURS, answer_accuracy, colour_samples, load_vlm  # noqa: E402
 from tunery.storage.archives import unpack  # noqa: E402
 
 MODEL = "tunery/tiny-vlm"
@@ -124,7 +124,8 @@ def main() -> None:
                 raise SystemExit(f"{job_id}: {job.status}: {events[-3:]}")
             archive = work / f"{job_id}.tar.zst"
             client.fine_tuning.content(ft_id=job_id, checkpoint="merged").write_to_file(archive)
-            results[(name, blank)] = (answer_accuracy(unpack(archive, work / job_id), held_out), job.total_steps)
+            accuracy = answer_accuracy(*load_vlm(unpack(archive, work / job_id)), held_out)
+            results[(name, blank)] = (accuracy, job.total_steps)
             print(f"{name} {'blanked' if blank else 'images'}: {results[(name, blank)]}", flush=True)
     finally:
         proc.terminate()

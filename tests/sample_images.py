@@ -63,14 +63,12 @@ def colour_samples(n: int, seed: int, *, blank: bool = False, fmt: str = "PNG") 
     return rows
 
 
-def answer_accuracy(model_dir: Any, samples: list[dict[str, Any]]) -> float:
-    """Share of ``samples`` whose assistant answer a model directory gives, greedily, to the user turn
-    (loaded as any user would: AutoModelForImageTextToText and AutoProcessor)."""
+def answer_accuracy(model: Any, processor: Any, samples: list[dict[str, Any]]) -> float:
+    """Share of ``samples`` whose assistant answer ``model`` gives, greedily, to the user turn, its
+    inputs made by ``processor`` from the OpenAI-style messages, as any user would."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
+    model.eval()
     right = 0
     for sample in samples:
         prompt, answer = sample["messages"][:-1], sample["messages"][-1]["content"]
@@ -80,3 +78,10 @@ def answer_accuracy(model_dir: Any, samples: list[dict[str, Any]]) -> float:
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         right += processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == answer
     return right / len(samples)
+
+
+def load_vlm(model_dir: Any) -> tuple[Any, Any]:
+    """A downloaded model directory as a user loads it: AutoModelForImageTextToText and AutoProcessor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    return AutoModelForImageTextToText.from_pretrained(model_dir), AutoProcessor.from_pretrained(model_dir)

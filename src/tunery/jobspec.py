@@ -30,9 +30,9 @@ the current version.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -87,7 +87,30 @@ class DPO(_Part):
     dpo_reference_free: bool = False
 
 
-TrainingMethod = Annotated[SFT | DPO, Field(discriminator="method")]
+class GRPO(_Part):
+    """Reinforcement fine-tuning: completions sampled per prompt and scored by ``grader`` (OpenAI's
+    grader schema, checked by ``tunery.graders``); see ``training/recipes/grpo.py``."""
+
+    method: Literal["grpo"] = "grpo"
+    grader: dict[str, Any]
+    group_size: int = 4
+    kl_coef: float = 0.04
+    clip_range: float = 0.2
+    num_iterations: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    eval_interval: int = 0
+    eval_samples: int = 1
+
+    @property
+    def judge_models(self) -> set[str]:
+        """The models its score_model graders name (the worker makes them available)."""
+        graders = self.grader.get("graders") if self.grader.get("type") == "multi" else None
+        parts = list(graders.values()) if isinstance(graders, dict) else [graders or self.grader]
+        return {str(g["model"]) for g in parts if isinstance(g, dict) and g.get("type") == "score_model"}
+
+
+TrainingMethod = Annotated[SFT | DPO | GRPO, Field(discriminator="method")]
 
 
 # -- the rest, grouped --------------------------------------------------------------------------------
@@ -116,6 +139,7 @@ class Wandb(_Part):
     name: str | None = None
     entity: str | None = None
     base_url: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 class MultimodalParams(_Part):
@@ -137,6 +161,8 @@ class JobSpec(_Part):
     # Inputs: the base model (the template architecture when from_hf_model is set), the data and
     # where to start from.
     model: str
+    # The alias the request named the model by (``tunery models alias``); OpenAI's dialect shows it.
+    model_alias: str | None = None
     training_file: str
     validation_file: str | None = None
     from_checkpoint: str | None = None  # as the user wrote it; ``parent`` is what it resolved to
@@ -165,6 +191,8 @@ class JobSpec(_Part):
     packing: bool
     random_seed: int
     early_stopping: EarlyStopping = EarlyStopping()
+    # The user's own key-value pairs (OpenAI's job metadata): shown back and filterable, never used.
+    metadata: dict[str, str] | None = None
 
     @property
     def lora(self) -> LoraTraining | None:
@@ -184,6 +212,7 @@ class JobSpec(_Part):
         """The training child's config: this spec plus where the worker put the inputs."""
         lora, method, sched = self.lora, self.training_method, self.lr_scheduler
         dpo = method if isinstance(method, DPO) else DPO()  # its defaults are TrainConfig's
+        grpo = _grpo_settings(method, inputs) if isinstance(method, GRPO) else {}
         return TrainConfig(
             job_id=job_id, method=method.method, base_model_dir=str(inputs.base_model_dir),
             base_model_name=self.model, from_hf_model=self.from_hf_model, hf_model_revision=self.hf_model_revision,
@@ -212,7 +241,8 @@ class JobSpec(_Part):
             dpo_reference_free=dpo.dpo_reference_free,
             wandb_api_key=_secret(secrets.wandb_key), wandb_base_url=self.wandb.base_url,
             wandb_project_name=self.wandb.project_name, wandb_name=self.wandb.name, wandb_entity=self.wandb.entity,
-            hf_api_token=_secret(secrets.hf_api_token), hf_output_repo_name=self.hf_output_repo_name,
+            wandb_tags=list(self.wandb.tags),
+            hf_api_token=_secret(secrets.hf_api_token), hf_output_repo_name=self.hf_output_repo_name, **grpo,
         )
 
 
@@ -236,6 +266,15 @@ class LocalInputs:
     init_from: Path | None = None  # the parent checkpoint's export
     resume_from: Path | None = None  # this job's own checkpoint, after a restart
     template_model_dir: Path | None = None  # with from_hf_model: the job's model, whose architecture it must have
+    judge_model_dirs: dict[str, Path] = field(default_factory=dict)  # GRPO's score_model judges
+
+
+def _grpo_settings(method: GRPO, inputs: LocalInputs) -> dict[str, Any]:
+    return {"grader": method.grader, "grpo_group_size": method.group_size, "grpo_beta": method.kl_coef,
+            "grpo_epsilon": method.clip_range, "grpo_iterations": method.num_iterations,
+            "grpo_max_new_tokens": method.max_new_tokens, "grpo_temperature": method.temperature,
+            "eval_interval": method.eval_interval, "eval_samples": method.eval_samples,
+            "judge_model_dirs": {name: str(path) for name, path in inputs.judge_model_dirs.items()}}
 
 
 def _secret(value: str | None) -> SecretStr | None:

@@ -77,12 +77,15 @@ class Settings(BaseSettings):
     inference_max_batch_size: int = 32
     inference_max_batch_tokens: int = 65536
     inference_max_tokens: int = 4096
-    inference_max_concurrent_per_user: int = 8
+    inference_max_concurrent_per_user: int = 16
     inference_max_pending: int = 512
     # How long an API request waits for an engine that is starting or restarting.
     inference_start_timeout_s: float = 120.0
     # Allow downloading base models from the Hugging Face hub when they are not cached.
     allow_hub_downloads: bool = False
+    # The Weights & Biases API key that jobs created through OpenAI's API log with when they ask for
+    # a wandb integration: OpenAI's requests carry no key (it keeps one per organisation).
+    wandb_api_key: str = ""
     # Price in USD per million trained tokens (0 = free); per-user quota in tokens (0 = none).
     price_per_million_tokens: float = 0.0
     token_quota: int = 0

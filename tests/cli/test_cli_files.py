@@ -72,3 +72,44 @@ def test_upload_errors_are_one_line(cli_server: LiveServer, tmp_path: Path) -> N
     assert_one_line_error(tunery(cli_server, "files", "list", "--api-key", "wrong"), "API key")
     unreachable = tunery(cli_server, "files", "list", TUNERY_BASE_URL="http://127.0.0.1:9")
     assert_one_line_error(unreachable, "cannot reach the tunery server at http://127.0.0.1:9")
+
+
+def fixture_model(root: Path, name: str) -> Path:
+    """A model directory whose tokenizer carries official template ``name`` (no weights are needed
+    to render data)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from tests.training.chat_fixtures import fixture_tokenizer
+    from tunery.models.builtin import ensure_builtin
+
+    tiny = ensure_builtin("tunery/tiny-llama", root / "builtin")
+    fixture_tokenizer(AutoTokenizer.from_pretrained(tiny), name).save_pretrained(root / name)
+    shutil.copy(tiny / "config.json", root / name / "config.json")
+    return root / name
+
+
+def test_check_with_a_model_renders_with_its_template(tmp_path: Path) -> None:
+    system = {"role": "system", "content": "Be brief."}
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [{"messages": turns}, {"messages": [system, *turns]}]))
+
+    qwen = tunery(None, "files", "check", path, "--model", fixture_model(tmp_path, "qwen3-0.6b"), "--top-k", "1")
+    assert qwen.returncode == 0, qwen.stderr
+    assert "renders every sample" in qwen.stdout and "Trained text is between [[ and ]]" in qwen.stdout
+    assert "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n[[<think>\n\n</think>\n\nHello!<|im_end|>\n]]" \
+        in qwen.stdout
+
+    gemma = tunery(None, "files", "check", path, "--model", fixture_model(tmp_path, "gemma-2-2b-it"))
+    assert gemma.returncode == 1
+    assert "line 2 of the training file: the chat template refuses this conversation: System role not supported" \
+        in gemma.stderr
+
+    # A built-in model name resolves as the server would.
+    builtin = tunery(None, "files", "check", path, "--model", "tunery/tiny-llama", "--json",
+                     TUNERY_DATA_DIR=str(tmp_path / "d"))
+    report = json.loads(builtin.stdout)
+    assert report["valid"] is True and report["model_check"]["problem"] is None
+    assert report["model_check"]["tokens"] > 0 and len(report["model_check"]["rows"]) == 2

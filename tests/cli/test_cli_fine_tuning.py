@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.cli.conftest import assert_one_line_error, client_env, tunery
@@ -30,6 +31,7 @@ def completed_job(cli_server: LiveServer, tmp_path_factory: pytest.TempPathFacto
                     "--suffix", "cli", "--watch", timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Training started" in result.stdout and "completed in" in result.stdout
+    assert re.search(r"^Chat with it: tunery chat default/tiny-llama-cli-\w+$", result.stdout, re.MULTILINE)
     return JOB_ID.search(result.stdout).group(0)  # type: ignore[union-attr]
 
 
@@ -119,3 +121,36 @@ def test_ctrl_c_leaves_the_job_running_and_a_cancelled_job_watch_fails(cli_serve
     assert cancel.returncode == 0 and job_id in cancel.stdout
     watched = tunery(cli_server, "fine-tuning", "watch", job_id, timeout=120)
     assert watched.returncode == 3 and f"{job_id} was cancelled" in watched.stdout
+
+
+def test_preview_marks_the_trained_text(cli_server: LiveServer, tmp_path: Path) -> None:
+    path = conversation_file(tmp_path / "p.jsonl", n=3)
+    up = json.loads(tunery(cli_server, "files", "upload", path, "--json").stdout)
+    shown = tunery(cli_server, "fine-tuning", "preview", up["id"], "--model", "tunery/tiny-llama", "--top-k", "2")
+    assert shown.returncode == 0, shown.stderr
+    assert "Row 2:" in shown.stdout and "Row 3" not in shown.stdout
+    # Only the answer and its end-of-turn marker are between the markers.
+    assert re.search(r"<\|im_start\|>assistant\n\[\[The \w+ is \w+\.<\|im_end\|>\n\]\]", shown.stdout), shown.stdout
+    everything = json.loads(tunery(cli_server, "fine-tuning", "preview", up["id"], "--model", "tunery/tiny-llama",
+                                   "--top-k", "1", "--train-on-inputs", "--json").stdout)
+    assert [s["trained"] for s in everything["rows"][0]["segments"]] == [True]
+
+def test_chat_with_the_fine_tuned_model(cli_server: LiveServer, completed_job: str) -> None:
+    name = str(read_json(cli_server, "fine-tuning", "retrieve", completed_job)["model_output_name"])  # type: ignore[index]
+    question = [{"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "What color is the sky0?"}]
+    api = httpx.post(f"{cli_server.base_url}/v1/chat/completions", timeout=300,
+                     headers={"Authorization": f"Bearer {cli_server.api_key}"},
+                     json={"model": name, "messages": question, "temperature": 0, "max_tokens": 8})
+    expected = api.json()["choices"][0]["message"]["content"]
+    one = tunery(cli_server, "chat", name, "--system", "Answer briefly.", "-p", "What color is the sky0?",
+                 "--temperature", "0", "--max-tokens", "8")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout == expected + "\n"
+    # Interactive, from a pipe: each line a turn, the conversation kept; an empty line ends it.
+    two = subprocess.run([TUNERY, "chat", name, "--system", "Answer briefly.", "--temperature", "0", "--max-tokens",
+                          "8"], input="What color is the sky0?\nAnd the sea1?\n\n", env=client_env(cli_server),
+                         capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.startswith(expected + "\n") and len(two.stdout.splitlines()) >= 2
+    assert_one_line_error(tunery(cli_server, "chat", "default/no-such-model", "-p", "Hi"), "no-such-model")

@@ -206,3 +206,43 @@ def test_a_killed_engine_is_restarted_and_the_api_stays_up(server: LiveServer,
                                            temperature=0).choices[0].message.content
     assert after == before
     assert engine_pid(server) != pid
+
+
+def test_sampling_options_through_both_sdks(server: LiveServer) -> None:
+    openai, together = openai_client(server), sdk_client(server)
+    hi = [{"role": "user", "content": "Hi"}]
+    # Seeded sampling: reproducible, and each of n choices its own.
+    first = openai.chat.completions.create(model=MODEL, messages=hi, n=2, temperature=1.0, seed=5, max_tokens=8,
+                                           extra_body={"ignore_eos": True})
+    again = openai.chat.completions.create(model=MODEL, messages=hi, n=2, temperature=1.0, seed=5, max_tokens=8,
+                                           extra_body={"ignore_eos": True})
+    texts = [c.message.content for c in first.choices]
+    assert texts == [c.message.content for c in again.choices] and texts[0] != texts[1]
+    assert first.usage.completion_tokens == 16 and [c.finish_reason for c in first.choices] == ["length"] * 2
+    # OpenAI's logprobs: one entry per token, each with its top alternatives.
+    r = openai.chat.completions.create(model=MODEL, messages=hi, max_tokens=4, temperature=0, logprobs=True,
+                                       top_logprobs=2, extra_body={"ignore_eos": True})
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == 4 and all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries)
+    assert entries[0].top_logprobs[0].logprob >= entries[0].logprob - 1e-6
+    # Together's integer logprobs, whole and streamed; the legacy completions shape.
+    t = together.chat.completions.create(model=MODEL, messages=hi, max_tokens=3, temperature=0, logprobs=1)
+    assert len(t.choices[0].logprobs.token_logprobs) == t.usage.completion_tokens
+    chunks = [c for c in together.chat.completions.create(model=MODEL, messages=hi, max_tokens=3, temperature=0,
+                                                          logprobs=1, stream=True) if c.choices]
+    assert any(isinstance(c.choices[0].logprobs, float) for c in chunks)
+    legacy = openai.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=3, temperature=0,
+                                       logprobs=2)
+    assert len(legacy.choices[0].logprobs.tokens) == 3 and len(legacy.choices[0].logprobs.text_offset) == 3
+    # A stop string ends the answer before it.
+    free = openai.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=12, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text
+    at = next(i for i in range(1, len(free) - 2) if free[i : i + 3].isascii() and free[i : i + 3].strip())
+    stop = free[at : at + 3]
+    cut = openai.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=12, temperature=0,
+                                    stop=[stop], extra_body={"ignore_eos": True}).choices[0]
+    assert cut.finish_reason == "stop" and cut.text == free[: free.index(stop)]
+    # Tools go through the model's template (this untrained model will not call one).
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    r = openai.chat.completions.create(model=MODEL, messages=hi, tools=tools, max_tokens=4, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")

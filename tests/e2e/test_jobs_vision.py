@@ -15,7 +15,8 @@ import torch
 from tests.conftest import LiveServer, sdk_client, start_server
 from tests.e2e.test_jobs_sdk import extract, wait_for
 from tests.sample_data import write_jsonl
-from tests.sample_images import COLOURS, answer_accuracy, colour_samples
+from tests.sample_images import COLOURS, answer_accuracy, colour_samples, load_vlm
+from tunery.models.builtin import ensure_builtin
 
 pytestmark = pytest.mark.slow
 MODEL = "tunery/tiny-vlm"
@@ -52,8 +53,19 @@ def test_tiny_vlm_learns_what_only_the_image_shows(server: LiveServer, tmp_path:
         assert done.multimodal_params is not None and done.multimodal_params.train_vision is True
         archive = tmp_path / f"{name}.tar.zst"
         client.fine_tuning.content(ft_id=job_id, checkpoint="merged").write_to_file(archive)
-        accuracy[name] = answer_accuracy(extract(archive, tmp_path / name), held_out)
+        accuracy[name] = answer_accuracy(*load_vlm(extract(archive, tmp_path / name)), held_out)
         print(f"{name}: {done.total_steps} steps, trained and evaluated at {time.monotonic() - started:.0f} s")
     print(f"held-out accuracy over {HELD_OUT} images: {accuracy} (chance {CHANCE})")
     assert accuracy["images"] >= 0.9
     assert accuracy["blanked"] <= CHANCE + 0.2
+
+    # The adapter archive carries the processor; on the base model it answers as the merged model does.
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    archive = tmp_path / "adapter.tar.zst"
+    client.fine_tuning.content(ft_id=jobs["images"], checkpoint="adapter").write_to_file(archive)
+    adapter_dir = extract(archive, tmp_path / "adapter")
+    base = AutoModelForImageTextToText.from_pretrained(ensure_builtin(MODEL, server.data_dir / "models"))
+    adapted = PeftModel.from_pretrained(base, adapter_dir)
+    assert answer_accuracy(adapted, AutoProcessor.from_pretrained(adapter_dir), held_out) == accuracy["images"]

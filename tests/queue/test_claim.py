@@ -12,8 +12,10 @@ from sqlalchemy import select
 
 from tests.job_rows import job_row
 from tunery.queue.claim import claim_next, queue_position, requeue_stale
+from tunery.queue.states import transition
 from tunery.store.db import Database
 from tunery.store.models import Job, JobEvent, User, utcnow
+from tunery.store.status import JobStatus
 
 
 @pytest.fixture()
@@ -91,6 +93,20 @@ def test_stale_jobs_are_requeued_then_failed_after_max_restarts(db: Database) ->
     assert job is not None and "gave up after 1 restarts" in (job.error or "")
     assert types == ["job_start", "job_restarted", "job_start", "job_error"]
     assert job.status == "error"
+
+
+def test_a_stale_job_asked_to_pause_is_paused_not_requeued(db: Database) -> None:
+    _queue(db, "ft-p")
+    with db.session() as s:
+        claim_next(s, "w1")
+        transition(s, "ft-p", JobStatus.PAUSE_REQUESTED, event_type="pause_requested", message="pause")
+        s.get(Job, "ft-p").heartbeat_at = utcnow() - timedelta(seconds=100)  # type: ignore[union-attr]
+    with db.session() as s:
+        assert requeue_stale(s, timeout_s=30, max_restarts=1) == ["ft-p"]
+    with db.session() as s:
+        job = s.get(Job, "ft-p")
+        assert job is not None and job.status == "paused" and job.worker_id is None and job.restarts == 0
+        assert claim_next(s, "w2") is None  # a paused job waits for resume
 
 
 def test_queue_depth_is_the_number_of_jobs_a_worker_takes_first(db: Database) -> None:

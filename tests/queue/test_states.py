@@ -24,7 +24,12 @@ EXPECTED = {
     ("running", "cancel_requested"), ("compressing", "cancel_requested"), ("uploading", "cancel_requested"),
     ("cancel_requested", "cancelled"),
     ("running", "queued"), ("compressing", "queued"), ("uploading", "queued"),
-} | {(a, b) for a in ("pending", "queued", "running", "compressing", "uploading", "cancel_requested")
+    # pause: at once while waiting; a running job's worker saves a checkpoint first; resume queues it
+    ("pending", "paused"), ("queued", "paused"), ("running", "pause_requested"), ("pause_requested", "paused"),
+    ("paused", "queued"), ("pause_requested", "running"), ("pause_requested", "compressing"),
+    ("paused", "cancelled"), ("pause_requested", "cancel_requested"),
+} | {(a, b) for a in ("pending", "queued", "running", "compressing", "uploading", "cancel_requested",
+                      "pause_requested", "paused")
      for b in ("error", "user_error")}
 
 

@@ -322,3 +322,44 @@ def test_a_template_that_rewrites_text_untraceably_is_refused(tokenizers: dict[s
         Renderer(tokenizer).conversation(CASES["no_system"][0])
     # Training every token needs no turns, so it works.
     assert Renderer(tokenizer, True).conversation(CASES["no_system"][0]).num_trained > 0
+
+
+# A community Llama 3 template that writes a newline after every conversation. It closes no turn
+# (turns end at <|eot_id|> when another message follows), so it is not trained.
+LLAMA3_TRAILING_NEWLINE = (
+    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+    "message['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}{{ '\\n' }}"
+)
+# Meta-Llama-3-8B-Instruct's first template (llama.cpp tests/test-chat-template.cpp, "Llama-3"):
+# it writes the assistant header after every conversation, asked or not.
+LLAMA3_ALWAYS_PROMPTS = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+)
+
+
+def test_whitespace_a_template_leaves_at_its_end_is_not_trained(tokenizers: dict[str, Any]) -> None:
+    tokenizer = fixture_tokenizer_with(tokenizers["llama-3.1-8b-instruct"], LLAMA3_TRAILING_NEWLINE)
+    example = Renderer(tokenizer).conversation(CASES["system"][0])
+    assert tokenizer.decode(example.input_ids).endswith("Paris.<|eot_id|>\n")
+    assert trained_text(tokenizer, example) == [f"Hello!{LLAMA}", f"Paris.{LLAMA}"]
+
+
+def test_a_template_that_always_prompts_is_refused_not_mis_split(tokenizers: dict[str, Any]) -> None:
+    tokenizer = fixture_tokenizer_with(tokenizers["llama-3.1-8b-instruct"], LLAMA3_ALWAYS_PROMPTS)
+    with pytest.raises(ConversationRefused, match="appends the assistant prompt even when no generation prompt"):
+        Renderer(tokenizer).conversation(CASES["system"][0])
+
+
+def test_preference_outputs_may_call_tools_and_reason(tokenizers: dict[str, Any]) -> None:
+    tokenizer = tokenizers["qwen3-0.6b"]
+    call = {"id": "call12345", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    record = {"input": {"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": TOOLS},
+              "preferred_output": [{"role": "assistant", "content": None, "tool_calls": [call]}],
+              "non_preferred_output": [{"role": "assistant", "content": "No idea.", "reasoning": "Guess."}]}
+    chosen, rejected = Renderer(tokenizer).preference(record)
+    assert trained_text(tokenizer, chosen) == [f"{EMPTY_THINK}{QWEN_TOOL_CALL}"]
+    assert trained_text(tokenizer, rejected) == [f"<think>\nGuess.\n</think>\n\nNo idea.{CHATML}"]

@@ -131,3 +131,19 @@ def test_packed_rows_see_their_own_images(processor: Any, tiny_vlm: Path) -> Non
     assert torch.allclose(swapped[: len(examples[1])], alone[len(examples[0]):], atol=1e-4)
     with pytest.raises(ValueError, match="encode_images"):
         collate([examples], processor.tokenizer.pad_token_id)
+
+
+def test_a_processor_that_does_not_say_where_images_go_is_refused(processor: Any) -> None:
+    """Gemma 3's or Idefics3's processors expand images in their own __call__ and report no
+    replacement offsets: without them the image tokens cannot be placed exactly, so no guessing."""
+
+    class Silent:
+        image_token = processor.image_token
+
+        def __call__(self, **kwargs: Any) -> Any:
+            out = processor(**kwargs)
+            del out["text_replacement_offsets"]
+            return out
+
+    with pytest.raises(ConversationRefused, match="the model's processor placed 0 of the sample's 1 images"):
+        VisionRenderer(Renderer(processor.tokenizer), Silent()).render(sample(solid_url()), DatasetFormat.CONVERSATION)

@@ -115,6 +115,6 @@ def test_on_a_llama3_head_the_loss_step_never_holds_the_full_logits() -> None:
     # ... and the chunked step never holds more than a chunk's logits, plus its small outputs.
     assert r["chunked"]["largest"] <= chunk
     assert r["chunked"]["peak"] <= 2 * chunk + 2 * 32 * 4096 * 4
-    assert r["chunked"]["peak"] < full / 2
+    assert r["chunked"]["peak"] < r["plain"]["peak"] / 4
     for diff in r["chunked_vs_plain"].values():
         assert diff["relative"] < 1e-5

@@ -173,3 +173,28 @@ def test_load_examples_reads_pretokenized_parquet(tokenizer: Any, tmp_path: Path
     data = load_examples(tmp_path / "d.parquet", "parquet", Renderer(tokenizer), max_seq_length=8)
     assert data.examples == [Example([1, 2, 3], [IGNORE, 2, 3])]
     assert (data.samples, data.dropped, data.format) == (2, 1, DatasetFormat.PRETOKENIZED)
+
+
+def test_padded_parquet_rows_train_one_row_per_sequence_with_padding_masked(tokenizer: Any, tmp_path: Path) -> None:
+    # Together's recipe for training without packing: pad every sample, attention_mask 0 and labels -100
+    # on the padding. With packing=false each row is one sequence of its own; its padding is neither
+    # attended to nor trained (tunery drops it and pads each batch to its longest row).
+    from tunery.training.data.collate import collate
+    from tunery.training.data.packing import epoch_batches
+
+    width, rows = 10, []
+    for n in (4, 7, 10):
+        ids = list(range(5, 5 + n))
+        rows.append({"input_ids": ids + [0] * (width - n), "attention_mask": [1] * n + [0] * (width - n),
+                     "labels": [IGNORE] * 2 + ids[2:] + [IGNORE] * (width - n)})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "padded.parquet")
+    data = load_examples(tmp_path / "padded.parquet", "parquet", Renderer(tokenizer), max_seq_length=64)
+    assert data.lengths == [4, 7, 10]
+    batches = epoch_batches(data.lengths, batch_size=2, capacity=64, packing=False, seed=0, epoch=0)
+    assert sorted(len(row) for batch in batches for row in batch) == [1, 1, 1]  # one sequence per row
+    batch = collate([[data.examples[i] for i in row] for row in batches[0]], pad_id=0)
+    for b, row in enumerate(batches[0]):
+        example = data.examples[row[0]]
+        assert batch.targets[b, len(example) - 1:].eq(IGNORE).all()  # padding and the last token: no target
+        assert batch.targets[b, : len(example) - 1].tolist() == example.labels[1:]
+    assert batch.num_targets == sum(data.examples[row[0]].num_trained for row in batches[0])

@@ -93,7 +93,18 @@ def test_job_series_picks_train_eval_and_lr() -> None:
     rows = [JobMetric(step=1, values={"train/loss": 2.0, "train/learning_rate": 1e-3}),
             JobMetric(step=2, values={"train/loss": 1.5, "train/learning_rate": 5e-4}),
             JobMetric(step=2, values={"eval/loss": 1.7})]
-    train, evals, lr = job_series(rows)
+    train, evals, lr, reward, eval_reward = job_series(rows)
     assert train.points == [(1, 2.0), (2, 1.5)]
     assert evals.points == [(2, 1.7)] and evals.markers
     assert lr.points == [(1, 1e-3), (2, 5e-4)] and lr.axis == "right"
+    assert reward.points == eval_reward.points == []  # no reinforcement metrics: nothing drawn
+
+
+def test_job_series_draws_a_reinforcement_jobs_rewards() -> None:
+    rows = [JobMetric(step=0, values={"eval/reward": 0.1}),
+            JobMetric(step=1, values={"train/loss": 0.0, "train/reward": 0.2, "train/learning_rate": 1e-3}),
+            JobMetric(step=1, values={"eval/reward": 0.3})]
+    *_, reward, eval_reward = job_series(rows)
+    assert reward.points == [(1, 0.2)] and eval_reward.points == [(0, 0.1), (1, 0.3)]
+    svg = svg_chart(job_series(rows))
+    assert "train reward" in svg and "eval reward" in svg

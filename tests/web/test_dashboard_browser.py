@@ -1,6 +1,7 @@
 """The dashboard in a real browser (Debian's Chromium driven by Playwright) against a live `tunery
 serve` with an embedded worker training `tunery/tiny-llama`: sign in, follow a job live until it
-completes and its loss chart appears, download a checkpoint, cancel a second job from its page,
+completes and its loss chart appears, download a checkpoint, compare the fine-tuned model's streamed
+answer with the base model's in the playground, cancel a second job from its page,
 and check that another user gets a 404 and that a forged cancel is refused.
 
 Screenshots (list, job page, phone-width job page, files) are saved in the test's temp dir.
@@ -126,6 +127,21 @@ def test_follow_download_cancel_and_isolation(server: LiveServer, browser, tmp_p
     api = httpx.get(f"{base}/v1/finetune/download", params={"ft_id": watched.id, "checkpoint": "merged"},
                     headers={"Authorization": f"Bearer {key}"})
     assert api.content == saved.read_bytes()
+
+    # The playground: the fine-tuned model's answer streams in beside the base model's, for one prompt,
+    # and each is what the API answers (greedy) for the same messages.
+    page.reload()
+    page.fill("#pg-prompt", "What color is the sky0?")
+    page.click("#playground-form button[type=submit]")
+    expect(page.locator("#playground-form")).to_have_attribute("data-done", "1", timeout=180_000)
+    shown = {side: page.locator(f"#answer-{side}").text_content() for side in ("tuned", "base")}
+    for side, name in (("tuned", watched.model_output_name), ("base", MODEL)):
+        r = httpx.post(f"{base}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                       json={"model": name, "messages": [{"role": "user", "content": "What color is the sky0?"}],
+                             "temperature": 0, "max_tokens": 128})
+        assert shown[side] == r.json()["choices"][0]["message"]["content"]
+    assert shown["tuned"] and shown["tuned"] != shown["base"]
+    page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
 
     # A forged cancel (the session cookie, but no CSRF token) is refused.
     session = next(c["value"] for c in ctx.cookies() if c["name"] == "tunery_session")

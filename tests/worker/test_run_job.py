@@ -17,6 +17,7 @@ import pytest
 
 from tests.job_rows import claimed_job, job_spec
 from tunery.jobs import lifecycle
+from tunery.jobs.results import results_file_id
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.storage import LocalBlobStore
@@ -122,10 +123,12 @@ def test_completed_lists_the_model_and_records_what_training_reported(world: Wor
         with world.blobs.local_copy(final.blob_key) as archive:
             model = unpack(archive, world.tmp / "unpacked")
     assert (model / "weights.txt").read_text() == "merged model"
-    # Every stored blob is listed (plus the training file): nothing was left behind.
+    # Every stored blob is listed (plus the training file and the job's results file): nothing was left behind.
     with world.db.session() as s:
         listed = {c.blob_key for c in job_store.list_checkpoints(s, JOB)}
-    assert world.stored_keys() == listed | {"files/file-t"}
+        results = s.get(File, results_file_id(JOB))
+        assert results is not None and results.purpose == "fine-tune-results"
+    assert world.stored_keys() == listed | {"files/file-t", results.blob_key}
     assert list(world.blobs.staging_dir().iterdir()) == []
 
 
@@ -163,6 +166,24 @@ def test_a_cancel_stops_training_and_ends_the_job_as_cancelled(world: World,
     with world.db.session() as s:
         assert job_store.list_events(s, JOB)[-1].message == "Job cancelled at step 1"
     assert (2, "state", False) in world.listed() and not any(final for _, _, final in world.listed())
+
+
+def test_a_pause_saves_a_checkpoint_frees_the_worker_and_resume_queues_the_job(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    thread = _in_background(world, "until_stopped", monkeypatch)
+    _wait_for(lambda: (1, "state", False) in world.listed())
+    with world.db.session() as s:
+        lifecycle.pause(s, job_store.get_job(s, JOB), by="the test")
+    thread.join(60)
+    assert not thread.is_alive()  # the worker's slot is free
+    job = world.job()
+    assert job.status == JobStatus.PAUSED and job.worker_id is None and job.heartbeat_at is None
+    with world.db.session() as s:
+        assert job_store.list_events(s, JOB)[-1].message.startswith("Job paused at step 1;")
+        latest = job_store.latest_state_checkpoint(s, JOB)
+        assert latest is not None and latest.step == 2  # what the resumed run starts from
+        lifecycle.resume(s, job_store.get_job(s, JOB), by="the test")
+    assert world.job().status == JobStatus.QUEUED and world.events()[-1] == "job_resumed"
 
 
 def test_a_shutdown_requeues_the_job_to_resume_from_its_last_checkpoint(world: World,

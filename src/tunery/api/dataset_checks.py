@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from tunery.api.deps import AppContext
-from tunery.errors import InvalidRequest, NotFound
-from tunery.jobspec import SFT, JobSpec
+from tunery.errors import DatasetInvalid, InvalidRequest, NotFound
+from tunery.jobspec import GRPO, SFT, JobSpec
 from tunery.store.base_models import registered_models
 from tunery.store.models import File
 from tunery.training.data.dataset import FileScan
@@ -48,19 +48,25 @@ def renderer_for(model_dir: str, train_on_inputs: TrainOnInputs) -> Renderer | V
     return with_images(Renderer(tokenizer, train_on_inputs), processor)
 
 
-@lru_cache(maxsize=256)
-def _scan(path: str, file_type: str, model_dir: str, train_on_inputs: TrainOnInputs, method: str,
-          what: str) -> FileScan:
-    from tunery.training.data.dataset import scan_file
-
-    renderer = renderer_for(model_dir, False if method == "dpo" else train_on_inputs)
-    return scan_file(path, file_type, renderer, method, what=what)
+_SCANS: dict[tuple[Any, ...], FileScan] = {}  # a file's bytes never change: its verdicts stay true
+_SCANS_KEPT = 256
 
 
 def scan(ctx: AppContext, f: File, model_dir: str, train_on_inputs: TrainOnInputs = "auto", method: str = "sft",
          what: str = "training file") -> FileScan:
-    with ctx.blobs.local_copy(f.blob_key) as path:
-        return _scan(str(path), f.file_type, model_dir, train_on_inputs, method, what)
+    """``scan_file`` of ``f`` with the model's renderer, remembered by file id (not by the local
+    path, which an object store gives anew for every copy)."""
+    from tunery.training.data.dataset import scan_file
+
+    key = (f.id, f.bytes, model_dir, train_on_inputs, method, what)
+    if key not in _SCANS:
+        renderer = renderer_for(model_dir, False if method == "dpo" else train_on_inputs)
+        with ctx.blobs.local_copy(f.blob_key) as path:
+            verdict = scan_file(path, f.file_type, renderer, method, what=what)
+        if len(_SCANS) >= _SCANS_KEPT:
+            _SCANS.pop(next(iter(_SCANS)))
+        _SCANS[key] = verdict
+    return _SCANS[key]
 
 
 def model_dir_of(ctx: AppContext, s: Session, model: str) -> str | None:
@@ -82,7 +88,24 @@ def check_job_files(ctx: AppContext, s: Session, spec: JobSpec, files: list[tupl
     train_on_inputs = method.train_on_inputs if isinstance(method, SFT) else "auto"
     for f, param in files:
         what = param.replace("_", " ")
+        if isinstance(method, GRPO):
+            _check_prompts(ctx, f, model_dir, spec.max_seq_length - method.max_new_tokens, param)
+            continue
         verdict = scan(ctx, f, model_dir, train_on_inputs, method.method, what)
         if verdict.problem:
             raise InvalidRequest(f'{param} "{f.id}" cannot be trained on with model {model}: {verdict.problem}',
                                  param=param)
+
+
+def _check_prompts(ctx: AppContext, f: File, model_dir: str, room: int, param: str) -> None:
+    """GRPO's prompts render with the model's template and leave room for the completions."""
+    from tunery.training.data.prompts import load_prompts
+
+    if room < 1:
+        raise InvalidRequest(f"max_seq_length must exceed training_method.max_new_tokens; room for prompts: {room}",
+                             param="max_seq_length")
+    try:
+        with ctx.blobs.local_copy(f.blob_key) as path:
+            load_prompts(str(path), f.file_type, tokenizer_for(model_dir), room, param.replace("_", " "))
+    except DatasetInvalid as exc:
+        raise InvalidRequest(f'{param} "{f.id}": {exc.message}', param=param) from None

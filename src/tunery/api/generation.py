@@ -39,12 +39,17 @@ def engine_model(ctx: AppContext, user: User, name: str) -> ModelRef:
                     adapter_key=served.adapter_key, weights_key=served.weights_key)
 
 
+async def open_events(ctx: AppContext, user: User, name: str, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """Resolve ``name`` and open the engine's event stream for ``request`` (the engine's fields but
+    ``model`` and ``user``). Refusals raise here, before any event."""
+    ref = await run_in_threadpool(engine_model, ctx, user, name)
+    return await ctx.engine.open(GenerateRequest(model=ref, user=user.id, **request))
+
+
 async def generate(ctx: AppContext, user: User, name: str, request: dict[str, Any], kind: Kind, stream: bool,
                    logprobs: LogprobStyle, include_usage: bool = False) -> JSONResponse | StreamingResponse:
-    """Resolve ``name``, open the engine's stream for ``request`` (the engine's fields but ``model`` and
-    ``user``), and answer it whole or as server-sent events. Refusals raise before anything is sent."""
-    ref = await run_in_threadpool(engine_model, ctx, user, name)
-    events = await ctx.engine.open(GenerateRequest(model=ref, user=user.id, **request))
+    """Answer ``request`` for model ``name`` whole or as server-sent events."""
+    events = await open_events(ctx, user, name, request)
     render = Render(kind, name, logprobs, include_usage)
     if stream:
         return StreamingResponse(render.chunks(events), media_type="text/event-stream",
@@ -155,8 +160,10 @@ class Render:
                 yield _sse(self._chunk(e["index"], {"content": ""}))
             delta = {k: e[k] for k in ("content", "reasoning") if e.get(k)}
             if e["type"] == "token" and (delta or "logprob" in e):
-                logprobs = self._logprobs_chunk(e) if "logprob" in e else None
-                yield _sse(self._chunk(e["index"], delta, logprobs=logprobs))
+                chunk = self._chunk(e["index"], delta)
+                if "logprob" in e:
+                    chunk["choices"][0].update(self._logprobs_chunk(e))
+                yield _sse(chunk)
                 continue
             if e["type"] != "end":
                 continue
@@ -180,19 +187,21 @@ class Render:
         return {"id": self.id, "object": f"{self.object}.chunk" if self.kind == "chat" else self.object,
                 "created": self.created, "model": self.model, "system_fingerprint": None}
 
-    def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None,
-               logprobs: Any = None) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason, "logprobs": logprobs}
+    def _chunk(self, index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason, "logprobs": None}
         if self.kind == "chat":
             choice["delta"] = {"role": "assistant", **delta}
         else:
             choice["text"] = delta.get("content", "")
         return {**self._envelope(), "choices": [choice], "usage": None}
 
-    def _logprobs_chunk(self, e: dict[str, Any]) -> Any:
+    def _logprobs_chunk(self, e: dict[str, Any]) -> dict[str, Any]:
+        """The logprob fields of one token's chunk choice, in the request's dialect."""
         if self.logprobs == "openai":
-            return {"content": [_openai_entry(e)], "refusal": None}
-        return self._logprobs([e])
+            return {"logprobs": {"content": [_openai_entry(e)], "refusal": None}}
+        if self.logprobs == "together":  # Together's chunk: the token's logprob and a {token: logprob} map
+            return {"logprobs": e["logprob"], "top_logprobs": {t: lp for t, lp in e["top_logprobs"]}}
+        return {"logprobs": self._logprobs([e])}
 
 
 def _openai_entry(e: dict[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,10 @@ from sqlalchemy.orm import Session
 from tunery.api.schemas.fine_tunes import FinetuneRequest
 from tunery.api.schemas.fine_tunes import TrainingType as WireTrainingType
 from tunery.errors import InvalidRequest, NotFound
+from tunery.graders.schema import read_grader
 from tunery.jobspec import (
     DPO,
+    GRPO,
     SFT,
     EarlyStopping,
     FullTraining,
@@ -39,6 +41,8 @@ from tunery.store.status import JobStatus
 
 DEFAULT_SEED = 42
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+GRPO_FIELDS = ("grader", "group_size", "kl_coef", "clip_range", "num_iterations", "max_new_tokens", "temperature",
+               "eval_interval", "eval_samples")
 DPO_FIELDS = ("dpo_beta", "dpo_normalize_logratios_by_length", "dpo_reference_free", "rpo_alpha", "simpo_gamma")
 
 
@@ -135,9 +139,14 @@ def _training_type(req: WireTrainingType | None, parent: ParentJob | None, limit
 def _training_method(req: FinetuneRequest, problems: Problems) -> TrainingMethod:
     m = req.training_method
     method = m.method.lower()
-    if method not in ("sft", "dpo"):
-        problems.add("training_method", f'training_method must be one of sft, dpo; got "{m.method}"')
+    if method not in ("sft", "dpo", "grpo"):
+        problems.add("training_method", f'training_method must be one of sft, dpo, grpo; got "{m.method}"')
         return SFT()
+    for name in GRPO_FIELDS if method != "grpo" else ():
+        problems.check(getattr(m, name) is None, f"training_method.{name}",
+                       f"{name} is only supported for GRPO training")
+    if method == "grpo":
+        return _grpo(req, problems)
     if method == "sft":
         for name in DPO_FIELDS:
             problems.check(getattr(m, name) in (None, False, 0, 0.0), f"training_method.{name}",
@@ -155,6 +164,37 @@ def _training_method(req: FinetuneRequest, problems: Problems) -> TrainingMethod
     return DPO(dpo_beta=beta, rpo_alpha=rpo, simpo_gamma=gamma,
                dpo_normalize_logratios_by_length=bool(m.dpo_normalize_logratios_by_length) or simpo,
                dpo_reference_free=bool(m.dpo_reference_free) or simpo)
+
+
+def _grpo(req: FinetuneRequest, problems: Problems) -> GRPO:
+    m = req.training_method
+    for name in DPO_FIELDS:
+        problems.check(getattr(m, name) in (None, False, 0, 0.0), f"training_method.{name}",
+                       f"{name} is only supported for DPO training")
+    problems.check(m.train_on_inputs is None and req.train_on_inputs is None, "train_on_inputs",
+                   "train_on_inputs is only supported for SFT training")
+    if m.grader is None:
+        problems.add("training_method.grader", "GRPO needs a grader (OpenAI's grader schema, e.g. "
+                                               '{"type": "string_check", ...})')
+    else:
+        for problem in read_grader(m.grader)[1]:
+            problems.add("training_method.grader", f"grader: {problem}")
+    defaults = GRPO(grader={})
+    values = {name: getattr(defaults, name) if getattr(m, name) is None else getattr(m, name) for name in GRPO_FIELDS
+              if name != "grader"}
+    checks = [("group_size", values["group_size"] >= 2, "group_size must be >= 2"),
+              ("kl_coef", values["kl_coef"] >= 0, "kl_coef must be >= 0"),
+              ("clip_range", 0 < values["clip_range"] < 1, "clip_range must be in (0, 1)"),
+              ("num_iterations", values["num_iterations"] >= 1, "num_iterations must be >= 1"),
+              ("max_new_tokens", values["max_new_tokens"] >= 1, "max_new_tokens must be >= 1"),
+              ("temperature", 0 <= values["temperature"] <= 2, "temperature must be in [0, 2]"),
+              ("eval_interval", values["eval_interval"] >= 0, "eval_interval must be >= 0"),
+              ("eval_samples", values["eval_samples"] >= 1, "eval_samples must be >= 1")]
+    for name, ok, message in checks:
+        problems.check(ok, f"training_method.{name}", f"{message}; got {values[name]}")
+    problems.check(not req.early_stopping_enabled, "early_stopping_enabled",
+                   "early stopping watches the validation loss, which GRPO does not have; turn it off")
+    return GRPO(grader=m.grader or {}, **values)
 
 
 @dataclass(frozen=True)
@@ -250,6 +290,13 @@ def _early_stopping(req: FinetuneRequest, has_validation: bool, problems: Proble
 def _check_formats(train: File | None, val: File | None, method: str, problems: Problems) -> None:
     for f, param in ((train, "training_file"), (val, "validation_file")):
         if f is None or f.processing_status != "COMPLETED":
+            continue
+        is_prompts = f.dataset_format == "reinforcement"
+        if (method == "grpo") != is_prompts:
+            problems.add(param, f'GRPO trains on reinforcement prompts (messages ending with the user\'s turn, plus '
+                                f'the fields the grader reads); {param} "{f.id}" is {f.dataset_format}'
+                         if method == "grpo" else f'{param} "{f.id}" holds reinforcement prompts (no answers to '
+                                                  "learn from); use training_method grpo with a grader for it")
             continue
         is_pref = f.dataset_format == "preference"
         if method == "dpo" and not is_pref:

@@ -12,9 +12,13 @@ import json
 import sys
 from typing import Annotated, Any
 
+import httpx
 import typer
 
 from tunery.cli.client import ApiKey, BaseUrl, Client, CliError
+
+# The first answer may wait for the model to load (or the engine to start); later tokens come fast.
+ANSWER_TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 
 
 def chat(
@@ -54,7 +58,7 @@ def stream_answer(client: Client, model: str, messages: list[dict[str, Any]], se
     """Print the answer as it streams in; returns it whole."""
     body = {"model": model, "messages": messages, "stream": True, **settings}
     answer = []
-    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+    with client.stream("POST", "/v1/chat/completions", json=body, timeout=ANSWER_TIMEOUT) as response:
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue

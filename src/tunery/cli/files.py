@@ -58,23 +58,102 @@ def upload(
 
 
 @app.command("check")
-def check(file: Annotated[Path, typer.Argument(help="The dataset to validate.")], purpose: Purpose = "fine-tune",
-          json: Json = False) -> None:
-    """Validate a dataset locally with the server's validator (exit 1 when it is invalid)."""
+def check(
+    file: Annotated[Path, typer.Argument(help="The dataset to validate.")], purpose: Purpose = "fine-tune",
+    model: Annotated[str | None, typer.Option(
+        "--model", "-m", help="Also render the data with this model's chat template, as a job would: a built-in or "
+        "registered model, a cached Hugging Face id, or a local model directory.")] = None,
+    train_on_inputs: Annotated[bool | None, typer.Option(
+        "--train-on-inputs/--no-train-on-inputs", help="With --model: train every token (default: auto).")] = None,
+    method: Annotated[str, typer.Option("--method", help="With --model: sft, or dpo for preference data.")] = "sft",
+    top_k: Annotated[int, typer.Option("--top-k", help="With --model: rows to show with their trained text.")] = 3,
+    json: Json = False,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="With --model: where registered models are (default $TUNERY_DATA_DIR).")] = None,
+) -> None:
+    """Validate a dataset locally with the server's validator (exit 1 when it is invalid). With
+    --model, also render every sample with that model's chat template, report the first line it
+    refuses, and show the first rows with their trained text marked."""
     from tunery.datasets import validate_stream
 
     check_local_file(file)
     with open(file, "rb") as f:
         report = validate_stream(f, file_type_of(file), checked_purpose(purpose))
+    result: dict[str, Any] = report.to_json()
+    problem = None if report.valid else report.error
+    if model is not None and report.valid:
+        result["model_check"] = _check_with_model(file, model, train_on_inputs, method, top_k, data_dir)
+        problem = result["model_check"]["problem"]
     if json:
-        print_json(report.to_json())
-    elif report.valid:
+        print_json(result)
+    elif problem is None:
         fmt = report.dataset_format.value if report.dataset_format else "unknown"
         typer.echo(f"OK: {file} is a valid {fmt} dataset with {report.num_samples} samples")
-    if not report.valid:
-        if not json:
-            typer.echo(f"Invalid: {file}: {report.error}", err=True)
+        if model is not None:
+            _print_model_check(result["model_check"])
+    else:
+        typer.echo(f"Invalid: {file}: {problem}", err=True)
+    if problem is not None:
         raise typer.Exit(1)
+
+
+def _check_with_model(file: Path, model: str, train_on_inputs: bool | None, method: str, top_k: int,
+                      data_dir: Path | None) -> dict[str, Any]:
+    """Render ``file`` as a job on ``model`` would: its problem (naming the line) or its tokens, and
+    the first ``top_k`` rows in trained and untrained segments."""
+    from tunery.datasets import DatasetFormat, detect_format, iter_records
+    from tunery.training.data.dataset import scan_file
+    from tunery.training.data.render import Renderer
+    from tunery.training.model import load_tokenizer
+
+    if method not in ("sft", "dpo"):
+        raise CliError(f"--method must be sft or dpo; got {method!r}")
+    renderer = Renderer(load_tokenizer(_local_model_dir(model, data_dir)),
+                        False if method == "dpo" else ("auto" if train_on_inputs is None else train_on_inputs))
+    scan = scan_file(file, file_type_of(file), renderer, method)
+    rows: list[dict[str, Any]] = []
+    if scan.problem is None and file_type_of(file) == "jsonl":
+        with open(file, "rb") as stream:
+            for line, record in iter_records(stream):
+                if len(rows) >= top_k:
+                    break
+                fmt = detect_format(record, line)
+                marked = (renderer.marked_preference(record) if fmt is DatasetFormat.PREFERENCE
+                          else (renderer.marked(record, fmt),))
+                rows += [{"line": line, "segments": [{"text": t, "trained": trained} for t, trained in m.segments()],
+                          "num_tokens": len(m.example), "num_trained_tokens": m.example.num_trained} for m in marked]
+    return {"model": model, "method": method, "tokens": scan.tokens, "problem": scan.problem, "rows": rows}
+
+
+def _print_model_check(check: dict[str, Any]) -> None:
+    from tunery.cli.trained_text import legend, print_row
+
+    typer.echo(f"{check['model']} renders every sample: {check['tokens']} tokens in one pass. {legend()}")
+    for row in check["rows"]:
+        print_row(f"\nLine {row['line']}: {row['num_tokens']} tokens, {row['num_trained_tokens']} trained",
+                  row["segments"])
+
+
+def _local_model_dir(model: str, data_dir: Path | None) -> Path:
+    """A model directory given directly, or a name as the server would resolve it here."""
+    from tunery.cli.options import load_settings, open_db
+    from tunery.errors import NotFound
+    from tunery.models.catalog import ModelCatalog
+
+    if (Path(model) / "config.json").is_file():
+        return Path(model)
+    settings = load_settings(data_dir)
+    registered: dict[str, str] = {}
+    database = settings.resolved_database_url
+    if not database.startswith("sqlite:///") or Path(database.removeprefix("sqlite:///")).is_file():
+        from tunery.store.base_models import registered_models
+
+        with open_db(settings).session() as s:
+            registered = dict(registered_models(s))
+    try:
+        return ModelCatalog(settings.models_dir).resolve(model, registered).path
+    except NotFound as error:
+        raise CliError(error.message) from None
 
 
 @app.command("list")

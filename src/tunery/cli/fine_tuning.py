@@ -1,4 +1,4 @@
-"""`tunery fine-tuning create|list|retrieve|events|checkpoints|metrics|cancel|delete|download|watch`.
+"""`tunery fine-tuning create|preview|list|retrieve|events|checkpoints|metrics|cancel|delete|download|watch`.
 
 `create` lives in ``create_job.py`` (it has a flag per API field); `watch` in ``watch.py``.
 """
@@ -13,6 +13,7 @@ import typer
 from tunery.cli import create_job
 from tunery.cli.client import ApiKey, BaseUrl, Client
 from tunery.cli.output import Json, human_bytes, local_time, number, print_fields, print_json, print_table
+from tunery.cli.trained_text import legend, print_row
 from tunery.cli.transfer import download_model
 from tunery.cli.watch import watch_job
 
@@ -22,6 +23,34 @@ JobId = Annotated[str, typer.Argument(help="Job id (ft-…).")]
 
 
 app.command("create")(create_job.create)
+
+
+@app.command("preview")
+def preview(
+    training_file: Annotated[str, typer.Argument(help="A validated training file (file-…).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The base model whose chat template renders the data.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many rows from the start of the file.")] = 3,
+    train_on_inputs: Annotated[bool | None, typer.Option(
+        "--train-on-inputs/--no-train-on-inputs", help="Train every token (default: auto).")] = None,
+    method: Annotated[str, typer.Option("--method", help="sft, or dpo for preference data.")] = "sft",
+    json: Json = False, base_url: BaseUrl = None, api_key: ApiKey = None,
+) -> None:
+    """Show how the first rows of a training file are rendered and which text is trained, before
+    paying for a job."""
+    body: dict[str, Any] = {"model": model, "training_file": training_file, "top_k": top_k, "training_method": method}
+    if train_on_inputs is not None:
+        body["train_on_inputs"] = train_on_inputs
+    result = Client.connect(base_url, api_key).post("/v1/fine-tunes/preview", json=body)
+    if json:
+        print_json(result)
+        return
+    typer.echo(f"{result['model']}: {result['dataset_format']} data, train_on_inputs={result['train_on_inputs']}, "
+               f"max_seq_length {result['max_seq_length']}. {legend()}")
+    for index, row in enumerate(result["rows"], start=1):
+        what = f" {row['output']}" if row.get("output") else ""
+        cut = ", cut to max_seq_length" if row.get("truncated") else ""
+        print_row(f"\nRow {index}{what}: {row['num_tokens']} tokens, {row['num_trained_tokens']} trained{cut}",
+                  row.get("segments") or [])
 
 
 @app.command("list")

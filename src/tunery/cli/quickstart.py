@@ -87,9 +87,10 @@ def quickstart(
             raise typer.Exit(code)
         archive = download_model(client, job["id"], None, None, directory).path
         job = client.get(f"/v1/fine-tunes/{job['id']}")
-    model_dir = _extract(archive, directory / "model")
-    out.print(f"Downloaded {archive.name} ({human_bytes(archive.stat().st_size)}) and unpacked it to {model_dir}")
-    before, after = _evaluate(out, pairs, data_dir, model_dir)
+        model_dir = _extract(archive, directory / "model")
+        out.print(f"Downloaded {archive.name} ({human_bytes(archive.stat().st_size)}) and unpacked it to "
+                  f"{model_dir}")
+        before, after = _evaluate(out, client, pairs, job["model_output_name"])
     _print_results(out, job, before, after)
     server_state = "still running" if keep_server or not server.started else "stopped"
     _print_summary(out, server, server_state, job, file_id, dataset, archive, model_dir, time.monotonic() - started)
@@ -125,17 +126,22 @@ def _extract(archive: Path, dest: Path) -> Path:
     return dest
 
 
-def _evaluate(out: Any, pairs: list[tuple[str, str]], data_dir: Path, model_dir: Path) -> tuple[Any, Any]:
-    from tunery.models.builtin import ensure_builtin
-    from tunery.quickstart.evaluate import exact_match
+def _evaluate(out: Any, client: Client, pairs: list[tuple[str, str]], tuned: str) -> tuple[Any, Any]:
+    """Both models answer every question through the server's chat completions (greedy)."""
+    from tunery.quickstart.evaluate import MAX_NEW_TOKENS, exact_match
 
-    with out.status(f"Answering the {len(pairs)} dataset questions with the base and the fine-tuned model…"):
-        base_dir = ensure_builtin(MODEL, data_dir / "models")
-        return exact_match(base_dir, pairs), exact_match(model_dir, pairs)
+    def asker(model: str) -> Any:
+        def ask(messages: list[dict[str, str]]) -> str:
+            body = {"model": model, "messages": messages, "temperature": 0, "max_tokens": MAX_NEW_TOKENS}
+            return str(client.post("/v1/chat/completions", json=body)["choices"][0]["message"]["content"] or "")
+        return ask
+
+    with out.status(f"Asking the base and the fine-tuned model the {len(pairs)} dataset questions…"):
+        return exact_match(asker(MODEL), pairs), exact_match(asker(tuned), pairs)
 
 
 def _print_results(out: Any, job: dict[str, Any], before: Any, after: Any) -> None:
-    table = Table("Model", "Exact match", title="Before / after (greedy, chat template)",
+    table = Table("Model", "Exact match", title="Before / after (served by this server, greedy)",
                   title_justify="left")
     table.add_row(f"{MODEL} (before)", f"{before.correct}/{len(before.samples)}  {before.accuracy:.1%}")
     table.add_row(f"{escape(job['model_output_name'])} (after)",
@@ -167,6 +173,8 @@ def _print_summary(out: Any, server: LocalServer, server_state: str, job: dict[s
         f"  Model    {model_dir} (archive: {archive})",
         f"  Server   {server.base_url}{where}, {server_state}{restart}",
         "",
+        f"Chat with it: tunery chat {job['model_output_name']}",
+        "",
         "Use the model with transformers:",
         "  from transformers import AutoModelForCausalLM, AutoTokenizer",
         f'  tok = AutoTokenizer.from_pretrained("{model_dir}")',
@@ -176,10 +184,13 @@ def _print_summary(out: Any, server: LocalServer, server_state: str, job: dict[s
         "  out = model.generate(**ids, max_new_tokens=8)",
         '  print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))',
         "",
-        "Use the job with the together SDK (base_url without /v1):",
+        "Use the job and the model with the together SDK (base_url without /v1):",
         "  from together import Together",
         f'  client = Together(base_url="{server.base_url}", api_key=open("{_key_path(server)}").read().strip())',
         f'  print(client.fine_tuning.retrieve("{job_id}").status)',
+        f'  r = client.chat.completions.create(model="{job["model_output_name"]}",',
+        '                                     messages=[{"role": "user", "content": "What is the capital of Kenya?"}])',
+        "  print(r.choices[0].message.content)",
         f'  client.fine_tuning.content(ft_id="{job_id}").write_to_file("model.tar.zst")',
     ]
     out.print(escape("\n".join(lines)), highlight=False)

@@ -59,8 +59,19 @@ class Limits:
 
 
 @dataclass
+class Checked:
+    """A request checked against its model: the prompt's tokens, the sampling settings, and a parser
+    per choice for chat answers (None for plain completions)."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    prompt_text: str
+    parsers: list[OutputParser | None]
+
+
+@dataclass
 class Prepared:
-    """A request checked and turned into scheduler terms."""
+    """A checked request in scheduler terms."""
 
     request: Request
     prompt_text: str
@@ -105,69 +116,10 @@ class TransformersEngine:
         return self._stream(prepared, lease, slot)
 
     def prepare(self, req: GenerateRequest, lease: Lease) -> Prepared:
-        tokenizer, scheduler = lease.tokenizer, lease.entry.scheduler
-        prompt_text, param = "", "prompt"
-        if req.messages is not None:
-            param = "messages"
-            try:
-                prompt_text, ids = render_chat(tokenizer, req.messages, req.tools, req.chat_template_kwargs)
-            except (TemplateError, TypeError, ValueError, KeyError) as e:
-                raise InvalidRequest(f"the model's chat template cannot render these messages: {e}",
-                                     param="messages") from None
-        elif isinstance(req.prompt, str):
-            prompt_text, ids = req.prompt, list(tokenizer(req.prompt)["input_ids"])
-        else:
-            ids = list(req.prompt or [])
-            vocab = lease.entry.model.get_input_embeddings().num_embeddings
-            if any(not 0 <= t < vocab for t in ids):
-                raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
-        if not ids:
-            raise InvalidRequest("the prompt is empty", param=param)
-        context = scheduler.context_length
-        if len(ids) >= context:
-            raise InvalidRequest(f"the prompt is {len(ids)} tokens; this model's context holds {context} tokens, "
-                                 "prompt and output together", param=param, code="context_length_exceeded")
-        max_tokens = self._max_tokens(req, context - len(ids), len(ids), context)
-        try:
-            params = self._sampling(req, lease, max_tokens)
-        except ValueError as e:
-            raise InvalidRequest(str(e)) from None
-        template = template_text(tokenizer)
-        parsers: list[OutputParser | None] = [
-            OutputParser(template, tools=bool(req.tools), prompt_text=prompt_text) if req.messages is not None
-            else None for _ in range(params.n)]
-        return Prepared(Request(ids, params, adapter=lease.adapter), prompt_text, parsers)
-
-    def _max_tokens(self, req: GenerateRequest, room: int, prompt: int, context: int) -> int:
-        cap = self.limits.max_tokens
-        if req.max_tokens is None:
-            return max(1, min(room, cap))
-        if req.max_tokens > cap:
-            raise InvalidRequest(f"max_tokens is {req.max_tokens}; this server allows at most {cap} "
-                                 "(TUNERY_INFERENCE_MAX_TOKENS)", param="max_tokens")
-        if req.max_tokens > room:
-            if req.context_length_exceeded_behavior == "truncate":
-                return room
-            raise InvalidRequest(f"the prompt is {prompt} tokens and max_tokens is {req.max_tokens}: "
-                                 f"{prompt + req.max_tokens} in all, over this model's context of {context} tokens; "
-                                 "lower max_tokens",
-                                 param="max_tokens", code="context_length_exceeded")
-        return req.max_tokens
-
-    @staticmethod
-    def _sampling(req: GenerateRequest, lease: Lease, max_tokens: int) -> SamplingParams:
-        s, defaults = req.sampling, lease.entry.defaults
-
-        def pick(name: str, fallback: Any) -> Any:
-            value = getattr(s, name)
-            return value if value is not None else defaults.get(name, fallback)
-
-        return SamplingParams(
-            max_tokens=max_tokens, temperature=float(pick("temperature", 1.0)), top_p=float(pick("top_p", 1.0)),
-            top_k=int(pick("top_k", 0)), min_p=float(pick("min_p", 0.0)),
-            repetition_penalty=float(pick("repetition_penalty", 1.0)), presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty, logit_bias=tuple(s.logit_bias.items()), seed=s.seed, n=s.n,
-            stop=tuple(s.stop), ignore_eos=s.ignore_eos, logprobs=s.logprobs)
+        checked = check(req, lease.tokenizer, lease.entry.model.get_input_embeddings().num_embeddings,
+                        lease.entry.scheduler.context_length, lease.entry.defaults, self.limits.max_tokens)
+        return Prepared(Request(checked.prompt_ids, checked.params, adapter=lease.adapter), checked.prompt_text,
+                        checked.parsers)
 
     async def _stream(self, prepared: Prepared, lease: Lease, slot: asyncio.Semaphore) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
@@ -207,7 +159,7 @@ class TransformersEngine:
     def _run(self) -> None:
         while not self._stopping.is_set():
             worked = False
-            for entry in list(self.pool.entries.values()):
+            for entry in self.pool.models():
                 if not entry.scheduler.has_work():
                     continue
                 worked = True
@@ -236,6 +188,74 @@ class TransformersEngine:
     def close(self) -> None:
         self._stopping.set()
         self._wake.set()
+
+
+# -- checking a request against its model (every backend) -----------------------------------------
+
+def check(req: GenerateRequest, tokenizer: Any, vocab: int, context: int, defaults: dict[str, Any],
+          max_tokens_cap: int) -> Checked:
+    """Render or tokenize the prompt and settle the sampling settings; InvalidRequest when the request
+    does not fit the model (naming the field)."""
+    prompt_text, param = "", "prompt"
+    if req.messages is not None:
+        param = "messages"
+        try:
+            prompt_text, ids = render_chat(tokenizer, req.messages, req.tools, req.chat_template_kwargs)
+        except (TemplateError, TypeError, ValueError, KeyError) as e:
+            raise InvalidRequest(f"the model's chat template cannot render these messages: {e}",
+                                 param="messages") from None
+    elif isinstance(req.prompt, str):
+        prompt_text, ids = req.prompt, list(tokenizer(req.prompt)["input_ids"])
+    else:
+        ids = list(req.prompt or [])
+        if any(not 0 <= t < vocab for t in ids):
+            raise InvalidRequest(f"prompt token ids must be in [0, {vocab})", param="prompt")
+    if not ids:
+        raise InvalidRequest("the prompt is empty", param=param)
+    if len(ids) >= context:
+        raise InvalidRequest(f"the prompt is {len(ids)} tokens; this model's context holds {context} tokens, "
+                             "prompt and output together", param=param, code="context_length_exceeded")
+    max_tokens = _max_tokens(req, len(ids), context, max_tokens_cap)
+    try:
+        params = _sampling(req, defaults, max_tokens)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
+    template = template_text(tokenizer)
+    parsers: list[OutputParser | None] = [
+        OutputParser(template, tools=bool(req.tools), prompt_text=prompt_text) if req.messages is not None
+        else None for _ in range(params.n)]
+    return Checked(ids, params, prompt_text, parsers)
+
+
+def _max_tokens(req: GenerateRequest, prompt: int, context: int, cap: int) -> int:
+    room = context - prompt
+    if req.max_tokens is None:
+        return max(1, min(room, cap))
+    if req.max_tokens > cap:
+        raise InvalidRequest(f"max_tokens is {req.max_tokens}; this server allows at most {cap} "
+                             "(TUNERY_INFERENCE_MAX_TOKENS)", param="max_tokens")
+    if req.max_tokens > room:
+        if req.context_length_exceeded_behavior == "truncate":
+            return room
+        raise InvalidRequest(f"the prompt is {prompt} tokens and max_tokens is {req.max_tokens}: "
+                             f"{prompt + req.max_tokens} in all, over this model's context of {context} tokens; "
+                             "lower max_tokens", param="max_tokens", code="context_length_exceeded")
+    return req.max_tokens
+
+
+def _sampling(req: GenerateRequest, defaults: dict[str, Any], max_tokens: int) -> SamplingParams:
+    s = req.sampling
+
+    def pick(name: str, fallback: Any) -> Any:
+        value = getattr(s, name)
+        return value if value is not None else defaults.get(name, fallback)
+
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=float(pick("temperature", 1.0)), top_p=float(pick("top_p", 1.0)),
+        top_k=int(pick("top_k", 0)), min_p=float(pick("min_p", 0.0)),
+        repetition_penalty=float(pick("repetition_penalty", 1.0)), presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty, logit_bias=tuple(s.logit_bias.items()), seed=s.seed, n=s.n,
+        stop=tuple(s.stop), ignore_eos=s.ignore_eos, logprobs=s.logprobs)
 
 
 def token_event(event: TokenEvent, parser: OutputParser | None, tokenizer: Any) -> Event:

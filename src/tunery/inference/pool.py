@@ -34,7 +34,6 @@ log = logging.getLogger("tunery.inference")
 
 # Sampling defaults a model's generation_config.json may set (vLLM's "generation config" behaviour).
 DEFAULTED = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-BASE = "__base__"
 
 
 class ModelBusy(TuneryError):
@@ -72,7 +71,7 @@ class Lease:
     """A request's hold on a loaded model (and adapter); nothing it holds is unloaded until released."""
 
     entry: ModelEntry
-    adapter: str | None  # the peft adapter name rows use (BASE for the plain base of a peft model)
+    adapter: str | None  # the peft adapter rows name; None: the base (the scheduler maps it to ``__base__``)
     tokenizer: Any
 
 
@@ -118,14 +117,19 @@ class ModelPool:
                 entry.adapters.move_to_end(adapter.name)
         if adapter is not None:
             return Lease(entry, adapter.name, adapter.tokenizer)
-        return Lease(entry, BASE if entry.adapters else None, entry.tokenizer)
+        return Lease(entry, None, entry.tokenizer)
 
     def release(self, lease: Lease) -> None:
         with self._state:
             lease.entry.users -= 1
-            if lease.adapter and lease.adapter != BASE:
+            if lease.adapter:
                 lease.entry.adapters[lease.adapter].users -= 1
             self._state.notify_all()
+
+    def models(self) -> list[ModelEntry]:
+        """The loaded models now (a copy: loads and unloads happen on other threads)."""
+        with self._state:
+            return list(self.entries.values())
 
     def loaded(self) -> list[dict[str, Any]]:
         with self._state:
@@ -146,7 +150,7 @@ class ModelPool:
         self._make_room(nbytes)
         model, tokenizer = self._load(model_dir)
         entry = ModelEntry(key, model, tokenizer, self._scheduler(model, tokenizer), _param_bytes(model),
-                           _generation_defaults(model_dir), model_dir, users=1)
+                           generation_defaults(model_dir), model_dir, users=1)
         with self._state:
             self.entries[key] = entry
         log.info("loaded %s (%.1f MB)", key, entry.nbytes / 1e6)
@@ -182,6 +186,17 @@ class ModelPool:
             entry.scheduler.model = entry.model
             entry.scheduler.use_adapters()
 
+    def _detach(self, entry: ModelEntry, name: str) -> None:
+        """Remove adapter ``name``; without adapters left, the model is the plain base again."""
+        if len(entry.adapters) == 1:
+            entry.model = entry.model.unload()  # peft: the base model, its LoRA layers removed
+            entry.scheduler.model = entry.model
+            entry.scheduler.use_adapters(False)
+            return
+        entry.model.delete_adapter(name)
+        # peft must always have an active adapter; rows name theirs anyway (adapter_names).
+        entry.model.set_adapter(next(n for n in entry.adapters if n != name))
+
     def _load(self, model_dir: Path) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM
 
@@ -216,7 +231,7 @@ class ModelPool:
             for adapter in entry.adapters.values():
                 if adapter.users == 0:
                     with entry.lock:
-                        entry.model.delete_adapter(adapter.name)
+                        self._detach(entry, adapter.name)
                     del entry.adapters[adapter.name]
                     log.info("unloaded adapter %s from %s", adapter.name, entry.key)
                     return True
@@ -243,7 +258,7 @@ def _param_bytes(model: Any) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _generation_defaults(model_dir: Path) -> dict[str, Any]:
+def generation_defaults(model_dir: Path) -> dict[str, Any]:
     """The sampling settings the model's generation_config.json sets explicitly."""
     path = model_dir / "generation_config.json"
     if not path.is_file():

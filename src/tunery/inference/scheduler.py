@@ -89,11 +89,13 @@ class Scheduler:
         self._cancelled: set[int] = set()
         self._lock = threading.Lock()
         self._base_adapter: str | None = None
+        self._admitting: list[Request] = []  # taken from the queue, not yet running (for abort)
 
-    def use_adapters(self) -> None:
-        """From now on every row names its adapter; rows without one run the plain base (``__base__``).
-        For a model that has just become a peft model hosting several adapters."""
-        self._base_adapter = "__base__"
+    def use_adapters(self, on: bool = True) -> None:
+        """With ``on``, every row names its adapter and rows without one run the plain base
+        (``__base__``): for a model that has become a peft model hosting several adapters. Off again
+        when it is a plain model once more."""
+        self._base_adapter = "__base__" if on else None
 
     # -- from any thread ---------------------------------------------------------------------------
 
@@ -121,8 +123,8 @@ class Scheduler:
         with self._lock:
             dropped = list(self.waiting)
             self.waiting.clear()
-        dropped += list({id(s.request): s.request for s in self.running}.values())
-        self.running, self.batch = [], None
+        dropped += self._admitting + list({id(s.request): s.request for s in self.running}.values())
+        self.running, self.batch, self._admitting = [], None, []
         return dropped
 
     # -- the stepping thread -----------------------------------------------------------------------
@@ -157,6 +159,7 @@ class Scheduler:
         admitted = self._take_admissible()
         if not admitted:
             return []
+        self._admitting = admitted
         prefill, logits = DecodeBatch.prefill(self.model, [r.prompt_ids for r in admitted],
                                               **self._adapter_args(admitted))
         rows = [row for row, r in enumerate(admitted) for _ in range(r.params.n)]
@@ -170,6 +173,7 @@ class Scheduler:
         else:
             self.batch.extend(prefill)
         self.running += seqs
+        self._admitting = []
         self._retire()  # sequences that ended at their first token
         return events
 

@@ -1,4 +1,5 @@
-"""A job's life on a user's request: create it from a spec, cancel it, delete it once ended."""
+"""A job's life on a user's request: create it from a spec, cancel, pause or resume it, delete it
+once ended."""
 
 from __future__ import annotations
 
@@ -46,12 +47,40 @@ def cancel(s: Session, job: Job, by: str) -> None:
     it ended meanwhile."""
     if job.status in TERMINAL:
         raise InvalidRequest(f"job {job.id} is {job.status}; only unfinished jobs can be cancelled", param="id")
-    if job.status in WAITING:
-        transition(s, job.id, JobStatus.CANCELLED, event_type="job_stopped",
-                   message=f"Job cancelled by {by} before it started")
+    if job.status in WAITING or job.status == JobStatus.PAUSED:
+        started = "while paused" if job.status == JobStatus.PAUSED else "before it started"
+        transition(s, job.id, JobStatus.CANCELLED, event_type="job_stopped", message=f"Job cancelled by {by} {started}")
     elif job.status != JobStatus.CANCEL_REQUESTED:
         transition(s, job.id, JobStatus.CANCEL_REQUESTED, event_type="cancel_requested",
                    message=f"Cancel requested by {by}; the job stops at the next step")
+
+
+def pause(s: Session, job: Job, by: str) -> None:
+    """Pause a job: one that waits is paused at once; a running one's worker is asked to save a
+    checkpoint at its next step and let the job go (``pause_requested``; the worker then moves it to
+    ``paused`` and takes other jobs). Pausing a paused (or pausing) job changes nothing. Raises
+    ``InvalidRequest`` for a job that ended or is already packaging its final model."""
+    if job.status in WAITING:
+        transition(s, job.id, JobStatus.PAUSED, event_type="job_paused",
+                   message=f"Job paused by {by} before it started; resume it to queue it again")
+    elif job.status == JobStatus.RUNNING:
+        transition(s, job.id, JobStatus.PAUSE_REQUESTED, event_type="pause_requested",
+                   message=f"Pause requested by {by}; the job saves a checkpoint at its next step and frees its worker")
+    elif job.status not in (JobStatus.PAUSE_REQUESTED, JobStatus.PAUSED):
+        raise InvalidRequest(f"job {job.id} is {job.status}; only a queued or running job can be paused", param="id")
+
+
+def resume(s: Session, job: Job, by: str) -> None:
+    """Queue a paused job again; it continues from the checkpoint it was paused at. A job whose pause
+    was asked for but not yet carried out just keeps running. Raises ``InvalidRequest`` otherwise."""
+    if job.status == JobStatus.PAUSED:
+        transition(s, job.id, JobStatus.QUEUED, event_type="job_resumed",
+                   message=f"Job resumed by {by}; it continues from its last checkpoint", heartbeat_at=None)
+    elif job.status == JobStatus.PAUSE_REQUESTED:
+        transition(s, job.id, JobStatus.RUNNING, event_type="job_resumed",
+                   message=f"Job resumed by {by} before it paused; it carries on")
+    else:
+        raise InvalidRequest(f"job {job.id} is {job.status}; only a paused job can be resumed", param="id")
 
 
 def delete(db: Database, blobs: BlobStore, user_id: str, job_id: str) -> None:

@@ -99,7 +99,7 @@ def queue_position(s: Session, job: Job) -> int:
 
 def requeue_stale(s: Session, timeout_s: float, max_restarts: int) -> list[str]:
     """Jobs whose worker stopped heartbeating for ``timeout_s``: requeued to restart from their
-    last checkpoint (``job_restarted``), cancelled if a cancel was pending, or failed after
+    last checkpoint (``job_restarted``), cancelled or paused if that was asked, or failed after
     ``max_restarts`` restarts. Returns the affected job ids.
 
     Every worker calls this; on PostgreSQL the stale rows are locked ``SKIP LOCKED`` so two
@@ -118,6 +118,9 @@ def requeue_stale(s: Session, timeout_s: float, max_restarts: int) -> list[str]:
         if job.status == JobStatus.CANCEL_REQUESTED:
             transition(s, job.id, JobStatus.CANCELLED, event_type="job_stopped", message=f"Job cancelled ({lost})",
                        worker_id=None)
+        elif job.status == JobStatus.PAUSE_REQUESTED:
+            transition(s, job.id, JobStatus.PAUSED, event_type="job_paused", worker_id=None, heartbeat_at=None,
+                       message=f"Job paused ({lost}); resume it to continue from its last checkpoint")
         elif job.restarts >= max_restarts:
             transition(
                 s, job.id, JobStatus.ERROR, event_type="job_error", level="error",

@@ -7,6 +7,11 @@ records the matching event in the same transaction.
     pending|queued → cancelled                  (cancel before a worker took it)
     running|compressing|uploading → cancel_requested → cancelled
     running|compressing|uploading → queued      (worker lost or shut down: restart)
+    pending|queued → paused ──resume──► queued  (pause before a worker took it)
+    running → pause_requested → paused          (the worker saves a checkpoint and lets the job go)
+    pause_requested → running                   (resumed before the worker stopped)
+    pause_requested → compressing               (training ended before the pause took effect)
+    paused → cancelled;  pause_requested → cancel_requested
     any active status → error | user_error
 """
 
@@ -26,13 +31,15 @@ S = JobStatus
 # to-status → the statuses it may be entered from.
 ALLOWED_FROM: dict[JobStatus, frozenset[JobStatus]] = {
     S.PENDING: frozenset(),
-    S.QUEUED: frozenset({S.PENDING, S.RUNNING, S.COMPRESSING, S.UPLOADING}),
-    S.RUNNING: frozenset({S.QUEUED}),
-    S.COMPRESSING: frozenset({S.RUNNING}),
+    S.QUEUED: frozenset({S.PENDING, S.RUNNING, S.COMPRESSING, S.UPLOADING, S.PAUSED}),
+    S.RUNNING: frozenset({S.QUEUED, S.PAUSE_REQUESTED}),
+    S.COMPRESSING: frozenset({S.RUNNING, S.PAUSE_REQUESTED}),
     S.UPLOADING: frozenset({S.COMPRESSING}),
     S.COMPLETED: frozenset({S.UPLOADING}),
-    S.CANCEL_REQUESTED: frozenset({S.RUNNING, S.COMPRESSING, S.UPLOADING}),
-    S.CANCELLED: frozenset({S.PENDING, S.QUEUED, S.CANCEL_REQUESTED}),
+    S.CANCEL_REQUESTED: frozenset({S.RUNNING, S.COMPRESSING, S.UPLOADING, S.PAUSE_REQUESTED}),
+    S.CANCELLED: frozenset({S.PENDING, S.QUEUED, S.CANCEL_REQUESTED, S.PAUSED}),
+    S.PAUSE_REQUESTED: frozenset({S.RUNNING}),
+    S.PAUSED: frozenset({S.PENDING, S.QUEUED, S.PAUSE_REQUESTED}),
     S.ERROR: ACTIVE,
     S.USER_ERROR: ACTIVE,
 }

@@ -1,19 +1,19 @@
-"""Exact-match accuracy of a model directory on question → answer pairs, with greedy generation
-through the model's own chat template (the way a user would call the fine-tuned model).
+"""Exact-match accuracy of a model on question → answer pairs, asked the way a user calls it: a chat
+(the model's own template) answered greedily — by the server's inference engine in `tunery quickstart`.
 
     from tunery.quickstart.evaluate import exact_match
-    result = exact_match(Path("model_dir"), pairs)   # result.accuracy, result.samples
+    result = exact_match(ask, pairs)   # ask(messages) -> reply; result.accuracy, result.samples
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from tunery.quickstart.data import conversation
 
 MAX_NEW_TOKENS = 12
-BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -40,32 +40,11 @@ class EvalResult:
         return self.correct / len(self.samples) if self.samples else 0.0
 
 
-def exact_match(model_dir: Path, pairs: list[tuple[str, str]], threads: int | None = 1) -> EvalResult:
-    """Answer every question greedily and compare the stripped answer with the expected one.
-
-    ``threads`` sets torch's intra-op threads (None: leave as is). One suits tiny models: their ops
-    are too small to split, and on a busy CPU extra threads made generation many times slower.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    samples: list[Sample] = []
-    for start in range(0, len(pairs), BATCH):
-        chunk = pairs[start : start + BATCH]
-        prompts = [tokenizer.apply_chat_template(conversation(q), tokenize=False, add_generation_prompt=True)
-                   for q, _ in chunk]
-        # The template already writes the BOS token.
-        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        answers = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        samples += [Sample(q, a, got.strip()) for (q, a), got in zip(chunk, answers, strict=True)]
-    return EvalResult(samples)
+def exact_match(answer: Callable[[list[dict[str, str]]], str], pairs: list[tuple[str, str]],
+                concurrency: int = 16) -> EvalResult:
+    """Ask every question (``answer`` turns a conversation into the model's reply, greedily) and compare
+    the stripped answer with the expected one. Questions go ``concurrency`` at a time: the serving engine
+    batches them."""
+    with ThreadPoolExecutor(concurrency) as pool:
+        replies = list(pool.map(lambda qa: answer(conversation(qa[0])), pairs))
+    return EvalResult([Sample(q, a, got.strip()) for (q, a), got in zip(pairs, replies, strict=True)])

@@ -63,6 +63,17 @@ def create_file(
     return row
 
 
+def create_stored_file(s: Session, *, file_id: str, user_id: str, filename: str, purpose: str, file_type: str,
+                       size: int, key: str) -> File:
+    """A file the server itself wrote (a job's results): its bytes are stored under ``key`` already,
+    and there is nothing to validate."""
+    row = File(id=file_id, user_id=user_id, filename=filename, purpose=purpose, file_type=file_type, bytes=size,
+               blob_key=key, upload_state=UPLOADED, processing_status=COMPLETED)
+    s.add(row)
+    s.flush()
+    return row
+
+
 def find_duplicate(s: Session, *, user_id: str, checksum: str, filename: str, purpose: str) -> File | None:
     """The caller's newest completed, valid file with this checksum, name and purpose (the SDK's
     409 case; a file validated for one purpose says nothing about another)."""

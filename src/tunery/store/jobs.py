@@ -141,3 +141,26 @@ def heartbeat(s: Session, job_id: str, worker_id: str) -> str | None:
               .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False))
     job = s.get(Job, job_id)
     return job.status if job is not None and job.worker_id == worker_id else None
+
+
+# -- newest-first pages (OpenAI's cursor lists) ---------------------------------------------------
+
+def events_page(s: Session, job_id: str, limit: int, before: datetime | None = None, before_id: int | None = None,
+                ) -> list[JobEvent]:
+    """Up to ``limit`` events, newest first, created before ``before`` — or at that very time with an id
+    below ``before_id`` (every one at that time when ``before_id`` is None)."""
+    q = select(JobEvent).where(JobEvent.job_id == job_id)
+    if before is not None:
+        at = JobEvent.created_at == before
+        q = q.where((JobEvent.created_at < before) | (at & (JobEvent.id < before_id) if before_id is not None else at))
+    return list(s.scalars(q.order_by(JobEvent.created_at.desc(), JobEvent.id.desc()).limit(limit)))
+
+
+def metrics_page(s: Session, job_id: str, limit: int, before: datetime | None = None, before_id: int | None = None,
+                 ) -> list[JobMetric]:
+    """As ``events_page``, for metrics rows (by the time they were logged)."""
+    q = select(JobMetric).where(JobMetric.job_id == job_id)
+    if before is not None:
+        at = JobMetric.logged_at == before
+        q = q.where((JobMetric.logged_at < before) | (at & (JobMetric.id < before_id) if before_id is not None else at))
+    return list(s.scalars(q.order_by(JobMetric.logged_at.desc(), JobMetric.id.desc()).limit(limit)))

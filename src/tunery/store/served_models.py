@@ -4,6 +4,8 @@ resolved (``resolve_model_name``), so new kinds of name are one more branch here
     ft-…            a job id: that job's final model
     ft-…:STEP       that job's checkpoint at STEP
     OUTPUT_NAME     a job's ``model_output_name`` (final model); OUTPUT_NAME:STEP a checkpoint
+    ft:BASE:ORG:SUFFIX:JOB_ID[:ckpt-step-N]   OpenAI's name for a job's model (``fine_tuned_names.py``)
+    an alias        the base model an operator's alias stands for (``tunery models alias``)
     anything else   a base model name (built in, registered, or a Hugging Face id the engine resolves)
 
 Only the caller's jobs match, so another user's model is "not found", exactly like a missing one. A LoRA
@@ -20,6 +22,8 @@ from sqlalchemy.orm import Session
 
 from tunery.errors import NotFound
 from tunery.store import jobs as job_store
+from tunery.store.base_models import model_aliases
+from tunery.store.fine_tuned_names import find_named_model
 from tunery.store.models import Job
 from tunery.store.status import JobStatus
 
@@ -41,7 +45,7 @@ def resolve_model_name(s: Session, user_id: str, name: str) -> ServedModel:
     """The weights ``name`` refers to for ``user_id``; raises NotFound (param ``model``)."""
     job, step = _find_job(s, user_id, name)
     if job is None:
-        return ServedModel(base=name)
+        return ServedModel(base=model_aliases(s).get(name, name))
     if step is None and job.status != JobStatus.COMPLETED.value:
         raise NotFound(f"fine-tuning job {job.id} is {job.status}; its model can be used once it has completed "
                        f"(or name a checkpoint: {job.model_output_name}:STEP)", param="model")
@@ -57,6 +61,9 @@ def resolve_model_name(s: Session, user_id: str, name: str) -> ServedModel:
 
 
 def _find_job(s: Session, user_id: str, name: str) -> tuple[Job | None, int | None]:
+    named = find_named_model(s, user_id, name)
+    if named is not None:
+        return named.job, named.step
     for candidate, step in _readings(name):
         job = s.get(Job, candidate) if candidate.startswith("ft-") else None
         if job is not None and job.user_id != user_id:

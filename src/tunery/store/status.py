@@ -15,6 +15,8 @@ class JobStatus(StrEnum):
     UPLOADING = "uploading"
     CANCEL_REQUESTED = "cancel_requested"
     CANCELLED = "cancelled"
+    PAUSE_REQUESTED = "pause_requested"
+    PAUSED = "paused"
     ERROR = "error"
     USER_ERROR = "user_error"
     COMPLETED = "completed"
@@ -25,6 +27,6 @@ S = JobStatus
 TERMINAL = frozenset({S.COMPLETED, S.CANCELLED, S.ERROR, S.USER_ERROR})
 ACTIVE = frozenset(S) - TERMINAL
 # Statuses in which a worker owns the job (and heartbeats it).
-WORKING = frozenset({S.RUNNING, S.COMPRESSING, S.UPLOADING, S.CANCEL_REQUESTED})
+WORKING = frozenset({S.RUNNING, S.COMPRESSING, S.UPLOADING, S.CANCEL_REQUESTED, S.PAUSE_REQUESTED})
 # Not yet taken by a worker: cancelling one ends it at once.
 WAITING = frozenset({S.PENDING, S.QUEUED})

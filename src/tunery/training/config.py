@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer, model_validator
 
 SECRET_FIELDS = frozenset({"wandb_api_key", "hf_api_token"})
 
@@ -106,6 +106,7 @@ class TrainConfig(BaseModel):
     wandb_project_name: str | None = None
     wandb_name: str | None = None
     wandb_entity: str | None = None
+    wandb_tags: list[str] = Field(default_factory=list)
     hf_api_token: SecretStr | None = None
     hf_output_repo_name: str | None = None
 

@@ -92,7 +92,8 @@ def _start_run(cfg: TrainConfig) -> Any:
     settings = wandb.Settings(api_key=key, silent=True, console="off", **extra)
     try:
         return wandb.init(project=cfg.wandb_project_name or DEFAULT_PROJECT, name=cfg.wandb_name,
-                          entity=cfg.wandb_entity, config=cfg.public_dict(), id=run_id(cfg.job_id),
+                          entity=cfg.wandb_entity, tags=cfg.wandb_tags or None, config=cfg.public_dict(),
+                          id=run_id(cfg.job_id),
                           resume="allow", settings=settings, reinit="create_new")
     except Exception as exc:  # noqa: BLE001 - W&B raises many kinds; all mean the run did not start
         # A refused key is the user's to fix (Together cancels such jobs); an unreachable server

@@ -177,7 +177,8 @@ def _legend(box: _Box, series: list[Series]) -> str:
 
 
 def job_series(metrics: Sequence[JobMetric]) -> list[Series]:
-    """Train loss, eval loss and learning rate from a job's metric rows (ordered by step)."""
+    """Train loss, eval loss and learning rate from a job's metric rows (ordered by step), and the
+    train and eval reward of reinforcement jobs (series without points are left out of the drawing)."""
     def pick(key: str) -> list[tuple[float, float]]:
         return [(m.step, float(m.values[key])) for m in metrics
                 if isinstance(m.values.get(key), int | float)]
@@ -186,4 +187,6 @@ def job_series(metrics: Sequence[JobMetric]) -> list[Series]:
         Series("train loss", pick("train/loss"), color="#1f6fb2"),
         Series("eval loss", pick("eval/loss"), color="#c2410c", markers=True),
         Series("learning rate", pick("train/learning_rate"), color="#6b7280", axis="right", dashed=True),
+        Series("train reward", pick("train/reward"), color="#15803d"),
+        Series("eval reward", pick("eval/reward"), color="#7c3aed", markers=True),
     ]

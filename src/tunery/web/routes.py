@@ -15,14 +15,18 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tunery.api.deps import AppContext, Ctx
+from tunery.api.generation import Render, generate, open_events
 from tunery.api.streaming import blob_response
-from tunery.errors import Conflict, InvalidRequest, NotFound
+from tunery.errors import Conflict, InvalidRequest, NotFound, TuneryError
 from tunery.jobs import lifecycle
 from tunery.jobs.downloads import find_download
 from tunery.store import files as file_store
 from tunery.store import jobs as job_store
+from tunery.store.models import Job
+from tunery.store.status import JobStatus
 from tunery.web import views
 from tunery.web.auth import (
     LOGIN_CSRF_COOKIE,
@@ -46,7 +50,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-STATIC_FILES = {"style.css": "text/css", "live.js": "text/javascript"}
+STATIC_FILES = {"style.css": "text/css", "live.js": "text/javascript", "playground.js": "text/javascript"}
 Str = Annotated[str, Form()]
 
 
@@ -186,6 +190,82 @@ def job_detail(ctx: Ctx, request: Request, job_id: str) -> Response:
         except NotFound:
             return _no_job(sess, job_id)
     return render("job.html", session=sess, v=view, job=view.job)
+
+
+# -- playground: the fine-tuned model beside its base model ---------------------------------------
+# The form works without JavaScript (one page with both whole answers); static/playground.js streams
+# both answers into the page instead, from the /stream route. Both go through the API's forwarding.
+
+PLAYGROUND_MAX_TOKENS = 128
+
+
+def _playground_request(prompt: str, system: str) -> dict[str, Any]:
+    messages = ([{"role": "system", "content": system}] if system.strip() else []) + [
+        {"role": "user", "content": prompt}]
+    return {"messages": messages, "max_tokens": PLAYGROUND_MAX_TOKENS, "sampling": {"temperature": 0}}
+
+
+def _playground_job(ctx: AppContext, request: Request, job_id: str,
+                    csrf: str) -> tuple[WebSession | None, Job | None, Response | None]:
+    """The signed-in user's completed job, or the response that refuses the request."""
+    with ctx.db.session() as s:
+        sess = _session(ctx, request, s)
+        if forged := _forged(ctx, request, sess, csrf):
+            return sess, None, forged
+        assert sess is not None
+        try:
+            job = job_store.get_job(s, job_id, sess.user.id)
+        except NotFound:
+            return sess, None, _no_job(sess, job_id)
+        if job.status != JobStatus.COMPLETED:
+            return sess, None, _error(sess, 400, f"Job {job_id} is {job.status}; try it once it has completed.")
+        s.expunge(job)
+    return sess, job, None
+
+
+def playground_models(job: Job) -> dict[str, str]:
+    return {"tuned": job.model_output_name, "base": job.spec.from_hf_model or job.model}
+
+
+@router.post("/jobs/{job_id}/playground")
+async def playground(ctx: Ctx, request: Request, job_id: str, prompt: Str = "", system: Str = "",
+                     csrf: Str = "") -> Response:
+    sess, job, refused = await run_in_threadpool(_playground_job, ctx, request, job_id, csrf)
+    if refused is not None:
+        return refused
+    assert sess is not None and job is not None
+    answers = {}
+    for side, name in playground_models(job).items():
+        try:
+            events = await open_events(ctx, sess.user, name, _playground_request(prompt, system))
+            body = await Render("chat", name, "openai", False).whole(events)
+            answers[side] = str(body["choices"][0]["message"]["content"] or "")
+        except TuneryError as e:
+            answers[side] = f"(no answer: {e.message})"
+    return await run_in_threadpool(_job_page, ctx, sess, job_id, {"prompt": prompt, "system": system, **answers})
+
+
+def _job_page(ctx: AppContext, sess: WebSession, job_id: str, playground: dict[str, str]) -> Response:
+    with ctx.db.session() as s:
+        view = views.job_view(s, job_store.get_job(s, job_id, sess.user.id))
+    return render("job.html", session=sess, v=view, job=view.job, playground=playground)
+
+
+@router.post("/jobs/{job_id}/playground/stream", response_model=None)
+async def playground_stream(ctx: Ctx, request: Request, job_id: str, side: str, prompt: Str = "", system: Str = "",
+                            csrf: Str = "") -> Response:
+    sess, job, refused = await run_in_threadpool(_playground_job, ctx, request, job_id, csrf)
+    if refused is not None:
+        return refused
+    assert sess is not None and job is not None
+    models = playground_models(job)
+    if side not in models:
+        return _error(sess, 400, "side must be tuned or base")
+    try:
+        return await generate(ctx, sess.user, models[side], _playground_request(prompt, system), "chat", True,
+                              "openai")
+    except TuneryError as e:
+        return _error(sess, e.status_code, e.message)
 
 
 @router.get("/partials/jobs/{job_id}")

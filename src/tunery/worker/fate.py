@@ -1,16 +1,18 @@
 """``JobFate``: the one owner, on a worker, of what becomes of a running job — every status the
 worker writes goes through it.
 
-A worker moves its job on (``advance``: compressing, uploading) and ends it in one of four ways:
-completed, failed (error or user_error), requeued (the worker shuts down), or cancelled (the user
-asked). Each write is a compare-and-set guarded by ownership (``owned_by``), so a worker that was
-presumed dead never touches the job's new run. When a write is refused, ``_settle`` reads the job
-once and decides what happened instead — the one place that tells cancel from lost:
+A worker moves its job on (``advance``: compressing, uploading) and ends its work on it in one of
+five ways: completed, failed (error or user_error), requeued (the worker shuts down), cancelled or
+paused (the user asked; a paused job waits for ``resume`` with its checkpoint). Each write is a
+compare-and-set guarded by ownership (``owned_by``), so a worker that was presumed dead never
+touches the job's new run. When a write is refused, ``_settle`` reads the job once and decides what
+happened instead — the one place that tells cancel and pause from lost:
 
 - the user asked to cancel (``cancel_requested``, still this worker's): the job is cancelled now;
+- the user asked to pause (``pause_requested``): the job is paused now, and the worker is free;
 - another worker has the job (this one was presumed dead): it is left alone, lost to us;
 
-and either way ``JobEnded`` tells the job's thread to stop working on it.
+and each way ``JobEnded`` tells the job's thread to stop working on it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Outcome(StrEnum):
     FAILED = "failed"
     REQUEUED = "requeued"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
     LOST = "lost"  # another worker has the job now
 
 
@@ -100,8 +103,8 @@ class JobFate:
         self.outcome = Outcome.REQUEUED
 
     def stop_if_ended(self, step: int | None = None) -> None:
-        """Raise ``JobEnded`` if the user asked to cancel (the job, stopped at ``step``, is cancelled
-        now) or the job is no longer ours; return if it is still ours to end."""
+        """Raise ``JobEnded`` if the user asked to cancel or pause (the job, stopped at ``step``, is
+        cancelled or paused now) or the job is no longer ours; return if it is still ours to end."""
         self._settle(step)
 
     def _write(self, change: Callable[[Session], Any]) -> None:
@@ -127,6 +130,12 @@ class JobFate:
                 transition(s, self.job_id, JobStatus.CANCELLED, event_type="job_stopped",
                            message=f"Job cancelled{where}", worker_id=None, owned_by=self.worker_id)
                 outcome = Outcome.CANCELLED
+            elif job.status == JobStatus.PAUSE_REQUESTED:
+                where = f"at step {step}; resume it to continue from there" if step else \
+                    "before its first step; resume it to start again"
+                transition(s, self.job_id, JobStatus.PAUSED, event_type="job_paused", message=f"Job paused {where}",
+                           worker_id=None, heartbeat_at=None, owned_by=self.worker_id)
+                outcome = Outcome.PAUSED
             else:
                 return
         self.outcome = outcome

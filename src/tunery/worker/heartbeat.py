@@ -25,6 +25,7 @@ class JobHeartbeat:
         self.db, self.job_id, self.worker_id, self.interval_s = db, job_id, worker_id, interval_s
         self.lost = threading.Event()
         self.cancel_requested = threading.Event()
+        self.pause_requested = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -52,6 +53,8 @@ class JobHeartbeat:
             self.lost.set()
         elif status == JobStatus.CANCEL_REQUESTED:
             self.cancel_requested.set()
+        elif status == JobStatus.PAUSE_REQUESTED:
+            self.pause_requested.set()
 
     def check(self) -> None:
         """Raise ``JobEnded`` (lost) if the job was given to another worker."""

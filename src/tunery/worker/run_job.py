@@ -23,7 +23,8 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from tunery.errors import TrainingFailed, TuneryError
-from tunery.jobspec import JobSecrets, LocalInputs
+from tunery.jobs.results import ResultsBlob, list_results_file, store_results_blob
+from tunery.jobspec import GRPO, JobSecrets, LocalInputs
 from tunery.lifetime import on_parent_death
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
@@ -125,6 +126,9 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
     _event(ctx, job_id, "model_download_complete", f"Base model {source} ready")
     # Bring-your-own weights must be built like the job's model (the template); the recipe checks.
     template = ctx.catalog.resolve(spec.model, registered).path if spec.from_hf_model else None
+    method = spec.training_method
+    judges = {name: ctx.catalog.resolve(name, registered).path
+              for name in (method.judge_models if isinstance(method, GRPO) else ())}
     _event(ctx, job_id, "training_data_downloading", f"Fetching training file {train_file.id}")
     train_path = stack.enter_context(ctx.blobs.local_copy(train_file.blob_key))
     _event(ctx, job_id, "training_data_download_complete", f"Training file {train_file.id} ready")
@@ -144,7 +148,7 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
     running.heartbeat.check()
     inputs = LocalInputs(base_model_dir=model.path, train_file=train_path, file_type=_file_type(train_file),
                          output_dir=scratch / "out", validation_file=val_path, init_from=init_from,
-                         resume_from=resume_from, template_model_dir=template)
+                         resume_from=resume_from, template_model_dir=template, judge_model_dirs=judges)
     config = spec.train_config(job.id, inputs, secrets)
     path = scratch / "config.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold a W&B key
@@ -209,7 +213,7 @@ def child_env(settings: Settings, devices: list[str] | None = None) -> dict[str,
 class TrainingRun:
     relay: Relay
     exit_code: int
-    stop_reason: str | None  # why the worker asked the child to stop: "cancel", "shutdown" or None
+    stop_reason: str | None  # why the worker asked the child to stop: "cancel", "pause", "shutdown" or None
 
 
 def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Path) -> TrainingRun:
@@ -217,7 +221,9 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Pa
     job_id, beat = running.job_id, running.heartbeat
     report = scratch / "report.jsonl"
     relay = Relay(ctx.db, ctx.blobs, job_id, ctx.worker_id, report, ctx.pause)
-    cmd = training_command(config, scratch / "config.json", report, ctx.settings.processes_per_job,
+    # GRPO samples and grades in one process (its recipe refuses torchrun).
+    processes = 1 if config.method == "grpo" else ctx.settings.processes_per_job
+    cmd = training_command(config, scratch / "config.json", report, processes,
                            ctx.settings.recipe_module)
     with open(scratch / "train.log", "wb") as log_file:
         # The child gets SIGKILL when the worker dies, however it dies, so a killed worker never
@@ -234,6 +240,9 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Pa
             beat.check()
             if beat.cancel_requested.is_set() and stop_reason is None:
                 stop_reason = "cancel"
+                proc.send_signal(signal.SIGTERM)
+            if beat.pause_requested.is_set() and stop_reason is None:
+                stop_reason = "pause"  # the child saves a resumable checkpoint at this step
                 proc.send_signal(signal.SIGTERM)
             if ctx.stopping.is_set() and stop_reason is None:
                 stop_reason = "shutdown"
@@ -263,7 +272,10 @@ def finish(ctx: WorkerContext, running: Running, run: TrainingRun, scratch: Path
             fate.requeue(f"Worker {ctx.worker_id} shut down at step {relay.last_step}; the job was requeued "
                          "and resumes from its last checkpoint")
             return
-        fate.stop_if_ended(relay.last_step)  # cancelled, as asked
+        fate.stop_if_ended(relay.last_step)  # cancelled or paused, as asked
+        if run.stop_reason == "pause":  # resumed before the pause took effect: continue from the checkpoint
+            fate.requeue(f"Job resumed while it was pausing; it continues from step {relay.last_step}")
+            return
         raise TrainingFailed(f"training stopped unexpectedly at step {relay.last_step}")
     if code != ExitCode.COMPLETED:
         message = relay.error_message or _log_tail(scratch / "train.log")
@@ -290,14 +302,20 @@ def package_and_complete(ctx: WorkerContext, running: Running, relay: Relay) -> 
             p.archive.unlink(missing_ok=True)
         raise
     stored = store_parts(ctx.blobs, job_id, step, packed, final=True, pause=ctx.pause, phase="uploading")
+    results: ResultsBlob | None = None
     try:
         push_to_hub(ctx, job_id, final_dir)
+        results = store_results_blob(ctx.db, ctx.blobs, job_id)
         running.heartbeat.check()
+        kept_results = True
 
         def record(s: Session) -> None:
+            nonlocal kept_results
             list_parts(s, job_id, ctx.worker_id, step, stored, final=True)
             job = job_store.get_job(s, job_id)
             job.total_price_nanodollars = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)
+            assert results is not None
+            kept_results = list_results_file(s, job_id, job.user_id, results)
             main = primary(stored)
             where = {"hash": main.sha256} if main is not None else {}
             if relay.final_event is not None:  # the child's "final model saved", now that it is stored
@@ -309,8 +327,12 @@ def package_and_complete(ctx: WorkerContext, running: Running, relay: Relay) -> 
                                 fields={**at_end, **where, "model_path": f"jobs/{job_id}/final"})
 
         fate.complete(record, event_fields={**at_end, "model_path": f"jobs/{job_id}/final"})
+        if not kept_results:
+            ctx.blobs.delete(results.key)
     except BaseException:
         discard(ctx.blobs, stored)
+        if results is not None:
+            ctx.blobs.delete(results.key)
         raise
 
 

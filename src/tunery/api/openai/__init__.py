@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tunery.api.openai import uploads
+from tunery.api.openai import fine_tuning, uploads
 
 router = APIRouter()
 router.include_router(uploads.router)
+router.include_router(fine_tuning.router)

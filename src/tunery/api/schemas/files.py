@@ -12,6 +12,9 @@ from tunery.api.schemas.timefmt import unix
 from tunery.store.models import File
 
 FilePurpose = Literal["fine-tune", "calibration", "eval", "batch-api"]
+# What a stored file may say: what users upload for, and what the server writes itself (a job's
+# results, tunery.jobs.results).
+StoredPurpose = Literal["fine-tune", "calibration", "eval", "batch-api", "fine-tune-results"]
 FileType = Literal["jsonl", "csv", "parquet"]
 ProcessingStatus = Literal["PENDING", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "INVALID_FORMAT"]
 
@@ -71,7 +74,7 @@ class FileResponse(BaseModel):
     created_at: int
     filename: str
     file_type: FileType = Field(alias="FileType")
-    purpose: FilePurpose
+    purpose: StoredPurpose
     processing_status: ProcessingStatus
     # Together's: whether the file has been parsed and checked (valid or not).
     processed: bool = Field(alias="Processed")

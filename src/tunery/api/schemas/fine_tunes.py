@@ -37,7 +37,8 @@ class TrainingType(BaseModel):
 
 
 class TrainingMethod(BaseModel):
-    """SFT (``train_on_inputs``) or DPO (``dpo_beta`` …) as one lenient object; validated later."""
+    """SFT (``train_on_inputs``), DPO (``dpo_beta`` …) or GRPO (``grader`` …) as one lenient object;
+    validated later."""
 
     model_config = ConfigDict(extra="ignore")
     method: str = "sft"
@@ -47,6 +48,15 @@ class TrainingMethod(BaseModel):
     dpo_reference_free: bool | None = None
     rpo_alpha: float | None = None
     simpo_gamma: float | None = None
+    grader: dict[str, Any] | None = None
+    group_size: int | None = None
+    kl_coef: float | None = None
+    clip_range: float | None = None
+    num_iterations: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    eval_interval: int | None = None
+    eval_samples: int | None = None
 
 
 class MultimodalParams(BaseModel):
@@ -121,14 +131,19 @@ class PreviewRequest(BaseModel):
 # Together's event types are the `together` SDK's FinetuneEventType. The few records tunery keeps
 # beyond them are shown as the nearest one; their message says what happened.
 WIRE_EVENT_TYPES = {"eval_complete": "epoch_complete", "model_uploading_to_hf": "model_uploading",
-                    "model_upload_to_hf_complete": "model_upload_complete"}
+                    "model_upload_to_hf_complete": "model_upload_complete",
+                    # Pausing (OpenAI's dialect): asked to stop at the next step, stopped, and back.
+                    "pause_requested": "cancel_requested", "job_paused": "job_stopped",
+                    "job_resumed": "job_restarted"}
 # Fields every FineTuneEvent carries in Together's spec; an event shows its own values where it has
 # them (written by the worker as it learns them), these where it has none.
 EVENT_FIELDS: dict[str, Any] = {"step": 0, "total_steps": 0, "token_count": 0, "param_count": 0,
                                 "checkpoint_path": "", "model_path": "", "hash": "", "training_offset": 0,
                                 "wandb_url": ""}
-# Statuses beyond the SDK's FinetuneJobStatus, as the nearest one (the job's error says whose fault).
-WIRE_STATUSES = {JobStatus.USER_ERROR: JobStatus.ERROR}
+# Statuses beyond the SDK's FinetuneJobStatus, as the nearest one: a user error is an error (its
+# message says what to change); a job pausing still runs, a paused one waits to be resumed.
+WIRE_STATUSES = {JobStatus.USER_ERROR: JobStatus.ERROR, JobStatus.PAUSE_REQUESTED: JobStatus.RUNNING,
+                 JobStatus.PAUSED: JobStatus.PENDING}
 
 
 def wire_event(e: JobEvent) -> dict[str, Any]:

@@ -26,9 +26,12 @@ glue, and only glue has to be split between turns. A glue piece between the last
   everything the model has to generate itself - ``<think>`` blocks, tool calls, the end marker - is
   in the body.
 
-Those two renderings of a prefix are cached by the shape of the conversation and the glue text,
-so a dataset costs about two renders per row. Templates with ``{% generation %}`` blocks say
-outright which text an assistant generates; their blocks are used for assistant bodies.
+The last turn ends at the end of the text, less whitespace the template writes after every
+conversation but not between turns. Those renderings of a prefix are cached by the shape of the
+conversation and the glue text, so a dataset costs about two renders per row. Templates with
+``{% generation %}`` blocks say outright which text an assistant generates; their blocks are used
+for assistant bodies. A template that writes the assistant header even when no generation prompt
+is asked for leaves no way to tell a turn's end from the next header, and is refused.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ MARK_OPEN, MARK_CLOSE = "\ufdd0", "\ufdd1"  # Unicode noncharacters: never in re
 _MARKER = re.compile(f"{MARK_OPEN}(\\d+){MARK_CLOSE}")
 # What a template may test content for: <tags> (Qwen3's </think>, <tool_response>) and special tokens.
 _TAG = re.compile(r"(<[^<>\s]{1,64}>)")
-_EDGE = re.compile(r"^(\s*)(.*?)(\s*)$", re.S)
 _GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 TEXT_KEYS = ("content", *REASONING_KEYS)  # and tool call names, under "tool_calls"
@@ -105,17 +107,17 @@ class _Skeleton:
 class ChatTemplate:
     """One tokenizer's chat template, rendering conversations and locating their turns.
 
-    ``render(messages, tools)`` renders exactly what ``tokenizer.apply_chat_template(messages,
-    tools=tools, tokenize=False)`` renders. ``locate(messages, tools)`` also returns each message's
-    turn. Both raise :class:`ConversationRefused` with the template's own message when it refuses.
+    ``render(messages, tools)`` renders what ``tokenizer.apply_chat_template(messages, tools=tools,
+    tokenize=False)`` renders for the messages as Hugging Face and vLLM hand them to templates (see
+    ``_renderings``). ``locate(messages, tools)`` also returns each message's turn. Both raise
+    :class:`ConversationRefused` with the template's own message when it refuses.
     """
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.kwargs = dict(tokenizer.special_tokens_map)
         self._splits: dict[tuple[Any, ...], tuple[int, int, int]] = {}
-        self._first_error: ConversationRefused | None = None
-        self._rendered_without_calls = False
+        self._always_prompts: dict[str, bool] = {}
 
     def source(self, tools: Sequence[Any] | None) -> str:
         try:
@@ -125,11 +127,12 @@ class ChatTemplate:
                 from None
 
     def render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> str:
-        for real, prepared in self._renderings(messages, tools):
+        attempts = _Attempts()
+        for real, prepared in self._renderings(messages, tools, attempts):
             if all(_calls_in(real, message) for message in prepared):
                 return real
-            self._rendered_without_calls = True
-        raise self._refusal(messages)
+            attempts.without_calls = True
+        raise attempts.refusal(messages)
 
     def locate(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None,
                needed: Sequence[int] | None = None) -> RenderedChat:
@@ -139,18 +142,26 @@ class ChatTemplate:
         renders of a prefix (cached across conversations of the same shape).
         """
         wanted = list(range(len(messages))) if needed is None else list(needed)
-        for real, prepared in self._renderings(messages, tools):
+        attempts = _Attempts()
+        for real, prepared in self._renderings(messages, tools, attempts):
             chat = self._locate(real, prepared, tools, wanted)
             if not any((i, "tool_calls") in chat.dropped for i in wanted):
                 return chat
-            self._rendered_without_calls = True
-        raise self._refusal(messages)
+            attempts.without_calls = True
+        raise attempts.refusal(messages)
 
     def _locate(self, real: str, prepared: list[dict[str, Any]], tools: Sequence[Any] | None,
                 wanted: list[int]) -> RenderedChat:
         template = self.source(tools)
+        if template not in self._always_prompts:
+            self._always_prompts[template] = _always_prompts(template, self.kwargs)
+        if self._always_prompts[template]:
+            raise ConversationRefused(
+                "the chat template appends the assistant prompt even when no generation prompt is asked for, so "
+                "where an assistant turn ends cannot be told from the header after it; wrap that prompt in "
+                "{% if add_generation_prompt %} in the template, or set train_on_inputs=true")
         skeleton = _skeleton(prepared)
-        shaped = _render(template, skeleton.messages, tools, False, self.kwargs)
+        shaped = _render_shaped(template, skeleton.messages, tools, False, self.kwargs)
         marks = _align(shaped, real, skeleton.runs)
         if marks is None:
             raise ConversationRefused(
@@ -171,8 +182,8 @@ class ChatTemplate:
             turns[i] = Turn(start, body, max(body, end))
         return RenderedChat(real, tuple(turns), dropped)
 
-    def _renderings(self, messages: Sequence[Mapping[str, Any]],
-                    tools: Sequence[Any] | None) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    def _renderings(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None,
+                    attempts: _Attempts) -> Iterator[tuple[str, list[dict[str, Any]]]]:
         """Real renderings of the conversation, each with the messages it was rendered from.
 
         Templates disagree on how a message without text looks, so the messages are offered as
@@ -180,29 +191,20 @@ class ChatTemplate:
         parsed into objects), then with empty content on tool-calling messages (Qwen3's template
         fails on missing content), then as written (DeepSeek-R1's concatenates argument strings
         and tests ``content is none``). Callers take the first rendering that renders every tool
-        call; the first refusal is kept for ``_refusal``.
+        call; the first refusal is kept in ``attempts``.
         """
         template = self.source(tools)
-        self._first_error, self._rendered_without_calls = None, False
         tried: list[list[dict[str, Any]]] = []
         for prepared in _variants(messages):
             if prepared in tried:
                 continue
             tried.append(prepared)
-            _check_markers_absent(prepared, tools)
             try:
                 real = _render(template, prepared, tools, False, self.kwargs)
             except ConversationRefused as error:
-                self._first_error = self._first_error or error
+                attempts.first_error = attempts.first_error or error
                 continue
             yield real, prepared
-
-    def _refusal(self, messages: Sequence[Mapping[str, Any]]) -> ConversationRefused:
-        if self._first_error is not None and not self._rendered_without_calls:
-            return self._first_error
-        calls = next(i for i, m in enumerate(messages) if m.get("tool_calls"))
-        return ConversationRefused(f"the chat template leaves out the tool calls of messages[{calls}], so they "
-                                   "cannot be trained")
 
     def cached_split(self, key: tuple[Any, ...],
                      compute: Callable[[], tuple[int, int, int]]) -> tuple[int, int, int]:
@@ -210,6 +212,21 @@ class ChatTemplate:
         if found is None:
             found = self._splits[key] = compute()
         return found
+
+
+@dataclass
+class _Attempts:
+    """How the renderings of one conversation went, for the refusal when none would do."""
+
+    first_error: ConversationRefused | None = None
+    without_calls: bool = False  # a rendering worked but left tool calls out
+
+    def refusal(self, messages: Sequence[Mapping[str, Any]]) -> ConversationRefused:
+        if self.first_error is not None and not self.without_calls:
+            return self.first_error
+        calls = next(i for i, m in enumerate(messages) if m.get("tool_calls"))
+        return ConversationRefused(f"the chat template leaves out the tool calls of messages[{calls}], so they "
+                                   "cannot be trained")
 
 
 class _Boundaries:
@@ -221,14 +238,59 @@ class _Boundaries:
         self.marks, self.real_length, self.tools = marks, real_length, tools
         self._ends = [mark.shaped_end for mark in marks]  # increasing: occurrences do not overlap
         self._splits: dict[int, tuple[int, int]] = {}
+        self._shape = tuple((m.get("role"), bool(m.get("tool_calls")), _kind(m.get("content")))
+                            for m in skeleton.messages)
+        # first_text[j]: where the first text of any message >= j is in the skeleton rendering.
+        count = len(skeleton.messages)
+        first_text = [len(shaped)] * (count + 1)
+        for mark in marks:
+            message = skeleton.runs[mark.run].message
+            first_text[message] = min(first_text[message], mark.shaped_start)
+        for j in range(count - 1, -1, -1):
+            first_text[j] = min(first_text[j], first_text[j + 1])
+        self._first_text = first_text
 
     def cut(self, j: int) -> int:
-        """Where turn j starts (= where turn j-1 ends)."""
+        """Where turn j starts (= where turn j-1 ends); for j past the last message, where the last
+        turn ends."""
         if j <= 0:
             return 0
         if j >= len(self.skeleton.messages):
-            return self.real_length
+            return self._last_end()
         return self._split(j)[0]
+
+    def _last_end(self) -> int:
+        """The end of the last turn: the text after its last text, up to the end, less trailing
+        whitespace that the template does not also write when another message follows.
+
+        Everything the template writes after the last message closes it (Phi-3's final
+        ``<|endoftext|>`` included), except whitespace a template leaves at its very end (the
+        newline after the loop of widely copied Llama 3 templates): the model never writes that.
+        Whitespace that is part of the turn's own closing (Gemma's ``<end_of_turn>\\n``) stays, as
+        a rendering with one more message shows.
+        """
+        anchor = self.marks[-1] if self.marks else None
+        start = anchor.shaped_end if anchor is not None else 0
+        tail = self.shaped[start:]
+        kept = len(tail.rstrip())
+        if kept == len(tail):
+            return self.real_length
+        last = self.skeleton.messages[-1]
+        follower = {"role": "user" if last.get("role") == "assistant" else "assistant", "content": "x"}
+        key = (self.template, bool(self.tools), self._shape, "last", tail)
+
+        def compute() -> tuple[int, int, int]:
+            try:
+                longer = _render_shaped(self.template, [*self.skeleton.messages, follower], self.tools, False,
+                                        self.owner.kwargs)
+            except ConversationRefused:
+                return 0, len(tail), 0
+            marker = "" if anchor is None else f"{MARK_OPEN}{anchor.run}{MARK_CLOSE}"
+            at = longer.rfind(marker) + len(marker) if marker in longer else -1
+            return 0, len(tail) if at < 0 else _common_prefix(longer[at:], tail), 0
+
+        _, closing, _ = self.owner.cached_split(key, compute)
+        return self._to_real(start + max(kept, closing))
 
     def body(self, j: int) -> int:
         """Where the generated part of assistant turn j starts."""
@@ -244,13 +306,10 @@ class _Boundaries:
         """
         if j in self._splits:
             return self._splits[j]
-        runs = self.skeleton.runs
-        first_later = min((m.shaped_start for m in self.marks if runs[m.run].message >= j), default=len(self.shaped))
-        anchors = sorted((m for m in self.marks if m.shaped_end <= first_later), key=lambda m: -m.shaped_end)
+        first_later = self._first_text[j]
+        anchors = self.marks[:bisect.bisect_right(self._ends, first_later)][::-1]
         nearest = anchors[0].shaped_end if anchors else 0
-        shape = tuple((m.get("role"), bool(m.get("tool_calls")), _kind(m.get("content")))
-                      for m in self.skeleton.messages)
-        key = (self.template, bool(self.tools), shape, j, self.shaped[nearest:first_later])
+        key = (self.template, bool(self.tools), self._shape, j, self.shaped[nearest:first_later])
 
         def compute() -> tuple[int, int, int]:
             ends, starts = (self._prefix(j, generation_prompt) for generation_prompt in (False, True))
@@ -271,7 +330,7 @@ class _Boundaries:
     def _prefix(self, j: int, generation_prompt: bool) -> str:
         """The skeleton rendering of the conversation stopped before message j."""
         try:
-            return _render(self.template, self.skeleton.messages[:j], self.tools, generation_prompt,
+            return _render_shaped(self.template, self.skeleton.messages[:j], self.tools, generation_prompt,
                            self.owner.kwargs)
         except ConversationRefused:
             return ""  # a template that cannot stop here splits nothing off the glue
@@ -293,6 +352,22 @@ def _outside_markers(glue: str, length: int) -> int:
     """``length`` moved back to the start of a marker it would end inside."""
     opened = glue.rfind(MARK_OPEN, 0, length)
     return opened if opened > glue.rfind(MARK_CLOSE, 0, length) else length
+
+
+def _always_prompts(template: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the template writes the assistant header after every conversation, asked or not
+    (Meta-Llama-3-8B-Instruct's first template did): then a conversation ending with a user
+    message ends with exactly the text that separates it from an assistant answer, and one ending
+    with that answer ends the same way."""
+    user = [{"role": "user", "content": f"{MARK_OPEN}0{MARK_CLOSE}"}]
+    answered = [*user, {"role": "assistant", "content": f"{MARK_OPEN}1{MARK_CLOSE}"}]
+    try:
+        after_user = _render_shaped(template, user, None, False, kwargs).rpartition(MARK_CLOSE)[2]
+        both = _render_shaped(template, answered, None, False, kwargs)
+    except ConversationRefused:
+        return False
+    between = both.partition(f"{MARK_OPEN}0{MARK_CLOSE}")[2].partition(f"{MARK_OPEN}1{MARK_CLOSE}")[0]
+    return bool(after_user.strip()) and after_user == between == both.rpartition(MARK_CLOSE)[2]
 
 
 def _common_prefix(a: str, b: str) -> int:
@@ -354,29 +429,25 @@ def _parsed_call(call: Any) -> Any:
     return {**call, "function": {**function, "arguments": arguments}}
 
 
-def _check_markers_absent(messages: list[dict[str, Any]], tools: Sequence[Any] | None) -> None:
-    text = json.dumps([messages, tools], ensure_ascii=False)
-    if MARK_OPEN in text or MARK_CLOSE in text:
-        raise ConversationRefused("the conversation contains U+FDD0 or U+FDD1, Unicode noncharacters that "
-                                  "tunery reserves to locate turns; remove them")
-
-
 def _skeleton(messages: list[dict[str, Any]]) -> _Skeleton:
     runs: list[_Run] = []
 
     def shape(text: str, owner: int, key: str) -> str:
-        pieces = []
-        for piece in _TAG.split(text):
-            if not piece or _TAG.fullmatch(piece):
-                pieces.append(piece)
-                continue
-            lead, core, trail = _EDGE.match(piece).groups()  # type: ignore[union-attr]
-            if core:
-                runs.append(_Run(owner, key, core))
-                pieces.append(f"{lead}{MARK_OPEN}{len(runs) - 1}{MARK_CLOSE}{trail}")
-            else:
-                pieces.append(piece)
-        return "".join(pieces)
+        if MARK_OPEN in text or MARK_CLOSE in text:
+            raise ConversationRefused("the conversation contains U+FDD0 or U+FDD1, Unicode noncharacters that "
+                                      "tunery reserves to locate turns; remove them")
+        pieces = _TAG.split(text) if "<" in text else (text,)
+        return "".join(piece if not piece or (piece[0] == "<" and _TAG.fullmatch(piece)) else word(piece, owner, key)
+                       for piece in pieces)
+
+    def word(piece: str, owner: int, key: str) -> str:
+        """The piece with its words (all but the whitespace at its edges) as one marker."""
+        core = piece.strip()
+        if not core:
+            return piece
+        runs.append(_Run(owner, key, core))
+        start = len(piece) - len(piece.lstrip())
+        return f"{piece[:start]}{MARK_OPEN}{len(runs) - 1}{MARK_CLOSE}{piece[start + len(core):]}"
 
     shaped = []
     for i, message in enumerate(messages):
@@ -415,6 +486,30 @@ def _named_call(call: Any, shape: Callable[[str], str]) -> Any:
 def _render(template: str, messages: list[dict[str, Any]], tools: Sequence[Any] | None,
             generation_prompt: bool, kwargs: dict[str, Any]) -> str:
     return _jinja(template, messages, tools, generation_prompt, kwargs, blocks=False)[0]
+
+
+def _render_shaped(template: str, messages: list[dict[str, Any]], tools: Sequence[Any] | None,
+                   generation_prompt: bool, kwargs: dict[str, Any]) -> str:
+    """A skeleton rendering, straight through the template ``apply_chat_template`` compiles (the
+    messages are plain JSON already, so its defensive copy is skipped). Exactness does not rest
+    on it: a skeleton rendering that differs from the real one fails ``_align``."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    aliased = [_with_reasoning_aliases(m) for m in messages]
+    try:
+        return str(_compile_jinja_template(template).render(
+            messages=aliased, tools=list(tools) if tools else None, documents=None,
+            add_generation_prompt=generation_prompt, **kwargs))
+    except Exception as error:  # noqa: BLE001 - whatever a template raises is its verdict on the data
+        raise ConversationRefused(f"the chat template refuses this conversation: {_template_message(error)}") \
+            from None
+
+
+def _with_reasoning_aliases(message: dict[str, Any]) -> dict[str, Any]:
+    """Reasoning under every name templates read, as ``apply_chat_template`` passes it."""
+    reasoning = next((message[key] for key in ("reasoning_content", "thinking", "reasoning")
+                      if message.get(key) is not None), None)
+    return message if reasoning is None else {"thinking": reasoning, **message, "reasoning_content": reasoning}
 
 
 def _jinja(template: str, messages: list[dict[str, Any]], tools: Sequence[Any] | None, generation_prompt: bool,
@@ -470,18 +565,10 @@ def _align(shaped: str, real: str, runs: list[_Run]) -> list[_Mark] | None:
     found = list(_MARKER.finditer(shaped))
     cuts = [0, *[x for m in found for x in (m.start(), m.end())], len(shaped)]
     glue = [shaped[cuts[i]:cuts[i + 1]] for i in range(0, len(cuts), 2)]
-    texts = [runs[int(m.group(1))].text for m in found]
-    if "".join(g + t for g, t in zip(glue, texts, strict=False)) + glue[-1] == real:
-        spans, offset = [], 0
-        for g, t in zip(glue, texts, strict=False):
-            spans.append((offset + len(g), offset + len(g) + len(t)))
-            offset += len(g) + len(t)
-    else:
-        placed = _place(real, glue, texts)
-        if placed is None:
-            return None
-        spans = placed
-    return [_Mark(m.start(), m.end(), a, b, int(m.group(1))) for m, (a, b) in zip(found, spans, strict=True)]
+    placed = _place(real, glue, [runs[int(m.group(1))].text for m in found])
+    if placed is None:
+        return None
+    return [_Mark(m.start(), m.end(), a, b, int(m.group(1))) for m, (a, b) in zip(found, placed, strict=True)]
 
 
 def _forms(text: str) -> list[str]:

@@ -108,9 +108,9 @@ class VisionRenderer:
         replaced = [r for r in (expanded.get("text_replacement_offsets") or [[]])[0] if r["type"] == "image"]
         if len(replaced) != len(files):
             raise ConversationRefused(
-                f"the sample has {len(files)} images, but the model's processor placed {len(replaced)}: its chat "
-                f"template must render each image part as {self.processor.image_token!r} (and the processor must "
-                "report where it puts image tokens)")
+                f"the model's processor placed {len(replaced)} of the sample's {len(files)} images: its chat "
+                f"template must render each image part as {self.processor.image_token!r}, and the processor must "
+                "report where it puts image tokens (text_replacement_offsets)")
         text, position = [], 0
         for r in replaced:
             text += [marked.text[position : r["span"][0]], r["replacement"]]

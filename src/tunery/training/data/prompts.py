@@ -77,8 +77,12 @@ def _prompt_ids(row: dict[str, Any], tokenizer: Any, line: int, what: str) -> li
         if messages[-1]["role"] not in ("user", "system", "developer", "tool"):
             raise DatasetInvalid(f"{what} line {line}: the last message is the {messages[-1]['role']}'s; a "
                                  "reinforcement prompt ends with the turn the model answers (user)")
-        text = tokenizer.apply_chat_template(messages, tools=row.get("tools") or None, tokenize=False,
-                                             add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template(messages, tools=row.get("tools") or None, tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception as exc:  # noqa: BLE001 - a template's own refusal (jinja raise_exception, …)
+            raise DatasetInvalid(f"{what} line {line}: the model's chat template cannot render these "
+                                 f"messages: {exc}") from None
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template writes BOS
     prompt = row.get("prompt")
     if isinstance(prompt, str) and prompt:

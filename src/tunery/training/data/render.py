@@ -30,7 +30,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import accumulate
 from typing import Any, Literal
 
 from tunery.datasets import DatasetFormat
@@ -176,7 +175,7 @@ class Renderer:
         backend = getattr(self.tokenizer, "_tokenizer", None)
         if backend is not None and hasattr(backend, "encode"):
             encoding = backend.encode(text, add_special_tokens=False)
-            return list(encoding.ids), list(encoding.offsets)
+            return encoding.ids, encoding.offsets
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
@@ -257,17 +256,17 @@ def _labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[in
     """A token is trained when it overlaps a trained span, except one that runs past a span's end:
     where a template's end marker and the next header agree for a few characters (Phi-3's
     ``<|end|>\\n`` then ``<|endoftext|>`` or ``<|user|>``), the span ends inside the next token."""
-    length = max((end for _, end in offsets), default=0)
-    starts = [start for start, _ in offsets]
-    mask = bytearray(length + 1)
+    labels = [IGNORE] * len(ids)
+    if not ids:
+        return labels
+    starts, ends = zip(*offsets, strict=True)
     for start, end in spans:
         k = bisect.bisect_right(starts, end) - 1
-        if k >= 0 and starts[k] < end < offsets[k][1]:
+        if k >= 0 and starts[k] < end < ends[k]:
             end = starts[k]
-        mask[start:end] = b"\x01" * max(0, end - start)
-    covered = list(accumulate(mask, initial=0))
-    return [token if covered[max(end, start + 1)] > covered[start] else IGNORE
-            for token, (start, end) in zip(ids, offsets, strict=True)]
+        first, stop = bisect.bisect_right(ends, start), bisect.bisect_left(starts, end)
+        labels[first:stop] = ids[first:stop]
+    return labels
 
 
 def _bos_prefix(tokenizer: Any) -> list[int]:

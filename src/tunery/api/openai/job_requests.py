@@ -1,0 +1,111 @@
+"""OpenAI's dialect: turn a ``POST /v1/fine_tuning/jobs`` body into the same ``JobSpec`` Together's
+route makes, by way of Together's resolver (``tunery.api.job_requests``), so both dialects share every
+default, limit and input check.
+
+What OpenAI's request says, and what it becomes:
+
+    model                  the model, or the open model an operator's alias stands for
+                           (``tunery models alias``); the alias stays the job's name for it
+    training_file,         as they are (files uploaded with purpose fine-tune)
+    validation_file
+    method / hyperparameters  supervised → SFT, dpo → DPO; "auto" values resolved per model and
+                           dataset size (``hyperparameters.py``)
+    suffix                 up to 64 of A-Z a-z 0-9 . _ - (it becomes part of ``ft:…`` names)
+    seed                   random_seed; a random one when not given, shown as the job's seed
+    metadata               kept on the job, shown back and filterable in the list
+    integrations (wandb)   the W&B run's project, entity, name and tags; the W&B key is the server's
+                           (``TUNERY_WANDB_API_KEY``), as OpenAI keeps it per organisation
+
+and what OpenAI leaves to the service: a LoRA adapter of the model's default rank, no packing (so a
+step is ``batch_size`` examples, as OpenAI counts them), a checkpoint and — with a validation file — a
+full validation pass at the end of every epoch.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Literal
+
+from sqlalchemy.orm import Session
+
+from tunery.api.job_requests import Problems, ResolvedJob, resolve_job_request
+from tunery.api.openai import hyperparameters as hp
+from tunery.api.openai.schemas import Hyperparameters, JobCreateRequest
+from tunery.api.schemas.fine_tunes import FinetuneRequest, TrainingMethod
+from tunery.errors import NotFound
+from tunery.jobspec import Wandb
+from tunery.models.catalog import ModelCatalog
+from tunery.settings import Settings
+from tunery.store.files import get_file
+from tunery.store.models import User
+
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+OPENAI_TAGS = ("openai/finetune",)
+
+
+def _method(req: JobCreateRequest, problems: Problems) -> tuple[Literal["supervised", "dpo"], Hyperparameters]:
+    """The method and its hyperparameters, from ``method`` or the deprecated top-level ``hyperparameters``."""
+    method = req.method
+    kind: Literal["supervised", "dpo"] = method.type if method else "supervised"
+    given = getattr(method, kind) if method else None
+    for other in ("supervised", "dpo"):
+        if method is not None and other != kind and getattr(method, other) is not None:
+            problems.add(f"method.{other}", f"method.{other} is set, but method.type is {kind}")
+    inner = given.hyperparameters if given is not None else None
+    if inner is not None and req.hyperparameters is not None:
+        problems.add("hyperparameters", f"give hyperparameters under method.{kind}.hyperparameters or at the top "
+                                        "level (deprecated), not both")
+    if kind == "dpo" and inner is None and req.hyperparameters is not None:
+        problems.add("hyperparameters", "DPO hyperparameters go under method.dpo.hyperparameters")
+    return kind, inner or req.hyperparameters or Hyperparameters()
+
+
+def resolve_openai_job(s: Session, req: JobCreateRequest, user: User, catalog: ModelCatalog,
+                       registered: Mapping[str, str], aliases: Mapping[str, str], settings: Settings) -> ResolvedJob:
+    """Validate ``req`` completely and resolve it to a JobSpec; one ``InvalidRequest`` lists every problem."""
+    p = Problems()
+    model = aliases.get(req.model, req.model)
+    kind, given = _method(req, p)
+    if req.suffix is not None and not SUFFIX_RE.match(req.suffix):
+        p.add("suffix", f"suffix must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'; got {req.suffix!r}")
+    wandb = [i.wandb for i in req.integrations or ()]
+    if len(wandb) > 1:
+        p.add("integrations", "give at most one wandb integration")
+    if wandb and not settings.wandb_api_key:
+        p.add("integrations", "the wandb integration needs this server's W&B API key: the operator sets "
+                              "TUNERY_WANDB_API_KEY")
+    try:
+        limits = catalog.limits(model, registered)
+    except NotFound as e:
+        p.items.insert(0, ("model", e.message))
+        p.raise_if_any()
+        raise
+    p.raise_if_any()
+    try:
+        n_examples = max(1, get_file(s, user.id, req.training_file).num_samples)
+    except NotFound:
+        n_examples = 1  # Together's resolver reports the missing file
+    bounds = limits["lora_training"]
+    dpo_beta = getattr(given, "beta", None)
+    chosen = hp.resolve(kind, n_examples, bounds["max_batch_size_dpo" if kind == "dpo" else "max_batch_size"],
+                        n_epochs=given.n_epochs, batch_size=given.batch_size,
+                        learning_rate_multiplier=given.learning_rate_multiplier, beta=dpo_beta)
+    run = wandb[0] if wandb else None
+    together = FinetuneRequest(
+        model=model, training_file=req.training_file, validation_file=req.validation_file,
+        n_epochs=chosen.n_epochs, batch_size=chosen.batch_size, learning_rate=chosen.learning_rate(kind),
+        packing=False, n_checkpoints=min(chosen.n_epochs, limits["max_num_checkpoints"]),
+        n_evals=min(chosen.n_epochs, limits["max_num_evals"]) if req.validation_file else 0,
+        training_method=TrainingMethod(method="dpo", dpo_beta=chosen.beta) if kind == "dpo" else TrainingMethod(),
+        random_seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
+        wandb_api_key=settings.wandb_api_key if run else None,
+    )
+    resolved = resolve_job_request(s, together, user, catalog, registered)
+    spec = resolved.spec.model_copy(update={
+        "suffix": req.suffix, "metadata": req.metadata, "model_alias": req.model if model != req.model else None,
+        "wandb": Wandb(project_name=run.project, entity=run.entity, name=run.name,
+                       tags=(*OPENAI_TAGS, f"openai/{req.model}", *(run.tags or ()))) if run else Wandb(),
+    })
+    return ResolvedJob(spec, resolved.secrets, resolved.training_file, resolved.validation_file)
