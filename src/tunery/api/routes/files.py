@@ -42,6 +42,7 @@ from tunery.api.schemas.files import (
 from tunery.api.streaming import blob_response
 from tunery.api.validation import FileValidator, file_validator
 from tunery.errors import Conflict, InvalidRequest, NotFound, TuneryError
+from tunery.jobs.results import PURPOSE as RESULTS_PURPOSE
 from tunery.storage import DirectUploads
 from tunery.storage.staging import PartDir, StagedFile, too_large
 from tunery.store import files as file_store
@@ -389,10 +390,12 @@ def list_files(
     limit: int = Query(MAX_LIST, ge=1, le=MAX_LIST), order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     """The caller's files, newest first by default; ``purpose`` filters, ``after``/``limit`` page
-    (``has_more`` says whether another page follows)."""
+    (``has_more`` says whether another page follows). Jobs' results files (OpenAI's
+    ``fine-tune-results``) are listed only when asked for by purpose: Together's listing has no such
+    purpose, and each job names its own (``result_files``)."""
     with ctx.db.session() as s:
         rows = file_store.list_files(s, user.id, purpose=purpose, after=after, limit=limit + 1,
-                                     ascending=order == "asc")
+                                     ascending=order == "asc", unless_asked=(RESULTS_PURPOSE,))
     page = [FileResponse.from_row(r) for r in rows[:limit]]
     return FileList(data=page, has_more=len(rows) > limit, first_id=page[0].id if page else None,
                     last_id=page[-1].id if page else None)
