@@ -39,6 +39,13 @@ def test_halves_until_it_fits(error: type[Exception]) -> None:
     assert tried == [16, 8, 4]
 
 
+def test_ranks_halve_together_until_it_fits_on_every_one() -> None:
+    try_size, tried = fake_step(fits_up_to=16)
+    other_rank = iter([0, 1])  # another rank runs out of memory at 16 rows, not at 8
+    assert largest_fitting(16, try_size, lambda fits: min(fits, next(other_rank))) == 8
+    assert tried == [16, 8]
+
+
 def test_the_limit_is_kept_when_it_fits() -> None:
     try_size, tried = fake_step(fits_up_to=100)
     assert largest_fitting(16, try_size) == 16 and tried == [16]
@@ -58,7 +65,7 @@ def test_nothing_fits_is_a_user_error_that_says_what_to_change(tiny_llama: Path,
     try_size, tried = fake_step(fits_up_to=0)
     assert largest_fitting(8, try_size) == 0 and tried == [8, 4, 2, 1]
     loaded = load_for_training(cfg_for(tiny_llama, tmp_path, lora={"r": 4}))
-    monkeypatch.setattr(batch_size, "probe_step", lambda loaded, capacity: fake_step(fits_up_to=0)[0])
+    monkeypatch.setattr(batch_size, "probe_step", lambda loaded, capacity, accumulating: fake_step(fits_up_to=0)[0])
     with pytest.raises(TrainingFailed, match="lower max_seq_length") as caught:
         batch_size.fitting_batch_size(loaded, Dist(), 8, 64)
     assert caught.value.user_error
@@ -81,7 +88,7 @@ def test_activation_checkpointing_comes_on_when_not_even_one_row_fits(
 
     without = grads()
     # Fits at 2 only with checkpointing on; without, nothing fits.
-    monkeypatch.setattr(batch_size, "probe_step", lambda loaded, capacity: fake_step(
+    monkeypatch.setattr(batch_size, "probe_step", lambda loaded, capacity, accumulating: fake_step(
         fits_up_to=2 if causal_lm.is_activation_checkpointing else 0)[0])
     assert not causal_lm.is_activation_checkpointing
     assert batch_size.fitting_batch_size(loaded, Dist(), 8, 64) == 2
@@ -107,16 +114,22 @@ def test_max_is_the_model_limit_clamped_then_probed_on_cuda(tiny_llama: Path, tm
     assert max_batch_size(cfg, cpu, Dist(), rows=3, row_capacity=64) == 1
     assert max_batch_size(cfg.model_copy(update={"method": "dpo"}), cpu, Dist(), rows=10_000, row_capacity=64) == 8
 
-    tries: list[tuple[int, int]] = []
+    tries: list[tuple[int, int, bool]] = []
 
-    def fake_probe(loaded: Any, row_capacity: int) -> Any:
+    def fake_probe(loaded: Any, row_capacity: int, accumulating: bool) -> Any:
         try_size, tried = fake_step(fits_up_to=6)
-        return lambda size: (tries.append((size, row_capacity)), try_size(size))
+        return lambda size: (tries.append((size, row_capacity, accumulating)), try_size(size))
 
     monkeypatch.setattr(batch_size, "probe_step", fake_probe)
-    cuda = SimpleNamespace(device=torch.device("cuda"))
+    cuda = SimpleNamespace(device=torch.device("cuda"), sharded=False)
     assert max_batch_size(cfg, cuda, Dist(), rows=10_000, row_capacity=64) == 4
-    assert tries == [(16, 64), (8, 64), (4, 64)]  # full-length rows, from the limit down
+    assert tries == [(16, 64, False), (8, 64, False), (4, 64, False)]  # full-length rows, from the limit down
+    # Sharded, with gradient accumulation: each try also holds the whole gradient accumulated between syncs.
+    tries.clear()
+    sharded = SimpleNamespace(device=torch.device("cuda"), sharded=True)
+    accumulating = cfg.model_copy(update={"gradient_accumulation_steps": 2})
+    assert max_batch_size(accumulating, sharded, Dist(), rows=10_000, row_capacity=64) == 4
+    assert tries[0] == (16, 64, True)
 
 
 def test_probe_step_leaves_no_trace(tiny_llama: Path, tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """Two processes under torchrun (gloo on CPU), launched exactly as the worker launches them, follow
-the one-process loss curve: same global batch, same steps, same evals, same final weights.
+the one-process loss curve: same global batch, same steps, same evals, same final weights. LoRA
+replicates the model on both (DDP); a full fine-tune shards it over them (FSDP2).
 
 Tolerance: the two runs differ only in fp32 summation order (a step's rows are split over two
 ranks and padded to other widths, and the two halves of the gradient are added by the
-all-reduce). Measured over these runs: losses and gradient norms within 2e-6 relative,
-eval losses within 4e-7. 1e-4 leaves a 50x margin for other CPUs' kernels, while every sharding
+all-reduce, or the reduce-scatter). Measured over these runs: losses and gradient norms within 2e-6
+relative, eval losses within 4e-7 (DDP); sharded, losses within 2.2e-7, gradient norms 4.4e-6, eval
+losses 4.5e-8. 1e-4 leaves a 50x margin for other CPUs' kernels, while every sharding
 mistake shows far above it: a row dropped or seen twice changes that step's loss by percents,
 gradients not averaged make the ranks' weights (and so the losses) part within a step or two, and
 a loss scaled by the wrong count changes the reported gradient norm by a factor of 2 (the loss
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tests.job_rows import claimed_job, sqlite_database
@@ -104,9 +107,19 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_data: Path, tmp_path: Path) -> None:
+# Full fine-tuning at LoRA's rate of 5e-3 would blow the tiny model up within a few steps.
+LORA_DDP = {"lora": {"r": 8}}
+FULL_FSDP = {"lora": None, "learning_rate": 3e-4}
+
+
+@pytest.mark.parametrize("overrides", [LORA_DDP, FULL_FSDP], ids=["lora-ddp", "full-fsdp"])
+def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_data: Path, tmp_path: Path,
+                                                         overrides: dict[str, Any]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    full = overrides["lora"] is None
     one = ListReporter()
-    sft.run(sft_config(tiny_llama, sft_data, tmp_path / "one"), one)
+    sft.run(sft_config(tiny_llama, sft_data, tmp_path / "one", **overrides), one)
     expected = curve(one.records)
     total = one.events("training_start")[0]["total_steps"]
     assert total == 12 and len(one.events("eval_complete")) == 2
@@ -114,7 +127,7 @@ def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_d
     # Two processes, stopped the way the worker cancels a job: SIGTERM to torchrun, which passes it
     # on; rank 0 decides to stop at the next step boundary and every rank stops there with it.
     out = tmp_path / "two"
-    proc, report = launch(sft_config(tiny_llama, sft_data, out), tmp_path / "first")
+    proc, report = launch(sft_config(tiny_llama, sft_data, out, **overrides), tmp_path / "first")
     deadline = time.monotonic() + 240
     while not any(r["kind"] == "metrics" for r in records(report)) and proc.poll() is None:
         assert time.monotonic() < deadline, "no step reported"
@@ -127,8 +140,15 @@ def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_d
     assert not ckpt["final"] and 1 <= ckpt["step"] < total, log
     assert [e for e in first if e.get("level") == "error"] == []
     assert first[0]["type"] == "training_start" and first[0]["batch_size"] == 3
+    assert first[0]["sharded"] is full
 
-    proc, report = launch(sft_config(tiny_llama, sft_data, out, resume_from=ckpt["path"]), tmp_path / "second")
+    if full:  # the checkpoint holds whole tensors, as one process writes them: one process resumes it too
+        alone = ListReporter()
+        sft.run(sft_config(tiny_llama, sft_data, tmp_path / "alone", resume_from=ckpt["path"], **overrides), alone)
+        assert_same_curve(curve(first) + curve(alone.records), expected)
+
+    proc, report = launch(sft_config(tiny_llama, sft_data, out, resume_from=ckpt["path"], **overrides),
+                          tmp_path / "second")
     code, log = finish(proc)
     assert code == 0, log
     second = records(report)
@@ -136,18 +156,26 @@ def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_d
     assert second[-1]["type"] == "training_complete" and second[-2]["final"] is True
     assert_same_curve(curve(first) + curve(second), expected)
     assert [e["epoch"] for e in first + second if e.get("type") == "epoch_complete"] == [1, 2]
-    assert_same_weights(out / "final" / "adapter" / "adapter_model.safetensors",
-                        tmp_path / "one" / "final" / "adapter" / "adapter_model.safetensors")
+    weights = "model/model.safetensors" if full else "adapter/adapter_model.safetensors"
+    assert_same_weights(out / "final" / weights, tmp_path / "one" / "final" / weights)
+    exported = AutoModelForCausalLM.from_pretrained(out / "final" / "model")
+    assert exported.config.architectures == ["LlamaForCausalLM"]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "final"]  # rank 0 alone wrote
 
 
 def test_two_processes_train_dpo_fully_like_one(tiny_llama: Path, sft_data: Path, tmp_path: Path) -> None:
+    """Sharded (FSDP2): the reference log-probabilities and evals (each rank scoring its share, the
+    one with fewer batches running idle passes), and early stopping, whose best weights are gathered
+    onto rank 0 and scattered back into the shards for the export."""
     def config(out: Path) -> TrainConfig:
+        # min_delta 100: the second eval (the last step) never improves enough, so the run stops
+        # early there, and the final model is the weights at the first eval, where a checkpoint is too.
         return TrainConfig(job_id="ft-ddp-dpo", method="dpo", base_model_dir=str(tiny_llama),
                            base_model_name="tunery/tiny-llama", train_file=str(sft_data / "pairs.jsonl"),
                            validation_file=str(sft_data / "pairs.jsonl"), output_dir=str(out), lora=None,
-                           n_epochs=2, learning_rate=1e-4, batch_size=2, max_seq_length=32, n_evals=1, seed=1,
-                           precision="fp32")
+                           n_epochs=2, learning_rate=1e-4, batch_size=2, max_seq_length=32, n_evals=2,
+                           n_checkpoints=2, early_stopping_enabled=True, early_stopping_patience=1,
+                           early_stopping_warmup_evals=0, early_stopping_min_delta=100.0, seed=1, precision="fp32")
 
     one = ListReporter()
     dpo.run(config(tmp_path / "one"), one)
@@ -156,7 +184,15 @@ def test_two_processes_train_dpo_fully_like_one(tiny_llama: Path, sft_data: Path
     assert code == 0, log
     expected = curve(one.records)
     assert len(expected) > 10
-    assert_same_curve(curve(records(report)), expected)
+    got = records(report)
+    assert got[0]["sharded"] is True
+    assert_same_curve(curve(got), expected)
+    [stopped] = [r for r in got if r.get("type") == "early_stopped"]
+    [ckpt] = [r for r in got if r["kind"] == "checkpoint" and not r["final"]]
+    assert ckpt["step"] == stopped["best_step"] < stopped["step"]
+    final = load_file(tmp_path / "two" / "final" / "model" / "model.safetensors")
+    best = load_file(Path(ckpt["path"]) / "model" / "model.safetensors")
+    assert all(torch.equal(final[name], best[name]) for name in best)
     assert_same_weights(tmp_path / "two" / "final" / "model" / "model.safetensors",
                         tmp_path / "one" / "final" / "model" / "model.safetensors")
 

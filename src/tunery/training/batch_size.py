@@ -9,6 +9,9 @@ When not even one row fits, memory demands activation checkpointing: each decode
 activations are recomputed in the backward instead of held (about a third more compute), and the
 search runs again with it on. A size that fits without it never pays for it.
 
+Ranks probe in lockstep: after each try they agree whether it fitted on all of them, so every rank
+tries the same sizes (a sharded model's passes are collectives every rank must join).
+
 Only CUDA is probed: there an allocation failure is an exception the probe can catch. On CPU it is
 the kernel's OOM killer, which no probe survives, so CPU runs take the bound as it is.
 """
@@ -32,13 +35,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
-def fitting_batch_size(loaded: LoadedModel, dist: Dist, upper: int, row_capacity: int) -> int:
+def fitting_batch_size(loaded: LoadedModel, dist: Dist, upper: int, row_capacity: int,
+                       accumulating: bool = False) -> int:
     """The largest micro-batch of full rows that fits on every rank, turning on activation
-    checkpointing (on every rank) when not even one row fits without it."""
-    size = dist.min(largest_fitting(upper, probe_step(loaded, row_capacity)))
+    checkpointing (on every rank) when not even one row fits without it. ``accumulating``: a sharded
+    model's micro-batches will accumulate whole gradients between syncs (``fsdp.py``)."""
+    size = largest_fitting(upper, probe_step(loaded, row_capacity, accumulating), dist.min)
     if size == 0:
         enable_activation_checkpointing(loaded)
-        size = dist.min(largest_fitting(upper, probe_step(loaded, row_capacity)))
+        size = largest_fitting(upper, probe_step(loaded, row_capacity, accumulating), dist.min)
     if size == 0:
         raise TrainingFailed("the model does not fit in device memory even with batch_size 1 and activation "
                              "checkpointing at this max_seq_length; lower max_seq_length or use LoRA", user_error=True)
@@ -50,25 +55,31 @@ def enable_activation_checkpointing(loaded: LoadedModel) -> None:
     causal_lm.activation_checkpointing_enable({"use_reentrant": False})
 
 
-def largest_fitting(upper: int, try_size: Callable[[int], None]) -> int:
+def largest_fitting(upper: int, try_size: Callable[[int], None],
+                    everywhere: Callable[[int], int] = lambda fits: fits) -> int:
     """The first of ``upper, upper // 2, …, 1`` for which ``try_size`` does not run out of memory, or
-    0 when none fits. Other errors propagate."""
+    0 when none fits. Other errors propagate. ``everywhere``: 1 if a try fitted on every rank (the
+    minimum over ranks of each one's 1 or 0)."""
     size = max(1, upper)
     while size:
+        fits = 1
         try:
             try_size(size)
-            return size
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; the rest re-raised
             if not is_out_of_memory(exc):
                 raise
+            fits = 0
+        if everywhere(fits):
+            return size
         _release_memory()
         size //= 2
     return 0
 
 
-def probe_step(loaded: LoadedModel, row_capacity: int) -> Callable[[int], None]:
+def probe_step(loaded: LoadedModel, row_capacity: int, accumulating: bool = False) -> Callable[[int], None]:
     """A ``try_size`` that runs forward and backward over ``size`` full rows, leaving no trace: no
-    gradients, no changed weights, the random number streams as they were."""
+    gradients, no changed weights, the random number streams as they were. It holds what training
+    will hold beside: AdamW's moments, and with ``accumulating`` a whole fp32 gradient."""
 
     def try_size(size: int) -> None:
         params = [p for _, p in loaded.trainable_parameters]
@@ -81,6 +92,8 @@ def probe_step(loaded: LoadedModel, row_capacity: int) -> Callable[[int], None]:
         try:
             with torch.random.fork_rng(devices=devices):
                 moments = [torch.empty_like(p) for p in params for _ in range(2)]  # AdamW's state, to come
+                if accumulating:
+                    moments += [torch.empty(p.shape, device=loaded.device) for p in params]
                 logps = forward_logps(loaded, ids, positions, ids, attention_for(rows, mask_dtype(loaded)))
                 (-logps.sum()).backward()
                 del logps, moments

@@ -52,6 +52,10 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 mixed precision where the device multiplies bf16 natively, else fp32 (model.py)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # How several processes (torchrun) share the model: "ddp" replicates it on every rank; "fsdp"
+    # shards weights, gradients and optimizer state over the ranks (FSDP2), for full fine-tunes too
+    # big for one device; "auto" shards full fine-tunes and replicates LoRA (distributed.py).
+    sharding: Literal["auto", "ddp", "fsdp"] = "auto"
 
     lora: LoraSettings | None = LoraSettings()  # None: full fine-tuning
     train_vision: bool = False  # a vision-language model's vision tower and projector train too
@@ -154,6 +158,8 @@ def _range_problems(c: TrainConfig) -> list[str | None]:
         None if lora is None else _positive_int("lora.r", lora.r),
         None if lora is None or 0 <= lora.dropout < 1 else f"lora.dropout must be in [0, 1); got {lora.dropout}",
         None if lora is None or lora.lora_alpha > 0 else f"lora.alpha must be > 0; got {lora.alpha}",
+        None if lora is None or c.sharding != "fsdp" else
+        "sharding 'fsdp' shards full fine-tunes; LoRA trains replicated (set sharding to 'auto' or 'ddp')",
         None if not early or c.validation_file else "early stopping needs a validation_file",
         None if not early else _positive_int("early_stopping_patience", c.early_stopping_patience),
         None if not early or c.early_stopping_min_delta >= 0 else "early_stopping_min_delta must be >= 0",

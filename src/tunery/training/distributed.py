@@ -1,11 +1,12 @@
 """Training in several processes (``torchrun``): the process group, and the few collectives the
 recipes need.
 
-Every rank holds the whole model, wrapped in ``DistributedDataParallel``; each optimizer step's
-rows are shared out across ranks (see ``session.my_share``), so the global batch, the step count and
-the loss curve are those of one process. Rank 0 alone reports, writes checkpoints and exports; the
-other ranks wait for it at a barrier. Stopping is decided by rank 0 and broadcast, so every rank
-leaves the loop at the same step.
+How the ranks hold the model (``sharding``): LoRA replicates it, every rank holding the whole model
+wrapped in ``DistributedDataParallel``; a full fine-tune shards it with FSDP2 (see ``fsdp.py``).
+Either way each optimizer step's rows are shared out across ranks (see ``session.my_share``), so the
+global batch, the step count and the loss curve are those of one process. Rank 0 alone reports,
+writes checkpoints and exports; the other ranks wait for it at a barrier. Stopping is decided by
+rank 0 and broadcast, so every rank leaves the loop at the same step.
 
 One process (no ``torchrun``, or ``WORLD_SIZE=1``) is the same code with every collective a no-op.
 Backends: NCCL on CUDA, gloo on CPU.
@@ -25,6 +26,9 @@ from typing import Any
 
 import torch
 import torch.distributed as tdist
+
+from tunery.training import fsdp
+from tunery.training.config import TrainConfig
 
 # Rank 0 writes checkpoints and merged exports while the others wait at a barrier; merging a large
 # model can take far longer than the collectives' default timeout (10 minutes on NCCL).
@@ -112,6 +116,16 @@ def process_group(device: torch.device) -> Iterator[Dist]:
         tdist.destroy_process_group()
 
 
+def shards(cfg: TrainConfig, world: int) -> bool:
+    """Whether the ranks shard the model (FSDP2) rather than replicate it (DDP): with ``sharding:
+    "auto"``, full fine-tunes in several processes shard (their weights, gradients and AdamW state,
+    16 bytes a parameter, are what outgrows one device), and LoRA replicates (its trained state is
+    small, and the frozen base is read by every pass)."""
+    if world == 1:
+        return False
+    return cfg.sharding == "fsdp" or (cfg.sharding == "auto" and cfg.lora is None)
+
+
 def wrap(model: torch.nn.Module, dist: Dist) -> Any:
     """The model that training forward passes go through: ``model`` itself in one process, else a
     ``DistributedDataParallel`` over it that averages gradients across ranks (only parameters that
@@ -128,9 +142,12 @@ def wrap(model: torch.nn.Module, dist: Dist) -> Any:
                                    gradient_as_bucket_view=True)
 
 
-def grad_sync(ddp: Any, sync: bool) -> AbstractContextManager[Any]:
-    """Inside a step's micro-batches: average gradients only on the step's last backward pass."""
-    return nullcontext() if ddp is None or sync else ddp.no_sync()
+def grad_sync(parallel: Any, sync: bool) -> AbstractContextManager[Any]:
+    """Inside a step's micro-batches: average gradients only on the step's last backward pass.
+    ``parallel``: the ``DistributedDataParallel`` or FSDP2-sharded module, None in one process."""
+    if parallel is None or sync:
+        return nullcontext()
+    return fsdp.no_sync(parallel) if fsdp.is_sharded(parallel) else parallel.no_sync()
 
 
 def ignore_sigterm_off_main(dist_rank: int) -> None:

@@ -25,8 +25,10 @@ from tunery.training.model import LoadedModel, load_causal_lm
 CONFIG_FILE = "training_config.json"
 
 
-def write_weights(out: Path, loaded: LoadedModel, config: dict[str, Any]) -> None:
-    """Write ``adapter/`` (LoRA) and ``model/`` under ``out`` (which must exist)."""
+def write_weights(out: Path, loaded: LoadedModel, config: dict[str, Any],
+                  state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``adapter/`` (LoRA) and ``model/`` under ``out`` (which must exist). ``state_dict``: the
+    model's whole weights when they are sharded over ranks (gathered by ``fsdp.gathered_state``)."""
     model_dir = out / "model"
     if loaded.is_lora:
         adapter_dir = out / "adapter"
@@ -34,7 +36,7 @@ def write_weights(out: Path, loaded: LoadedModel, config: dict[str, Any]) -> Non
         _finish(adapter_dir, loaded, config)
         merge_adapter(loaded.base_dir, adapter_dir, model_dir)
     else:
-        loaded.model.save_pretrained(model_dir)
+        loaded.model.save_pretrained(model_dir, state_dict=state_dict)
     _finish(model_dir, loaded, config)
 
 

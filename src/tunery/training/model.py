@@ -21,10 +21,11 @@ from torch import nn
 
 from tunery.errors import TrainingFailed
 from tunery.models.architecture import auto_model_class
-from tunery.training import attention
+from tunery.training import attention, fsdp
 from tunery.training.attention import Segments
 from tunery.training.config import TrainConfig
 from tunery.training.data.images import load_processor
+from tunery.training.distributed import Dist, shards
 from tunery.training.fused_lora import fuse_lora_layers
 from tunery.training.logprobs import TargetLogps
 from tunery.training.vision import freeze_vision, lora_targets
@@ -41,7 +42,9 @@ class LoadedModel:
     device: torch.device
     autocast_dtype: torch.dtype | None
     param_count: int  # parameters of the underlying model, adapters excluded
-    ddp: Any = None  # DistributedDataParallel over ``scorer`` when training in several processes
+    # What syncs gradients across ranks in several processes: a DistributedDataParallel over
+    # ``scorer``, or ``scorer`` itself once sharded (FSDP2, see ``fsdp.py``); None in one process.
+    parallel: Any = None
     processor: Any = None  # a vision-language model's AutoProcessor (its tokenizer is ``tokenizer``)
     scorer: TargetLogps = field(init=False)  # ``model`` as batch -> target log-probabilities
 
@@ -51,6 +54,10 @@ class LoadedModel:
     @property
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    @property
+    def sharded(self) -> bool:
+        return fsdp.is_sharded(self.parallel)
 
 
 def pick_device(preference: str) -> torch.device:
@@ -103,8 +110,10 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype) -> Any:
     return auto.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
 
 
-def load_for_training(cfg: TrainConfig) -> LoadedModel:
-    """Build the model to train from ``cfg``; call after seeding (LoRA init draws random numbers)."""
+def load_for_training(cfg: TrainConfig, dist: Dist | None = None) -> LoadedModel:
+    """Build the model to train from ``cfg``; call after seeding (LoRA init draws random numbers).
+    In several processes (``dist``) that shard the model (``distributed.shards``), every rank builds
+    it in host memory and keeps its shard on the device."""
     device = pick_device(cfg.device)
     bf16 = autocast_dtype_for(device, cfg.precision) == torch.bfloat16
     is_lora = cfg.lora is not None
@@ -128,9 +137,11 @@ def load_for_training(cfg: TrainConfig) -> LoadedModel:
     if processor is not None and not is_lora and not cfg.train_vision:
         freeze_vision(model)
     model.config.use_cache = False
-    model.to(device)
+    sharded = dist is not None and shards(cfg, dist.world)
+    if not sharded:
+        model.to(device)
     model.train()
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model,
         tokenizer=processor.tokenizer if processor is not None else load_tokenizer(cfg.base_model_dir),
         base_dir=base_dir,
@@ -140,6 +151,11 @@ def load_for_training(cfg: TrainConfig) -> LoadedModel:
         param_count=param_count,
         processor=processor,
     )
+    if sharded:
+        assert dist is not None
+        fsdp.shard(loaded.scorer, model, dist.device, dist.world, loaded.autocast_dtype)
+        loaded.parallel = loaded.scorer
+    return loaded
 
 
 def _adapter_to_continue(cfg: TrainConfig, init_adapter: bool) -> Path | None:
@@ -180,9 +196,9 @@ def forward_logps(
     """``[B, L]`` fp32 log-probabilities of ``targets`` (0 where ``IGNORE``), under autocast where
     configured, without the full logits (see ``logprobs.py``). ``bias`` keeps packed examples apart:
     a 4-D additive mask, or ``Segments`` (see ``attention.attention_for``); ``inputs`` go to the model
-    as they are. Passes that build a graph go through ``ddp`` when there is one, so their backward
+    as they are. Passes that build a graph go through ``parallel`` when there is one, so their backward
     averages gradients across ranks."""
-    module = loaded.ddp if loaded.ddp is not None and torch.is_grad_enabled() else loaded.scorer
+    module = loaded.parallel if loaded.parallel is not None and torch.is_grad_enabled() else loaded.scorer
     isolation = {"packed_segments": bias} if isinstance(bias, Segments) else {"attention_mask": bias}
     with torch.autocast(loaded.device.type, dtype=loaded.autocast_dtype or torch.float32,
                         enabled=loaded.autocast_dtype is not None):

@@ -7,7 +7,8 @@ behave the same whatever the method.
 
 In several processes (``torchrun``, see ``distributed.py``) every rank runs the same loop: each
 step's rows are shared out (``my_share``), sums are added up across ranks before anything is
-reported, and only rank 0 reports and writes files while the others wait for it.
+reported, and only rank 0 reports and writes files while the others wait for it (a sharded model's
+weights and optimizer state are first gathered onto rank 0, with every rank taking part).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from typing import Any, Literal
 import torch
 
 from tunery.errors import TrainingFailed
+from tunery.training import fsdp
 from tunery.training.checkpoint import (
     TrainState,
     atomic_dir,
     checkpoint_dir,
     final_dir,
     load_state,
+    optimizer_state,
     rng_states,
     save_state,
 )
@@ -80,7 +83,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     export_config: dict[str, Any]
     state: TrainState = field(default_factory=TrainState)
-    best: dict[str, torch.Tensor] | None = None  # trainable weights at the best eval (early stopping)
+    best: dict[str, torch.Tensor] | None = None  # trainable weights at the best eval (early stopping; rank 0)
     extra: dict[str, torch.Tensor] | None = None  # recipe state kept in checkpoints (DPO reference log-probs)
     last_checkpoint: int = -1
     dist: Dist = field(default_factory=Dist)
@@ -100,13 +103,17 @@ def open_run(cfg: TrainConfig, reporter: Reporter) -> Iterator[tuple[Reporter, D
 
 
 def start_session(cfg: TrainConfig, reporter: Reporter, loaded: LoadedModel, plan: Plan, dist: Dist) -> Session:
-    """Build the optimizer, wrap the model for several processes and, when resuming, restore the
-    optimizer with the loop state and RNGs."""
+    """Wrap a replicated model for several processes, build the optimizer (over the shards, when
+    sharded) and, when resuming, restore the optimizer with the loop state and RNGs."""
     export_config = cfg.public_dict(batch_size=plan.batch_size, max_seq_length=plan.max_seq_length)
+    if loaded.sharded:
+        loaded.parallel.reshard()  # a batch-size probe can leave the root's weights gathered; AdamW takes shards
+    else:
+        loaded.parallel = wrap(loaded.scorer, dist)
     s = Session(cfg, reporter, loaded, plan, build_optimizer(loaded, cfg), export_config, dist=dist)
-    loaded.ddp = wrap(loaded.scorer, dist)
     if cfg.resume_from:
-        s.state, s.best, s.extra = load_state(Path(cfg.resume_from) / "state", s.optimizer, dist.rank)
+        s.state, s.best, s.extra = load_state(Path(cfg.resume_from) / "state", loaded.model, s.optimizer, dist.rank,
+                                              loaded.sharded)
         s.last_checkpoint = s.state.step
     elif not dist.main:
         seed_everything(cfg.seed + dist.rank)  # its own dropout masks; rank 0 draws what one process would
@@ -125,13 +132,15 @@ def report_start(s: Session, token_count: int, trained_tokens_per_epoch: int | N
         max_seq_length=s.plan.max_seq_length,
         resumed_from_step=s.state.step,
         processes=s.dist.world,
+        sharded=s.loaded.sharded,
     )
     if trained_tokens_per_epoch is not None:
         fields["trained_tokens_per_epoch"] = trained_tokens_per_epoch
     s.reporter.event(
         "training_start",
         f"Training started: {s.plan.total_steps} steps over {s.cfg.n_epochs} epochs"
-        + (f" in {s.dist.world} processes" if s.dist.world > 1 else ""),
+        + (f" in {s.dist.world} processes" if s.dist.world > 1 else "")
+        + (", the model sharded over them (FSDP2)" if s.loaded.sharded else ""),
         **fields,
     )
 
@@ -208,7 +217,8 @@ def max_batch_size(cfg: TrainConfig, loaded: LoadedModel, dist: Dist, rows: int,
     upper = max(1, min(limits["lora_training" if cfg.lora else "full_training"][key], rows // MIN_BATCHES_PER_EPOCH))
     if loaded.device.type != "cuda":
         return upper
-    return fitting_batch_size(loaded, dist, upper, row_capacity)
+    return fitting_batch_size(loaded, dist, upper, row_capacity,
+                              accumulating=loaded.sharded and cfg.gradient_accumulation_steps > 1)
 
 
 def build_optimizer(loaded: LoadedModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -234,17 +244,28 @@ def step_groups(s: Session, lengths: list[int], epoch: int) -> list[StepGroup]:
 def my_share(s: Session, group: StepGroup) -> StepGroup:
     """This rank's part of an optimizer step: rows ``rank::world`` of the step, in micro-batches of
     at most ``batch_size`` rows (so each rank works through fewer, full micro-batches rather than
-    more, thinner ones). One process gets the step as planned; a rank may get nothing."""
+    more, thinner ones). One process gets the step as planned. In several, every rank gets as many
+    micro-batches as rank 0 (which has the most), the missing ones empty: a rank runs an idle pass
+    for each (``idle_backward``), so that every rank syncs gradients on the same, last, pass (and,
+    sharded, joins every pass's all-gathers)."""
     if s.dist.world == 1:
         return group
-    rows = [row for batch in group for row in batch][s.dist.rank :: s.dist.world]
+    every = [row for batch in group for row in batch]
     size = s.plan.batch_size
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
+    passes = -(-len(every[0 :: s.dist.world]) // size)
+    rows = every[s.dist.rank :: s.dist.world]
+    return [rows[i * size : (i + 1) * size] for i in range(passes)]
 
 
-def my_batches(s: Session, batches: list[Rows]) -> list[Rows]:
-    """This rank's part of a pass that only adds things up (evals, reference log-probs)."""
-    return batches[s.dist.rank :: s.dist.world]
+def my_batches(s: Session, batches: list[Rows]) -> Iterator[Rows]:
+    """This rank's part of a pass that only adds things up (evals, reference log-probs). A sharded
+    model's every forward pass is a collective, so a rank with fewer batches than rank 0 then runs
+    idle forward passes, as many as it is short."""
+    mine = batches[s.dist.rank :: s.dist.world]
+    yield from mine
+    if s.loaded.sharded:
+        for _ in range(len(batches[0 :: s.dist.world]) - len(mine)):
+            _idle_forward(s)
 
 
 def loss_scale(s: Session, total: float) -> float:
@@ -254,12 +275,15 @@ def loss_scale(s: Session, total: float) -> float:
 
 
 def idle_backward(s: Session) -> None:
-    """A rank with no rows in a step still takes part in its gradient averaging: a backward pass of
+    """A rank with no rows in a micro-batch still takes part in its collectives: a backward pass of
     zero through one token, which contributes nothing."""
+    (_idle_forward(s).sum() * 0.0).backward()
+
+
+def _idle_forward(s: Session) -> torch.Tensor:
     ids = torch.full((1, 1), s.loaded.tokenizer.pad_token_id, dtype=torch.long, device=s.loaded.device)
     positions = torch.zeros_like(ids)
-    logps = forward_logps(s.loaded, ids, positions, ids, attention_bias(positions, mask_dtype(s.loaded)))
-    (logps.sum() * 0.0).backward()
+    return forward_logps(s.loaded, ids, positions, ids, attention_bias(positions, mask_dtype(s.loaded)))
 
 
 def should_stop(s: Session) -> bool:
@@ -283,7 +307,7 @@ def optimizer_step(s: Session, loss: float, tokens: int) -> float:
                              user_error=True)
     params = [p for _, p in s.loaded.trainable_parameters]
     max_norm = s.cfg.max_grad_norm if s.cfg.max_grad_norm > 0 else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grad_norm = fsdp.clip_grad_norm(params, max_norm)
     s.optimizer.step()
     s.optimizer.zero_grad(set_to_none=True)
     s.state.step += 1
@@ -308,11 +332,31 @@ def _track_eval(s: Session, loss: float, **more: float) -> bool:
         return False
     if state.best_eval_loss is None or loss < state.best_eval_loss - cfg.early_stopping_min_delta:
         state.best_eval_loss, state.best_step, state.evals_since_best = loss, state.step, 0
-        if cfg.early_stopping_enabled and s.dist.main:
-            s.best = {n: p.detach().to("cpu", copy=True) for n, p in s.loaded.trainable_parameters}
+        if cfg.early_stopping_enabled:
+            s.best = _trainable_weights(s)
         return False
     state.evals_since_best += 1
     return cfg.early_stopping_enabled and state.evals_since_best >= cfg.early_stopping_patience
+
+
+def _trainable_weights(s: Session) -> dict[str, torch.Tensor] | None:
+    """A CPU copy of the trainable weights, whole, on rank 0 (None on the others, which help gather
+    them when the model is sharded)."""
+    if not s.loaded.sharded and not s.dist.main:
+        return None
+    weights = {n: fsdp.full_tensor(p.detach()).to("cpu", copy=True) for n, p in s.loaded.trainable_parameters}
+    return weights if s.dist.main else None
+
+
+def _restore_best(s: Session) -> None:
+    """Put the best weights back (on every rank when sharded: rank 0 sends each its shards)."""
+    if s.loaded.sharded:
+        fsdp.load_full(s.loaded.parallel, s.loaded.model, s.best or {})
+        return
+    if s.best is not None:
+        with torch.no_grad():
+            for name, param in s.loaded.trainable_parameters:
+                param.copy_(s.best[name].to(param.device))
 
 
 def end_epoch_if_done(s: Session, steps_in_epoch: int) -> None:
@@ -331,14 +375,17 @@ def maybe_checkpoint(s: Session) -> None:
 
 
 def write_checkpoint(s: Session) -> str:
-    """Every rank calls this; rank 0 writes (with every rank's RNG states), the others wait."""
+    """Every rank calls this; rank 0 writes (with every rank's RNG states), the others wait (or,
+    sharded, help gather the weights and optimizer state first)."""
     step = s.state.step
     target = checkpoint_dir(s.cfg.output_dir, step)
     rngs = s.dist.gather(rng_states())
+    weights = _gathered_weights(s)
+    optimizer = optimizer_state(s.loaded.model, s.optimizer)
     if s.dist.main:
         with atomic_dir(target) as tmp:
-            write_weights(tmp, s.loaded, s.export_config)
-            save_state(tmp / "state", s.state, s.optimizer, s.best, s.extra, rngs)
+            write_weights(tmp, s.loaded, s.export_config, weights)
+            save_state(tmp / "state", s.state, optimizer, s.best, s.extra, rngs)
         s.reporter.event("checkpoint_save", f"Checkpoint saved at step {step}", step=step,
                          checkpoint_path=str(target))
         s.reporter.checkpoint(step, str(target), final=False)
@@ -356,17 +403,23 @@ def stop(s: Session) -> TrainResult:
     return TrainResult("stopped", step, path)
 
 
+def _gathered_weights(s: Session) -> dict[str, torch.Tensor] | None:
+    """A sharded model's whole state dict on rank 0 (every rank helps gather it); None when the
+    model is not sharded (rank 0 saves its own copy)."""
+    return fsdp.gathered_state(s.loaded.model) if s.loaded.sharded else None
+
+
 def finish(s: Session, *, early_stopped: bool) -> TrainResult:
     """Write the final export (the best weights when early stopping halted the run)."""
     state = s.state
     target = final_dir(s.cfg.output_dir)
+    if early_stopped:
+        _restore_best(s)
+    weights = _gathered_weights(s)
     if not s.dist.main:
         s.dist.barrier()
         return TrainResult("completed", state.step, str(target), early_stopped)
-    if early_stopped and s.best is not None:
-        with torch.no_grad():
-            for name, param in s.loaded.trainable_parameters:
-                param.copy_(s.best[name].to(param.device))
+    if early_stopped:
         s.reporter.event(
             "early_stopped",
             f"Early stopping at step {state.step}: validation loss has not improved for "
@@ -374,7 +427,7 @@ def finish(s: Session, *, early_stopped: bool) -> TrainResult:
             step=state.step, best_step=state.best_step, best_metric=state.best_eval_loss,
         )
     with atomic_dir(target) as tmp:
-        write_weights(tmp, s.loaded, s.export_config)
+        write_weights(tmp, s.loaded, s.export_config, weights)
     s.reporter.event("checkpoint_save", f"Final model saved at step {state.step}", step=state.step,
                      checkpoint_path=str(target))
     s.reporter.checkpoint(state.step, str(target), final=True)

@@ -149,7 +149,7 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
         raise TrainingFailed(f"the DPO recipe cannot run method {cfg.method!r}", user_error=True)
     check_architecture(cfg)
     seed_everything(cfg.seed)
-    loaded = load_for_training(cfg)
+    loaded = load_for_training(cfg, dist)
     max_len = max_seq_length_for(cfg, loaded)
     renderer = with_images(Renderer(loaded.tokenizer, False), loaded.processor)
     train = load_pairs(cfg.train_file, cfg.file_type, renderer, max_len)
@@ -178,7 +178,10 @@ def _train_step(s: Session, data: Data, objective: Objective, group: StepGroup) 
     mine = my_share(s, group)
     loss_sum, chosen_sum, rejected_sum, correct, tokens = 0.0, 0.0, 0.0, 0, 0
     for i, rows in enumerate(mine):
-        with grad_sync(s.loaded.ddp, sync=i == len(mine) - 1):
+        with grad_sync(s.loaded.parallel, sync=i == len(mine) - 1):
+            if not rows:  # this rank's share ran out: an idle pass (see my_share)
+                idle_backward(s)
+                continue
             losses, rewards, scores = _pair_losses(s, data.train, "train", objective, rows)
             (losses.sum() / scale).backward()
         loss_sum += float(losses.detach().sum())
@@ -186,8 +189,6 @@ def _train_step(s: Session, data: Data, objective: Objective, group: StepGroup) 
         rejected_sum += float(rewards.rejected.sum())
         correct += int((rewards.margin > 0).sum())
         tokens += scores.tokens
-    if not mine:
-        idle_backward(s)
     loss_sum, chosen_sum, rejected_sum, correct_all, tokens_all = s.dist.sum(
         loss_sum, chosen_sum, rejected_sum, correct, tokens)
     loss = loss_sum / total_pairs

@@ -150,7 +150,7 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, R
     rl = Rl(train, val, parse_grader(cfg.grader),
             GraderEnv(limits=limits, judge=judge, parallelism=os.cpu_count() or 1))
     if cfg.grpo_beta > 0 and not loaded.is_lora:
-        rl.reference = replace(loaded, model=_frozen_start(cfg), ddp=None)
+        rl.reference = replace(loaded, model=_frozen_start(cfg), parallel=None)
     return s, rl
 
 

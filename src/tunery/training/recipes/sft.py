@@ -101,7 +101,7 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
         raise TrainingFailed(f"the SFT recipe cannot run method {cfg.method!r}", user_error=True)
     check_architecture(cfg)
     seed_everything(cfg.seed)
-    loaded = load_for_training(cfg)
+    loaded = load_for_training(cfg, dist)
     max_len = max_seq_length_for(cfg, loaded)
     renderer = with_images(Renderer(loaded.tokenizer, cfg.train_on_inputs), loaded.processor)
     train = load_examples(cfg.train_file, cfg.file_type, renderer, max_len)
@@ -122,20 +122,21 @@ def _train_step(s: Session, data: Data, group: StepGroup) -> dict[str, float]:
     """One optimizer step over ``group`` (gradient-accumulation micro-batches of rows, all ranks')."""
     started = time.perf_counter()
     lr = set_learning_rate(s)
-    batches = [_collate(s, data.train, rows) for rows in my_share(s, group)]
+    batches = [_collate(s, data.train, rows) if rows else None for rows in my_share(s, group)]
     # Normalise by the trained tokens of the whole step (every micro-batch of every rank), so
     # accumulation and ranks add up to one big batch.
-    [total_targets] = s.dist.sum(sum(b.num_targets for b in batches))
+    [total_targets] = s.dist.sum(sum(b.num_targets for b in batches if b is not None))
     scale = loss_scale(s, total_targets)
     loss_sum, tokens = 0.0, 0
     for i, batch in enumerate(batches):
-        with grad_sync(s.loaded.ddp, sync=i == len(batches) - 1):
+        with grad_sync(s.loaded.parallel, sync=i == len(batches) - 1):
+            if batch is None:  # this rank's share ran out: an idle pass (see my_share)
+                idle_backward(s)
+                continue
             loss = _loss_sum(s, batch)
             (loss / scale).backward()
         loss_sum += loss.item()
         tokens += batch.num_tokens
-    if not batches:
-        idle_backward(s)
     loss_sum, tokens_all = s.dist.sum(loss_sum, tokens)
     loss_value = loss_sum / total_targets
     grad_norm = optimizer_step(s, loss_value, int(tokens_all))
