@@ -35,7 +35,7 @@ def tokenizer_for(model_dir: str) -> Any:
 @lru_cache(maxsize=8)
 def processor_for(model_dir: str) -> Any | None:
     """A vision-language model's processor, as training loads it (None for a text model)."""
-    from tunery.training.data.images import load_processor
+    from tunery.models.processor import load_processor
 
     return load_processor(model_dir)
 

@@ -306,10 +306,11 @@ def _check_formats(train: File | None, val: File | None, method: str, problems: 
             problems.add(param, f'{param} "{f.id}" is a preference dataset; use training_method dpo for it')
 
 
-def _multimodal_params(req: FinetuneRequest, model: str, limits: dict[str, Any], train: File | None,
-                       val: File | None, problems: Problems) -> MultimodalParams | None:
+def _multimodal_params(req: FinetuneRequest, model: str, limits: dict[str, Any], why_no_vision: str | None,
+                       train: File | None, val: File | None, problems: Problems) -> MultimodalParams | None:
     """The settings of a vision-language model's job, else None; images or ``train_vision`` for a
-    text model are refused (they would be ignored)."""
+    text model, or for a vision-language model tunery cannot train on images (``why_no_vision``), are
+    refused (they would be ignored)."""
     train_vision = bool(req.multimodal_params and req.multimodal_params.train_vision)
     if limits["supports_vision"]:
         return MultimodalParams(train_vision=train_vision)
@@ -318,8 +319,9 @@ def _multimodal_params(req: FinetuneRequest, model: str, limits: dict[str, Any],
                      f"Vision encoder training is not supported for the non-multimodal model `{model}`")
     for f, param in ((train, "training_file"), (val, "validation_file")):
         if f is not None and (f.report or {}).get("dataset_is_multimodal"):
+            because = f": {why_no_vision}" if why_no_vision else ""
             problems.add(param, f'{param} "{f.id}" has images, but `{model}` does not take images '
-                                "(supports_vision is false); fine-tune a vision-language model on it, "
+                                f"(supports_vision is false{because}); fine-tune a vision-language model on it, "
                                 "such as tunery/tiny-vlm")
     return None
 
@@ -376,7 +378,8 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
     if req.suffix is not None:
         p.check(bool(SUFFIX_RE.match(req.suffix)), "suffix",
                 "suffix must be 1-40 characters of letters, digits, '-', '_' or '.', starting with a letter or digit")
-    multimodal = _multimodal_params(req, model, limits, train, val, p)
+    why_no_vision = None if limits["supports_vision"] else catalog.why_no_vision(model, registered)
+    multimodal = _multimodal_params(req, model, limits, why_no_vision, train, val, p)
     p.raise_if_any()
     assert train is not None
     wandb_key = req.wandb_key or req.wandb_api_key

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunery.models.builtin import BUILTINS
-from tunery.models.limits import model_limits
+from tunery.models.limits import model_limits, why_no_vision
 from tunery.models.registry import ResolvedModel, resolve, together_models
 
 
@@ -27,6 +27,11 @@ class ModelCatalog:
         """The model's ``FinetuneModelLimits``; needs only its config (a hub model's weights are
         fetched by the job that trains it)."""
         return model_limits(name, self.resolve(name, registered, weights=False).path)
+
+    def why_no_vision(self, name: str, registered: Mapping[str, str]) -> str | None:
+        """Why a vision-language model cannot train on images (None for a text model or one that can);
+        needs only its config, like ``limits``."""
+        return why_no_vision(self.resolve(name, registered, weights=False).path)
 
     def supported(self, registered: Mapping[str, str]) -> list[str]:
         """Built-ins, registered names and, where hub downloads are allowed, Together's model names."""

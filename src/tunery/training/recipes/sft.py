@@ -28,7 +28,7 @@ from tunery.training.attention import attention_for
 from tunery.training.config import TrainConfig
 from tunery.training.data.collate import Batch, collate
 from tunery.training.data.dataset import TokenizedDataset, load_examples
-from tunery.training.data.images import image_encoder, with_images
+from tunery.training.data.images import with_images
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
@@ -168,7 +168,7 @@ def _evaluate(s: Session, data: Data) -> float:
 def _collate(s: Session, dataset: TokenizedDataset, rows: list[list[int]]) -> Batch:
     examples = dataset.examples
     return collate([[examples[i] for i in row] for row in rows], s.loaded.tokenizer.pad_token_id,
-                   image_encoder(s.loaded.processor)).to(s.loaded.device)
+                   s.loaded.images).to(s.loaded.device)
 
 
 def _loss_sum(s: Session, batch: Batch) -> torch.Tensor:
