@@ -99,8 +99,23 @@ def test_a_model_whose_logits_are_more_than_its_head_takes_the_plain_path() -> N
     scorer = TargetLogps(model)
     assert scorer.split is None
     ids = torch.randint(0, 64, (1, 10))
-    expected = logits_target_logps(model(input_ids=ids).logits, ids)
-    assert torch.allclose(scorer(ids, torch.arange(10)[None], ids), expected)
+    logits = model(input_ids=ids).logits
+    assert torch.allclose(scorer(ids, torch.arange(10)[None], ids), logits_target_logps(logits, ids))
+    hot = logits_target_logps(logits / 0.7, ids)
+    assert torch.allclose(scorer(ids, torch.arange(10)[None], ids, temperature=0.7), hot)
+
+
+def test_log_probs_at_a_temperature_are_those_of_the_logits_over_it(tiny_llama: Path) -> None:
+    """What GRPO scores its completions with: the distribution that sampling at that temperature drew."""
+    model = load_causal_lm(tiny_llama, torch.float32)
+    scorer = TargetLogps(model)
+    assert scorer.split is not None
+    ids, positions, targets = _batch()
+    with torch.no_grad():
+        logits = model(input_ids=ids, position_ids=positions).logits
+        for temperature in (0.5, 1.0, 1.7):
+            expected = logits_target_logps(logits / temperature, targets)
+            assert _within_1e5(scorer(ids, positions, targets, temperature=temperature), expected)
 
 
 @pytest.mark.slow

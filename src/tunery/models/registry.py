@@ -112,7 +112,9 @@ def _from_hub(
         path = snapshot_download(
             repo_id,
             revision=revision,
-            token=token,
+            # Only the caller's (the job's) token, never the server's own hub login: a tenant must
+            # not reach a gated or private model through the operator's account.
+            token=token or False,
             cache_dir=Path(hf_cache_dir) if hf_cache_dir is not None else None,
             local_files_only=not allow_network,
             allow_patterns=HF_ALLOW_PATTERNS if weights else HF_METADATA_PATTERNS,

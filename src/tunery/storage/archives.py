@@ -37,12 +37,16 @@ class _HashingWriter:
 def pack_dir(src: Path, dest: Path, arcname: str) -> Archive:
     """Write ``src`` as ``dest`` (a .tar.zst with one top folder ``arcname``)."""
     tmp = dest.with_suffix(dest.suffix + ".part")
-    with open(tmp, "wb") as raw:
-        hashing = _HashingWriter(raw)
-        compressor = zstandard.ZstdCompressor(level=LEVEL, threads=-1)
-        with compressor.stream_writer(cast(BinaryIO, hashing), closefd=False) as zw, \
-                tarfile.open(fileobj=zw, mode="w|") as tar:
-            tar.add(src, arcname=arcname)
+    try:
+        with open(tmp, "wb") as raw:
+            hashing = _HashingWriter(raw)
+            compressor = zstandard.ZstdCompressor(level=LEVEL, threads=-1)
+            with compressor.stream_writer(cast(BinaryIO, hashing), closefd=False) as zw, \
+                    tarfile.open(fileobj=zw, mode="w|") as tar:
+                tar.add(src, arcname=arcname)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay full of half an archive
+        raise
     tmp.replace(dest)
     return Archive(dest.stat().st_size, hashing.digest.hexdigest())
 

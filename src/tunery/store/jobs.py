@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from tunery.errors import NotFound
@@ -77,8 +77,22 @@ def add_event(s: Session, job_id: str, type_: str, message: str, level: str = "i
                                       message=message, fields=fields or None))
 
 
-def list_events(s: Session, job_id: str) -> list[JobEvent]:
-    return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+class Event(NamedTuple):
+    """One event of a job, as read (plain values rather than ORM rows: a retrieve reads dozens)."""
+
+    created_at: datetime
+    type: str
+    level: str
+    message: str
+    fields: dict[str, Any] | None
+
+
+_EVENTS = (select(JobEvent.created_at, JobEvent.type, JobEvent.level, JobEvent.message, JobEvent.fields)
+           .where(JobEvent.job_id == bindparam("job_id")).order_by(JobEvent.id))
+
+
+def list_events(s: Session, job_id: str) -> list[Event]:
+    return [Event(*row) for row in s.execute(_EVENTS, {"job_id": job_id})]
 
 
 # -- metrics --------------------------------------------------------------------------------------

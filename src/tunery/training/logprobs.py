@@ -18,7 +18,7 @@ the model's own logits, then ``log_softmax``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -113,14 +113,19 @@ class TargetLogps(nn.Module):
         self.split: tuple[Any, nn.Linear] | None = _split_head(model)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
-                **inputs: Any) -> torch.Tensor:
+                temperature: float = 1.0, **inputs: Any) -> torch.Tensor:
+        """``temperature``: log-probabilities of the logits divided by it (what sampling at that
+        temperature draws from)."""
         if self.split is None:
             logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **inputs).logits
-            return logits_target_logps(logits, targets)
+            return logits_target_logps(logits / temperature if temperature != 1 else logits, targets)
         body, head = self.split
         hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **inputs).last_hidden_state
         trained = targets != IGNORE
-        picked = target_logps(hidden[trained], head.weight, head.bias, targets[trained])
+        hidden, bias = hidden[trained], cast(torch.Tensor | None, head.bias)
+        if temperature != 1:  # (h·Wᵀ + b) / T = (h / T)·Wᵀ + b / T
+            hidden, bias = hidden / temperature, None if bias is None else bias / temperature
+        picked = target_logps(hidden, head.weight, bias, targets[trained])
         return picked.new_zeros(trained.shape).masked_scatter(trained, picked)
 
 

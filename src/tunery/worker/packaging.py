@@ -77,15 +77,20 @@ def pack_parts(blobs: BlobStore, job_id: str, step: int, path: Path, parts: tupl
                pause: Pause = no_pause, phase: str = "") -> list[PackedPart]:
     """Package each part present under ``path`` as a .tar.zst in the store's staging dir."""
     packed: list[PackedPart] = []
-    for part in parts:
-        src = path / part
-        if not src.is_dir():
-            continue
-        archive = blobs.staging_dir() / f"{job_id}-{step}-{part}-{uuid.uuid4().hex[:8]}.tar.zst"
-        made = pack_dir(src, archive, part)
-        packed.append(PackedPart(part, archive, made.size, made.sha256))
-        if phase:
-            pause(phase)
+    try:
+        for part in parts:
+            src = path / part
+            if not src.is_dir():
+                continue
+            archive = blobs.staging_dir() / f"{job_id}-{step}-{part}-{uuid.uuid4().hex[:8]}.tar.zst"
+            made = pack_dir(src, archive, part)
+            packed.append(PackedPart(part, archive, made.size, made.sha256))
+            if phase:
+                pause(phase)
+    except BaseException:
+        for p in packed:  # a retry starts clean, with the disk space back
+            p.archive.unlink(missing_ok=True)
+        raise
     return packed
 
 

@@ -7,10 +7,14 @@ status; it remembers what the worker needs afterwards (the final model's path, t
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from tunery.storage import BlobStore
 from tunery.store import jobs as job_store
@@ -23,6 +27,13 @@ from tunery.worker.packaging import (
     upload_checkpoint,
     upload_tokenized_dataset,
 )
+
+log = logging.getLogger("tunery.worker")
+
+# How long the relay keeps retrying the last reports of a finished child before giving up.
+DRAIN_TIMEOUT_S = 120.0
+# Events the relay turns into job columns rather than copying verbatim.
+INTERNAL_EVENTS = {"error"}
 
 
 @dataclass
@@ -58,21 +69,42 @@ class Relay:
     _held: HeldEvent | None = field(default=None, repr=False)
     _first_step: tuple[int, float] | None = None
     _pending: str = field(default="", repr=False)
+    # Complete records read but not yet applied, oldest first.
+    _unapplied: deque[str] = field(default_factory=deque, repr=False)
+    _error: DBAPIError | None = field(default=None, repr=False)
 
-    def pump(self) -> None:
-        """Apply every complete record written since the last call."""
-        if not self.report_path.exists():
-            return
-        with open(self.report_path, encoding="utf-8") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-            self.offset = f.tell()
-        text = self._pending + chunk
-        lines = text.split("\n")
-        self._pending = lines.pop()  # an incomplete last line waits for the next pump
-        for line in lines:
-            if line.strip():
-                self.apply(json.loads(line))
+    def pump(self) -> bool:
+        """Apply every complete record written since the last call, in order. A database error
+        (locked, restarting, unreachable) stops the pump with the record unapplied, to be retried
+        at the next call, so a blip never loses a report or fails the job. Returns whether every
+        record read so far is applied."""
+        if self.report_path.exists():
+            with open(self.report_path, encoding="utf-8") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+                self.offset = f.tell()
+            lines = (self._pending + chunk).split("\n")
+            self._pending = lines.pop()  # an incomplete last line waits for the next pump
+            self._unapplied.extend(line for line in lines if line.strip())
+        while self._unapplied:
+            try:
+                self.apply(json.loads(self._unapplied[0]))
+            except DBAPIError as error:
+                log.warning("job %s: could not record a report (%s); retrying", self.job_id, type(error.orig).__name__)
+                self._error = error
+                return False
+            self._unapplied.popleft()
+        return True
+
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Pump until every record is applied, backing off on database errors; raises the last
+        error after ``timeout_s``."""
+        deadline, wait = time.monotonic() + timeout_s, 0.1
+        while not self.pump():
+            if time.monotonic() > deadline and self._error is not None:
+                raise self._error
+            time.sleep(wait)
+            wait = min(5.0, wait * 2)
 
     def apply(self, record: dict[str, Any]) -> None:
         kind = record.pop("kind")
@@ -88,12 +120,12 @@ class Relay:
     def flush(self) -> None:
         """Write a held ``checkpoint_save`` event as it is (its checkpoint was never stored)."""
         if self._held is not None:
-            held, self._held = self._held, None
-            self._store("checkpoint_save", held, {})
+            self._store("checkpoint_save", self._held, {})
+            self._held = None  # only once stored: a database error retries the record, event included
 
     def _event(self, r: dict[str, Any]) -> None:
         type_, message, level = r.pop("type"), r.pop("message"), r.pop("level", "info")
-        if type_ == "error":
+        if type_ in INTERNAL_EVENTS:
             self.error_message, self.error_is_users = message, bool(r.get("user_error"))
             return
         if type_ == "tokenized_dataset":
@@ -150,11 +182,11 @@ class Relay:
             job_store.update_progress(s, self.job_id, steps_completed=self.last_step, seconds_remaining=eta)
 
     def _checkpoint(self, step: int, path: Path, final: bool) -> None:
-        held, self._held = self._held, None
+        held = self._held  # let go of only once handled: a database error retries the record
         if final:
             # Packaged after the child exits, in the compressing/uploading stages; the worker writes
             # its checkpoint_save event once it is stored.
-            self.final_path, self.final_step, self.final_event = path, step, held
+            self.final_path, self.final_step, self.final_event, self._held = path, step, held, None
             return
         # The test seam pauses in a checkpoint upload only once an earlier one is listed, so the
         # kill tests can check that the job resumes from the earlier one.
@@ -167,3 +199,4 @@ class Relay:
                                hash=main.sha256)
         if held is not None:
             self._store("checkpoint_save", held, {})
+        self._held = None

@@ -32,6 +32,7 @@ from tunery.api.openai.schemas import (
 )
 from tunery.errors import InvalidRequest, NotFound
 from tunery.jobs import lifecycle
+from tunery.jobs.admission import Limits
 from tunery.jobs.results import openai_metrics, results_file_id
 from tunery.store import jobs as job_store
 from tunery.store.base_models import model_aliases, registered_models
@@ -48,14 +49,19 @@ def _render(s: Session, job: Job, user: User) -> dict[str, Any]:
 
 
 @router.post("", responses=_ERRORS)
-def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, body: JobCreateRequest) -> dict[str, Any]:
-    """Create a job; it is queued at once (the files were validated when they were uploaded)."""
-    resolved = resolve_openai_job(s, body, user, ctx.catalog, registered_models(s), model_aliases(s), ctx.settings)
+def create_job(ctx: Ctx, user: CurrentUser, body: JobCreateRequest) -> dict[str, Any]:
+    """Create a job; it is queued at once (the files were validated when they were uploaded).
+    Checked in a read, the files rendered with no transaction open, the job written in a short write."""
+    with ctx.db.read() as s:
+        registered = registered_models(s)
+        resolved = resolve_openai_job(s, body, user, ctx.catalog, registered, model_aliases(s), ctx.settings)
     files = [(resolved.training_file, "training_file")]
     files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
-    check_job_files(ctx, s, resolved.spec, files)  # the model's chat template can render every sample
-    job = lifecycle.create(s, user, resolved.spec, resolved.secrets, resolved.training_file)
-    return _render(s, job, user)
+    tokens = check_job_files(ctx, registered, resolved.spec, files)  # the model's template renders every sample
+    with ctx.db.session() as s:
+        job = lifecycle.create(s, user, resolved.spec, ctx.secrets.seal(resolved.secrets), resolved.training_file,
+                               limits=Limits.from_settings(ctx.settings), estimated_tokens=tokens)
+        return _render(s, job, user)
 
 
 def _metadata_filter(request: Request) -> dict[str, str] | None:

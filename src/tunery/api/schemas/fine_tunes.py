@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunery.api.schemas.timefmt import iso
 from tunery.jobspec import SFT
-from tunery.store.models import Job, JobEvent
+from tunery.store.jobs import Event
+from tunery.store.models import Job
 from tunery.store.status import JobStatus
 
 
@@ -146,7 +147,7 @@ WIRE_STATUSES = {JobStatus.USER_ERROR: JobStatus.ERROR, JobStatus.PAUSE_REQUESTE
                  JobStatus.PAUSED: JobStatus.PENDING}
 
 
-def wire_event(e: JobEvent) -> dict[str, Any]:
+def wire_event(e: Event) -> dict[str, Any]:
     """The one converter from an event row to Together's ``FineTuneEvent`` JSON."""
     own = {k: v for k, v in (e.fields or {}).items() if v is not None}
     return {"object": "fine-tune-event", "created_at": iso(e.created_at), "level": e.level, "message": e.message,
