@@ -89,6 +89,24 @@ def test_the_training_forward_gives_the_models_own_log_probs_and_gradients(tiny_
         assert _within_1e5(a, b)
 
 
+def test_hits_are_the_targets_the_model_ranks_first_on_both_paths(tiny_llama: Path) -> None:
+    """Token accuracy (OpenAI's mean_token_accuracy) comes from the same pass as the log-probs."""
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_llama, torch.float32)
+    ids, positions, targets = _batch()
+    logits = model(input_ids=ids, position_ids=positions).logits
+    targets[0, 6:12] = logits[0, 6:12].argmax(-1)  # some targets the model surely ranks first
+    expected = (logits.argmax(-1) == targets) & (targets != IGNORE)
+    assert 6 <= int(expected.sum()) < int((targets != IGNORE).sum())
+    chunked = TargetLogps(model)
+    plain = TargetLogps(model)
+    plain.split = None
+    for scorer in (chunked, plain):
+        logps, hits = scorer(ids, positions, targets, hits=True)
+        assert torch.equal(hits, expected)
+        assert _within_1e5(logps, scorer(ids, positions, targets))
+
+
 def test_a_model_whose_logits_are_more_than_its_head_takes_the_plain_path() -> None:
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
