@@ -390,6 +390,12 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
     train = _check_file(s, req.training_file, user, "training_file", p)
     val = _check_file(s, req.validation_file, user, "validation_file", p) if req.validation_file else None
     limits = model_limits(catalog, model, registered, p)
+    if req.from_hf_model:  # its config and tokenizer now; the job fetches the weights
+        try:
+            catalog.resolve(req.from_hf_model, registered, revision=req.hf_model_revision, token=req.hf_api_token,
+                            weights=False)
+        except NotFound as e:
+            p.add("from_hf_model", e.message)
     method = _training_method(req, p)
     training_type = _training_type(req.training_type, parent, limits, p)
     if parent and training_type.type != parent.job.spec.training_type.type:

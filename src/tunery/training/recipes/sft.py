@@ -8,14 +8,11 @@ Run it:
 
 ``job.json`` is a ``TrainConfig`` (see ``tunery/training/config.py``); progress goes to
 ``report.jsonl`` as JSON lines (see ``tunery/training/reporter.py``); outputs go under the config's
-``output_dir`` (``checkpoints/step-N/`` and ``final/``, see ``tunery/training/checkpoint.py``).
+``output_dir`` (``checkpoints/step-N/`` and ``final/``, see ``tunery/training/checkpoint.py``; the
+tokenized training set as ``tokenized-train.parquet``, see ``tunery/training/tokenized.py``).
 SIGTERM asks the run to stop: it writes a resumable checkpoint at the next step boundary and
-exits. Exit codes:
-
-    0  completed (early stopping included)
-    1  failed for another reason (an ``error`` event carries the message)
-    2  user error: bad data or config (an ``error`` event says what to change)
-    3  stopped on request; the last checkpoint record names the state to resume from
+exits. The exit code says how it ended (``tunery/training/exit_codes.py``: completed, failed, user
+error, stopped on request).
 """
 
 from __future__ import annotations
@@ -64,6 +61,7 @@ from tunery.training.session import (
     track_eval,
     warn_about_data,
 )
+from tunery.training.tokenized import write_tokenized
 
 
 @dataclass
@@ -109,6 +107,8 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
     max_len = max_seq_length_for(cfg, loaded)
     renderer = with_images(Renderer(loaded.tokenizer, cfg.train_on_inputs), loaded.processor)
     train = load_examples(cfg.train_file, cfg.file_type, renderer, max_len)
+    if dist.main:
+        write_tokenized(cfg.output_dir, train.examples, reporter)
     val = None
     if cfg.validation_file:
         val = load_examples(cfg.validation_file, cfg.file_type, renderer, max_len, what="validation file")
