@@ -50,7 +50,8 @@ def test_a_together_model_name_trains_the_model_it_stands_for(server: LiveServer
 def test_a_model_the_server_cannot_have_is_refused_at_create(server: LiveServer, tmp_path: Path) -> None:
     client = sdk_client(server)
     f = client.files.upload(conversation_file(tmp_path / "train.jsonl", n=8), purpose="fine-tune")
-    http = httpx.Client(base_url=server.base_url + "/v1", headers={"Authorization": f"Bearer {server.api_key}"})
+    http = httpx.Client(base_url=server.base_url + "/v1", headers={"Authorization": f"Bearer {server.api_key}"},
+                        timeout=60)
     jobs = len(http.get("/fine-tunes").json()["data"])
     r = http.post("/fine-tunes", json={"training_file": f.id, "model": "meta-llama/Llama-3.3-70B-Instruct-Reference"})
     assert r.status_code == 400, r.text
@@ -87,7 +88,8 @@ def online(hub: FakeHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
 def test_with_the_hub_a_name_is_checked_at_create_and_its_weights_fetched_by_the_job(
         online: LiveServer, hub: FakeHub, tmp_path: Path) -> None:
     client = sdk_client(online)
-    http = httpx.Client(base_url=online.base_url + "/v1", headers={"Authorization": f"Bearer {online.api_key}"})
+    http = httpx.Client(base_url=online.base_url + "/v1", headers={"Authorization": f"Bearer {online.api_key}"},
+                        timeout=60)
     assert REFERENCE in http.get("/fine-tunes/models/supported").json()["models"]
     f = client.files.upload(conversation_file(tmp_path / "train.jsonl", n=16), purpose="fine-tune")
     weights = "meta-llama/Llama-3.1-8B-Instruct/model.safetensors"
