@@ -444,6 +444,11 @@ def test_messages_awaiting_an_answer_are_a_reinforcement_prompt_with_any_fields(
     prompt = {"messages": [{"role": "system", "content": "s"}, user()], "answer": "4", "meta": {"tags": [1]}}
     assert detect_format(prompt, 7) is DatasetFormat.REINFORCEMENT and check(prompt) == NO_FACTS
     assert detect_format({"messages": [user()]}, 7) is DatasetFormat.REINFORCEMENT
+    # OpenAI's reinforcement prompts may open with a developer message, its name for the system message
+    developer = {"messages": [{"role": "developer", "content": "Answer with a number."}, user()], "answer": "4"}
+    assert detect_format(developer, 7) is DatasetFormat.REINFORCEMENT and check(developer) == NO_FACTS
+    late = {"messages": [user(), {"role": "developer", "content": "d"}, user()]}
+    assert "a system message may only come first" in error_of(late).message
     # a conversation with an answer still may not carry unknown keys (a typo in an SFT file)
     assert 'unknown key "answer"' in error_of({"messages": [user(), assistant()], "answer": "4"}).message
 

@@ -207,6 +207,12 @@ def test_prompt_rows_are_checked_with_their_line(tokenizer: Any, tmp_path: Path)
     path.write_text(json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n")
     loaded = load_prompts(str(path), "jsonl", tokenizer, 32)
     assert loaded.prompts[0].item == {"prompt": "1+1=", "answer": "2"}
+    # OpenAI's developer message is the system message for a template without a developer role
+    rows = [{"messages": [{"role": role, "content": "Answer briefly."}, {"role": "user", "content": "1+1="}]}
+            for role in ("developer", "system")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    developer, system = load_prompts(str(path), "jsonl", tokenizer, 64).prompts
+    assert "developer" not in str(tokenizer.chat_template) and developer.ids == system.ids
 
 
 def test_a_grpo_config_without_a_usable_grader_is_refused_with_every_problem(tmp_path: Path) -> None:

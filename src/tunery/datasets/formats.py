@@ -291,8 +291,16 @@ def _check_reinforcement(record: dict[str, Any], line: int) -> RecordFacts:
     if "tools" in record:
         _check_tools(record["tools"], "tools", line)
         has_tools = bool(record["tools"])
-    facts = _check_messages(record["messages"], "messages", line, preference_input=True)
+    facts = _check_messages(_developer_as_system(record["messages"]), "messages", line, preference_input=True)
     return _with_tools(facts) if has_tools else facts
+
+
+def _developer_as_system(messages: Any) -> Any:
+    """OpenAI's reinforcement prompts often open with a ``developer`` message: its name for the system
+    message (training renders it as one where the chat template has no developer role)."""
+    if not isinstance(messages, list):
+        return messages
+    return [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m for m in messages]
 
 
 def _check_parallel_tool_calls(holder: dict[str, Any], messages: list[Any], path: str, line: int,

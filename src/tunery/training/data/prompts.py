@@ -79,6 +79,8 @@ def _prompt_ids(row: dict[str, Any], tokenizer: Any, line: int, what: str, templ
         if messages[-1]["role"] not in ("user", "system", "developer", "tool"):
             raise DatasetInvalid(f"{what} line {line}: the last message is the {messages[-1]['role']}'s; a "
                                  "reinforcement prompt ends with the turn the model answers (user)")
+        if "developer" not in str(tokenizer.chat_template):  # OpenAI's name for the system message
+            messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
         try:
             text = tokenizer.apply_chat_template(messages, tools=row.get("tools") or None, tokenize=False,
                                                  add_generation_prompt=True, **template_vars)
