@@ -395,8 +395,21 @@ def test_whitespace_a_template_leaves_at_its_end_is_not_trained(tokenizers: dict
     assert trained_text(tokenizer, example) == [f"Hello!{LLAMA}", f"Paris.{LLAMA}"]
 
 
-def test_a_template_that_always_prompts_is_refused_not_mis_split(tokenizers: dict[str, Any]) -> None:
+def test_a_template_that_always_prompts_ends_turns_at_eos(tokenizers: dict[str, Any]) -> None:
+    # The header it writes after every conversation is not part of the last turn, nor is the start
+    # of the next header (which user and assistant headers share) part of an earlier one.
     tokenizer = fixture_tokenizer_with(tokenizers["llama-3.1-8b-instruct"], LLAMA3_ALWAYS_PROMPTS)
+    example = Renderer(tokenizer).conversation(CASES["system"][0])
+    assert tokenizer.decode(example.input_ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert trained_text(tokenizer, example) == [f"Hello!{LLAMA}", f"Paris.{LLAMA}"]
+    weighted = Renderer(tokenizer).conversation(CASES["weights"][0])
+    assert trained_text(tokenizer, weighted) == [
+        f"<|start_header_id|>user<|end_header_id|>\n\nHi{LLAMA}", f"Paris.{LLAMA}"]
+
+
+def test_a_template_that_always_prompts_is_refused_when_eos_does_not_close_turns(tokenizers: dict[str, Any]) -> None:
+    tokenizer = fixture_tokenizer_with(tokenizers["llama-3.1-8b-instruct"], LLAMA3_ALWAYS_PROMPTS)
+    tokenizer.add_special_tokens({"eos_token": "<|end_of_text|>"})  # the first Llama 3 tokenizers' EOS
     with pytest.raises(ConversationRefused, match="appends the assistant prompt even when no generation prompt"):
         Renderer(tokenizer).conversation(CASES["system"][0])
 

@@ -40,7 +40,8 @@ conversation but not between turns. Those renderings of a prefix are cached by t
 conversation and the glue text, so a dataset costs about two renders per row. Templates with
 ``{% generation %}`` blocks say outright which text an assistant generates; their blocks are used
 for assistant bodies. A template that writes the assistant header even when no generation prompt
-is asked for leaves no way to tell a turn's end from the next header, and is refused.
+is asked for leaves no way to tell a turn's end from the next header by these renderings: its turns
+end at the tokenizer's EOS, and a turn that EOS does not close is refused.
 """
 
 from __future__ import annotations
@@ -172,11 +173,9 @@ class ChatTemplate:
         template = self.source(tools)
         if template not in self._always_prompts:
             self._always_prompts[template] = _always_prompts(template, self.kwargs)
-        if self._always_prompts[template]:
-            raise ConversationRefused(
-                "the chat template appends the assistant prompt even when no generation prompt is asked for, so "
-                "where an assistant turn ends cannot be told from the header after it; wrap that prompt in "
-                "{% if add_generation_prompt %} in the template, or set train_on_inputs=true")
+        stop = self.tokenizer.eos_token if self._always_prompts[template] else None
+        if self._always_prompts[template] and not stop:
+            raise _always_prompting()
         skeleton = _skeleton(prepared)
         shaped = _render_shaped(template, skeleton.messages, tools, False, self.kwargs)
         marks = _align(shaped, real, skeleton.runs)
@@ -187,7 +186,7 @@ class ChatTemplate:
                 "or upload pre-tokenized Parquet with your own labels")
         seen = {(skeleton.runs[mark.run].message, skeleton.runs[mark.run].key) for mark in marks}
         dropped = frozenset((run.message, run.key) for run in skeleton.runs) - seen
-        boundaries = _Boundaries(self, template, skeleton, shaped, marks, len(real), tools)
+        boundaries = _Boundaries(self, template, skeleton, shaped, marks, len(real), tools, stop)
         generation = _generation_bodies(template, prepared, tools, self.kwargs, real) \
             if _GENERATION.search(template) else {}
         turns = [Turn(0, 0, 0)] * len(prepared)
@@ -250,9 +249,12 @@ class _Boundaries:
     """Cut points between consecutive turns, as offsets in the real text, computed on demand."""
 
     def __init__(self, owner: ChatTemplate, template: str, skeleton: _Skeleton, shaped: str,
-                 marks: list[_Mark], real_length: int, tools: Sequence[Any] | None):
+                 marks: list[_Mark], real_length: int, tools: Sequence[Any] | None, stop: str | None = None):
         self.owner, self.template, self.skeleton, self.shaped = owner, template, skeleton, shaped
         self.marks, self.real_length, self.tools = marks, real_length, tools
+        # For a template that always writes the assistant header (see _always_prompts), the text
+        # after a turn ends it with the header in it: turns end at the first EOS instead.
+        self.stop = stop
         self._ends = [mark.shaped_end for mark in marks]  # increasing: occurrences do not overlap
         self._splits: dict[int, tuple[int, int]] = {}
         self._shape = tuple((m.get("role"), bool(m.get("tool_calls")), _kind(m.get("content")))
@@ -289,6 +291,8 @@ class _Boundaries:
         anchor = self.marks[-1] if self.marks else None
         start = anchor.shaped_end if anchor is not None else 0
         tail = self.shaped[start:]
+        if self.stop is not None:
+            return self._to_real(start + _through(tail, self.stop))
         kept = len(tail.rstrip())
         if kept == len(tail):
             return self.real_length
@@ -341,6 +345,8 @@ class _Boundaries:
                     closing = _closing_before(prompted, prompt, glue, self.skeleton.messages[j].get("role"))
                     end = _outside_markers(glue, max(_agreeing(_after(ends, marker), glue), _agreeing(closing, glue)))
                     body = _outside_markers(glue, _agreeing(prompted, glue))
+                    if self.stop is not None:
+                        end = min(end, _through(glue, self.stop))
                     return depth, end, max(end, body)
             raise AssertionError("the empty marker is in every text")
 
@@ -398,18 +404,42 @@ def _outside_markers(glue: str, length: int) -> int:
 
 def _always_prompts(template: str, kwargs: dict[str, Any]) -> bool:
     """Whether the template writes the assistant header after every conversation, asked or not
-    (Meta-Llama-3-8B-Instruct's first template did): then a conversation ending with a user
-    message ends with exactly the text that separates it from an assistant answer, and one ending
-    with that answer ends the same way."""
-    user = [{"role": "user", "content": f"{MARK_OPEN}0{MARK_CLOSE}"}]
-    answered = [*user, {"role": "assistant", "content": f"{MARK_OPEN}1{MARK_CLOSE}"}]
+    (Meta-Llama-3-8B-Instruct's first template did; Command R7B's tool-use template does): the
+    generation prompt changes nothing, conversations ending with a user message and with an answer
+    end with the same text, which is also between a user message and its answer, and an answer
+    followed by another user message is not followed by that text."""
+    marker = [f"{MARK_OPEN}{i}{MARK_CLOSE}" for i in range(3)]
+    user = [{"role": "user", "content": marker[0]}]
+    answered = [*user, {"role": "assistant", "content": marker[1]}]
     try:
-        after_user = _render_shaped(template, user, None, False, kwargs).rpartition(MARK_CLOSE)[2]
-        both = _render_shaped(template, answered, None, False, kwargs)
+        alone, prompted, both, more = (
+            _render_shaped(template, messages, None, prompt, kwargs)
+            for messages, prompt in ((user, False), (user, True), (answered, False),
+                                     ([*answered, {"role": "user", "content": marker[2]}], False)))
     except ConversationRefused:
         return False
-    between = both.partition(f"{MARK_OPEN}0{MARK_CLOSE}")[2].partition(f"{MARK_OPEN}1{MARK_CLOSE}")[0]
-    return bool(after_user.strip()) and after_user == between == both.rpartition(MARK_CLOSE)[2]
+    after_user, after_answer = alone.rpartition(MARK_CLOSE)[2], both.rpartition(MARK_CLOSE)[2]
+    shared = after_user[len(after_user) - _common_prefix(after_user[::-1], after_answer[::-1]):]
+    to_answer = both.partition(marker[0])[2].partition(marker[1])[0]
+    answer_to_user = more.partition(marker[1])[2].partition(marker[2])[0]
+    return (alone == prompted and bool(shared.strip()) and shared in to_answer
+            and not answer_to_user.startswith(after_answer))
+
+
+def _always_prompting() -> ConversationRefused:
+    return ConversationRefused(
+        "the chat template appends the assistant prompt even when no generation prompt is asked for, and the "
+        "tokenizer's EOS token does not close its turns, so where an assistant turn ends cannot be told from the "
+        "header after it; wrap that prompt in {% if add_generation_prompt %} in the template, or set "
+        "train_on_inputs=true")
+
+
+def _through(text: str, stop: str) -> int:
+    """Where ``text`` ends when cut after its first ``stop``."""
+    at = text.find(stop)
+    if at < 0:
+        raise _always_prompting()
+    return at + len(stop)
 
 
 def _agreeing(text: str, glue: str) -> int:
