@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +60,7 @@ class LiveServer:
             [TUNERY, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine can take a minute to import torch
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tunery serve exited early:\n{self.log_path.read_text()[-4000:]}")
@@ -134,6 +134,16 @@ def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tunery.models.builtin import ensure_builtin
 
     return ensure_builtin("tunery/tiny-vlm", tmp_path_factory.getbasetemp() / "builtin-models")
+
+
+@pytest.fixture(scope="session")
+def vlm_family(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The tiny model of a vision-language family (``tests/vlm_families.py``), built once per session."""
+    from tests.vlm_families import build_family
+
+    root = tmp_path_factory.getbasetemp() / "vlm-families"
+    root.mkdir(exist_ok=True)
+    return lambda name: build_family(name, root)
 
 
 @pytest.fixture(scope="module")

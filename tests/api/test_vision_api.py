@@ -5,6 +5,7 @@ count the image tokens the processor puts in each sequence."""
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,42 @@ def test_a_registered_vision_language_directory_goes_the_same_path(together_clie
     assert r.status_code == 200 and r.json()["multimodal_params"] == {"train_vision": True}
 
 
+REGISTER = """
+import sys
+from tunery.cli.options import load_settings, open_db
+from tunery.store.base_models import register_model
+with open_db(load_settings(None)).session() as s:
+    for name, path in zip(sys.argv[1::2], sys.argv[2::2]):
+        register_model(s, name, path)
+"""
+
+
+@pytest.mark.slow
+def test_each_registered_family_goes_the_same_path(together_client, http: httpx.Client,  # type: ignore[no-untyped-def]
+                                                   live_server: LiveServer, vlm_family: Any, images_id: str) -> None:
+    """Qwen2-VL, Qwen2.5-VL, SmolVLM and Gemma 3 directories, registered as `tunery models add` does (the same
+    store call, in the server's environment): limits, preview and estimate with image tokens, create."""
+    from tests.vlm_families import FAMILIES
+
+    names = {family: f"acme/{family}" for family in FAMILIES}
+    subprocess.run([sys.executable, "-c", REGISTER, *[a for f in FAMILIES for a in (names[f], str(vlm_family(f)))]],
+                   env={**live_server.env, "TUNERY_DATA_DIR": str(live_server.data_dir)}, check=True)
+    for family, name in names.items():
+        assert together_client.fine_tuning.model_limits(model_name=name).supports_vision is True, family
+        rows = together_client.fine_tuning.preview(model=name, training_file=images_id, top_k=3).model_dump()["rows"]
+        assert [r["num_images"] for r in rows] == [1, 2, 1], family
+        for row in rows:
+            assert row["num_image_tokens"] >= row["num_images"] * 4
+            image = {t for start, end in row["image_spans"] for t in range(start, end)}
+            assert all(row["labels"][t] == -100 for t in image)
+            assert not image & {t for start, end in row["trained_spans"] for t in range(start, end)}
+            assert row["num_trained_tokens"] > 0
+        estimate = http.post("/v1/fine-tunes/estimate-price", json={"training_file": images_id, "model": name}).json()
+        assert estimate["estimated_train_token_count"] == sum(r["num_tokens"] for r in rows)
+        r = create(http, model=name, training_file=images_id, multimodal_params={"train_vision": True})
+        assert r.status_code == 200 and r.json()["multimodal_params"] == {"train_vision": True}, r.text
+
+
 def test_a_text_model_refuses_images_and_train_vision_by_name(http: httpx.Client, images_id: str,
                                                               text_id: str) -> None:
     r = create(http, model=TEXT, training_file=images_id)
@@ -88,7 +125,7 @@ def test_multimodal_params_round_trip(http: httpx.Client, together_client, image
     assert together_client.fine_tuning.retrieve(job.id).multimodal_params.train_vision is True
     # A vision-language model trains on text-only data too; a text model's job has no multimodal_params.
     assert create(http, model=VLM, training_file=text_id).status_code == 200
-    assert create(http, model=TEXT, training_file=text_id).json()["multimodal_params"] is None
+    assert "multimodal_params" not in create(http, model=TEXT, training_file=text_id).json()
 
 
 def test_estimate_and_preview_count_image_tokens(http: httpx.Client, together_client, images_id: str,  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tunery.models.limits import model_limits
+from tunery.models.limits import model_limits, why_no_vision
 
 # Together's FinetuneModelLimits (together-sdk-contract.md §4.1): every field, always present.
 TOP_LEVEL = {
@@ -51,11 +51,27 @@ def test_a_vision_language_model_supports_vision_and_lists_its_vision_modules(ti
     assert "lm_head" not in limits["lora_training"]["target_modules"]
 
 
-def test_three_axis_positions_are_not_offered_for_images(tmp_path: Path) -> None:
+def test_three_axis_positions_are_offered_for_images(tmp_path: Path) -> None:
     from transformers import Qwen2VLConfig
 
     config = Qwen2VLConfig(text_config={"num_hidden_layers": 1, "hidden_size": 64, "intermediate_size": 64,
                                         "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 512},
                            vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 64, "num_heads": 2})
     config.save_pretrained(tmp_path)
-    assert model_limits("qwen2-vl", tmp_path)["supports_vision"] is False  # packing gives 1-D positions
+    assert model_limits("qwen2-vl", tmp_path)["supports_vision"] is True  # each sample's own positions
+    assert why_no_vision(tmp_path) is None
+
+
+def test_families_tunery_cannot_train_on_images_say_why(tmp_path: Path) -> None:
+    from transformers import MllamaConfig
+
+    config = MllamaConfig(text_config={"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 64,
+                                       "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 512,
+                                       "cross_attention_layers": [1], "pad_token_id": 0, "bos_token_id": 1,
+                                       "eos_token_id": 2},
+                          vision_config={"num_hidden_layers": 1, "num_global_layers": 1, "hidden_size": 32,
+                                         "intermediate_size": 64, "attention_heads": 2, "image_size": 32,
+                                         "patch_size": 8, "intermediate_layers_indices": [0]})
+    config.save_pretrained(tmp_path)
+    assert model_limits("llama-3.2-vision", tmp_path)["supports_vision"] is False
+    assert "cross-attention" in str(why_no_vision(tmp_path))

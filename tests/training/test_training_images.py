@@ -15,11 +15,12 @@ import torch
 from tests.sample_images import COLOURS, draw_shape, solid_url
 from tunery.datasets import DatasetFormat
 from tunery.errors import TrainingFailed
+from tunery.models.processor import load_processor
 from tunery.training.attention import attention_for
 from tunery.training.data.chat import ConversationRefused
 from tunery.training.data.collate import collate
 from tunery.training.data.dataset import load_examples
-from tunery.training.data.images import ImageEncoder, VisionRenderer, load_processor, split_images
+from tunery.training.data.images import ImageInputs, VisionRenderer, split_images
 from tunery.training.data.render import IGNORE, Renderer, truncate
 from tunery.training.model import LoadedModel, forward_logps, load_causal_lm
 
@@ -76,7 +77,7 @@ def test_images_go_as_files_and_the_processor_sizes_them(processor: Any) -> None
     url = solid_url((0, 255, 0), (100, 20), "WEBP")
     [img] = renderer(processor).render(sample(url), DatasetFormat.CONVERSATION).images
     assert img.data[:4] == b"RIFF"  # the uploaded WebP file as it was
-    pixels = ImageEncoder(processor)([img])["pixel_values"]
+    pixels = ImageInputs(processor).encode([img])["pixel_values"]
     assert pixels.shape == (1, 3, 32, 32)
 
 
@@ -111,7 +112,7 @@ def test_packed_rows_see_their_own_images(processor: Any, tiny_vlm: Path) -> Non
     model = load_causal_lm(tiny_vlm, torch.float32).eval()
     loaded = LoadedModel(model, processor.tokenizer, tiny_vlm, False, torch.device("cpu"), None, 0,
                          processor=processor)
-    encoder = ImageEncoder(processor)
+    encoder = loaded.images
 
     def logits(rows: list[list[Any]]) -> torch.Tensor:  # the log-probabilities of every next token
         batch = collate(rows, processor.tokenizer.pad_token_id, encoder)
@@ -129,21 +130,33 @@ def test_packed_rows_see_their_own_images(processor: Any, tiny_vlm: Path) -> Non
     assert torch.allclose(packed, alone, atol=1e-4)
     swapped = logits([[examples[1], examples[0]]])[0]
     assert torch.allclose(swapped[: len(examples[1])], alone[len(examples[0]):], atol=1e-4)
-    with pytest.raises(ValueError, match="encode_images"):
+    with pytest.raises(ValueError, match="ImageInputs"):
         collate([examples], processor.tokenizer.pad_token_id)
 
 
-def test_a_processor_that_does_not_say_where_images_go_is_refused(processor: Any) -> None:
-    """Gemma 3's or Idefics3's processors expand images in their own __call__ and report no
-    replacement offsets: without them the image tokens cannot be placed exactly, so no guessing."""
+def test_a_processor_that_does_not_say_where_images_go_places_them_the_same(processor: Any) -> None:
+    """Processors with their own ``__call__`` (InternVL's, Idefics2's, …) report no replacement offsets:
+    the image tokens are then found from the tokens themselves, with the same result."""
 
     class Silent:
         image_token = processor.image_token
 
         def __call__(self, **kwargs: Any) -> Any:
             out = processor(**kwargs)
-            del out["text_replacement_offsets"]
+            out.pop("text_replacement_offsets", None)
             return out
 
-    with pytest.raises(ConversationRefused, match="the model's processor placed 0 of the sample's 1 images"):
-        VisionRenderer(Renderer(processor.tokenizer), Silent()).render(sample(solid_url()), DatasetFormat.CONVERSATION)
+    record = sample(solid_url(), solid_url((0, 0, 255), (20, 60)))
+    silent = VisionRenderer(Renderer(processor.tokenizer), Silent()).marked(record, DatasetFormat.CONVERSATION)
+    told = renderer(processor).marked(record, DatasetFormat.CONVERSATION)
+    assert (silent.example, silent.text, silent.offsets) == (told.example, told.text, told.offsets)
+
+
+def test_a_template_that_leaves_out_images_is_refused(processor: Any) -> None:
+    import copy
+
+    tokenizer = copy.deepcopy(processor.tokenizer)
+    tokenizer.chat_template = tokenizer.chat_template.replace("{{- '<image>' -}}", "")
+    with pytest.raises(ConversationRefused, match="the model's chat template rendered 0 image placeholders for the "
+                                                  "sample's 1 images: it must render each image part as '<image>'"):
+        VisionRenderer(Renderer(tokenizer), processor).render(sample(solid_url()), DatasetFormat.CONVERSATION)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunery.models.architecture import auto_model_class, is_vision_language
+from tunery.models.architecture import auto_model_class, is_vision_language, vision_refusal
 
 MAX_LORA_RANK = 64
 MIN_MAX_SEQ_LENGTH = 128
@@ -90,11 +90,16 @@ def _model_facts(model_dir: str, _mtime: float) -> dict[str, Any]:
         "target_modules": linear_module_names(model),
         "supports_tools": "tools" in template,
         "supports_reasoning": "reasoning" in template or "<think>" in template,
-        # Qwen2-VL and its kin give image tokens positions on three axes (get_rope_index), which
-        # packed training does not compute yet: no images for them rather than wrong positions.
-        "supports_vision": is_vision_language(config) and not any(hasattr(m, "get_rope_index")
-                                                                   for m in model.modules()),
+        "vision_refusal": vision_refusal(model) if is_vision_language(config) else None,
+        "supports_vision": is_vision_language(config) and vision_refusal(model) is None,
     }
+
+
+def why_no_vision(model_dir: str | os.PathLike[str]) -> str | None:
+    """Why the vision-language model in ``model_dir`` cannot train on images (None for a text model or one
+    that can)."""
+    reason: str | None = _model_facts(str(Path(model_dir).resolve()), _mtime(model_dir))["vision_refusal"]
+    return reason
 
 
 def linear_module_names(model: nn.Module) -> list[str]:

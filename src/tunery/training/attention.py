@@ -60,10 +60,12 @@ class Segments:
 def attention_for(batch: Batch, dtype: torch.dtype) -> torch.Tensor | Segments:
     """What keeps ``batch``'s examples apart: a 4-D mask in ``dtype`` for narrow rows on CPU, else
     segments (on CUDA always: causal SDPA without a mask runs its flash or memory-efficient kernels,
-    which an ``L x L`` mask rules out or makes pay for the mask)."""
+    which an ``L x L`` mask rules out or makes pay for the mask). A batch with image blocks (tokens that
+    see each other both ways, see ``collate``) always takes the mask: causal kernels cannot express them."""
     width = batch.input_ids.shape[1]
-    if width <= MASK_MAX_WIDTH and batch.input_ids.device.type == "cpu":
-        return attention_bias(batch.segment_ids, dtype)
+    blocked = batch.blocks is not None and bool((batch.blocks >= 0).any())
+    if blocked or (width <= MASK_MAX_WIDTH and batch.input_ids.device.type == "cpu"):
+        return attention_bias(batch.segment_ids, dtype, batch.blocks)
     return segments(batch.lengths, width).to(batch.input_ids.device)
 
 

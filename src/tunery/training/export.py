@@ -5,7 +5,8 @@
                      full: the trained model) + tokenizer + training_config.json
 
 A vision-language model's directories hold its whole processor (tokenizer, image processor, chat
-template), so each loads with ``AutoModelForImageTextToText`` and ``AutoProcessor``.
+template), its files copied as the base model has them, so each loads with
+``AutoModelForImageTextToText`` and ``AutoProcessor`` as the base does.
 
 ``training_config.json`` is the resolved training config without secrets. The merge happens on
 CPU in a fresh copy of the base (loaded from disk), so the model being trained, its device memory
@@ -15,11 +16,13 @@ and the random number streams are left exactly as they were.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tunery.models.processor import processor_files
 from tunery.training.model import LoadedModel, load_causal_lm
 
 CONFIG_FILE = "training_config.json"
@@ -60,5 +63,12 @@ def _stored_dtype(model_dir: Path) -> torch.dtype | None:
 
 
 def _finish(directory: Path, loaded: LoadedModel, config: dict[str, Any]) -> None:
-    (loaded.processor or loaded.tokenizer).save_pretrained(directory)
+    if loaded.processor_dir is not None:
+        # Copied, not saved: a processor loaded without torchvision stands in for its video processor.
+        for source in processor_files(loaded.processor_dir):
+            target = directory / source.relative_to(loaded.processor_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    else:
+        loaded.tokenizer.save_pretrained(directory)
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from tunery.errors import TrainingFailed
-from tunery.models.architecture import auto_model_class
+from tunery.models.architecture import auto_model_class, is_vision_language
+from tunery.models.processor import load_processor
 from tunery.training import attention, fsdp
 from tunery.training.attention import Segments
 from tunery.training.config import TrainConfig
-from tunery.training.data.images import load_processor
+from tunery.training.data.images import ImageInputs, image_inputs
 from tunery.training.distributed import Dist, shards
 from tunery.training.fused_lora import fuse_lora_layers
 from tunery.training.logprobs import TargetLogps
@@ -46,10 +47,13 @@ class LoadedModel:
     # ``scorer``, or ``scorer`` itself once sharded (FSDP2, see ``fsdp.py``); None in one process.
     parallel: Any = None
     processor: Any = None  # a vision-language model's AutoProcessor (its tokenizer is ``tokenizer``)
+    processor_dir: Path | None = None  # the directory the processor's files come from
     scorer: TargetLogps = field(init=False)  # ``model`` as batch -> target log-probabilities
+    images: ImageInputs | None = field(init=False)  # what collating images needs, for a vision-language model
 
     def __post_init__(self) -> None:
         self.scorer = TargetLogps(self.model)
+        self.images = image_inputs(self.processor, self.model)
 
     @property
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -106,8 +110,17 @@ def load_causal_lm(model_dir: str | Path, dtype: torch.dtype) -> Any:
     from transformers import AutoConfig
 
     attention.register()
-    auto = auto_model_class(AutoConfig.from_pretrained(model_dir))
-    return auto.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION)
+    config = AutoConfig.from_pretrained(model_dir)
+    return auto_model_class(config).from_pretrained(model_dir, dtype=dtype, attn_implementation=_attention(config))
+
+
+def _attention(config: Any) -> str | dict[str, str]:
+    """``ATTN_IMPLEMENTATION`` for the language model. A vision-language model's other parts (its vision
+    tower) keep their default attention: the segments that keep packed examples apart are positions in
+    the token rows, which mean nothing to image patches."""
+    if not is_vision_language(config):
+        return ATTN_IMPLEMENTATION
+    return {"": ATTN_IMPLEMENTATION, "text_config": ATTN_IMPLEMENTATION}
 
 
 def load_for_training(cfg: TrainConfig, dist: Dist | None = None) -> LoadedModel:
@@ -150,6 +163,7 @@ def load_for_training(cfg: TrainConfig, dist: Dist | None = None) -> LoadedModel
         autocast_dtype=torch.bfloat16 if bf16 else None,
         param_count=param_count,
         processor=processor,
+        processor_dir=Path(cfg.base_model_dir) if processor is not None else None,
     )
     if sharded:
         assert dist is not None
@@ -191,19 +205,34 @@ def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None, vision: bool 
 
 def forward_logps(
     loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
-    bias: torch.Tensor | Segments, **inputs: Any
+    bias: torch.Tensor | Segments, temperature: float = 1.0, /, **inputs: Any
 ) -> torch.Tensor:
     """``[B, L]`` fp32 log-probabilities of ``targets`` (0 where ``IGNORE``), under autocast where
-    configured, without the full logits (see ``logprobs.py``). ``bias`` keeps packed examples apart:
-    a 4-D additive mask, or ``Segments`` (see ``attention.attention_for``); ``inputs`` go to the model
-    as they are. Passes that build a graph go through ``parallel`` when there is one, so their backward
-    averages gradients across ranks."""
+    configured, without the full logits (see ``logprobs.py``), of the logits over ``temperature``.
+    ``bias`` keeps packed examples apart: a 4-D additive mask, or ``Segments`` (see
+    ``attention.attention_for``); ``inputs`` go to the model as they are. Passes that build a graph go
+    through ``parallel`` when there is one, so their backward averages gradients across ranks."""
+    logps: torch.Tensor = _score(loaded, input_ids, position_ids, targets, bias, temperature, False, inputs)
+    return logps
+
+
+def forward_logps_and_hits(
+    loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+    bias: torch.Tensor | Segments, /, **inputs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward_logps``, and ``[B, L]`` whether each target was the model's top guess (False where
+    ``IGNORE``): token accuracy, for the same pass."""
+    logps, hits = _score(loaded, input_ids, position_ids, targets, bias, 1.0, True, inputs)
+    return logps, hits
+
+
+def _score(loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+           bias: torch.Tensor | Segments, temperature: float, hits: bool, inputs: dict[str, Any]) -> Any:
     module = loaded.parallel if loaded.parallel is not None and torch.is_grad_enabled() else loaded.scorer
     isolation = {"packed_segments": bias} if isinstance(bias, Segments) else {"attention_mask": bias}
     with torch.autocast(loaded.device.type, dtype=loaded.autocast_dtype or torch.float32,
                         enabled=loaded.autocast_dtype is not None):
-        logps: torch.Tensor = module(input_ids, position_ids, targets, **isolation, **inputs)
-    return logps
+        return module(input_ids, position_ids, targets, temperature, hits, **isolation, **inputs)
 
 
 def mask_dtype(loaded: LoadedModel) -> torch.dtype:

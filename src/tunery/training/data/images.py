@@ -17,8 +17,8 @@ same processor: ``pixel_values`` (and whatever else the model's image processor 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,25 +26,10 @@ import torch
 from tunery.datasets import DatasetFormat
 from tunery.datasets.images import ImageInvalid, image_bytes, open_image
 from tunery.errors import TrainingFailed
-from tunery.models.architecture import is_vision_language
+from tunery.models.architecture import vision_refusal
+from tunery.models.processor import content_as_parts, renders_string_content
 from tunery.training.data.chat import ConversationRefused
 from tunery.training.data.render import IGNORE, Example, ExampleImage, Marked, Renderer, TrainOnInputs
-
-
-def load_processor(model_dir: str | Path) -> Any | None:
-    """The model's ``AutoProcessor`` if it is a vision-language model, else None. Its tokenizer renders
-    with the processor's chat template, which knows where images go."""
-    from transformers import AutoConfig, AutoProcessor
-
-    if not is_vision_language(AutoConfig.from_pretrained(model_dir)):
-        return None
-    processor = AutoProcessor.from_pretrained(model_dir)
-    if getattr(processor, "image_token", None) is None or not hasattr(processor, "image_processor"):
-        raise TrainingFailed(f"the processor of {model_dir} has no image token or image processor, so images "
-                             "cannot be placed in its sequences", user_error=True)
-    if processor.chat_template:
-        processor.tokenizer.chat_template = processor.chat_template
-    return processor
 
 
 def split_images(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -73,6 +58,7 @@ class VisionRenderer:
         self.text = text
         self.processor = processor
         self.tokenizer = text.tokenizer
+        self.as_parts = not renders_string_content(text.tokenizer)
 
     @property
     def train_on_inputs(self) -> TrainOnInputs:
@@ -84,7 +70,7 @@ class VisionRenderer:
     def marked(self, record: dict[str, Any], fmt: DatasetFormat) -> Marked:
         if fmt is not DatasetFormat.CONVERSATION:
             return self.text.marked(record, fmt)
-        messages, urls = split_images(record["messages"])
+        messages, urls = split_images(self._contents(record["messages"]))
         marked = self.text.marked({**record, "messages": messages}, fmt)
         return self._expand(marked, urls) if urls else marked
 
@@ -94,23 +80,34 @@ class VisionRenderer:
 
     def marked_preference(self, record: dict[str, Any]) -> tuple[Marked, Marked]:
         """As ``Renderer.marked_preference``; the prompt's images are in both sequences."""
-        messages, urls = split_images(record["input"]["messages"])
-        chosen, rejected = self.text.marked_preference({**record, "input": {**record["input"], "messages": messages}})
+        messages, urls = split_images(self._contents(record["input"]["messages"]))
+        outputs = {key: self._contents(record[key]) for key in ("preferred_output", "non_preferred_output")}
+        chosen, rejected = self.text.marked_preference({**record, **outputs,
+                                                        "input": {**record["input"], "messages": messages}})
         return (self._expand(chosen, urls), self._expand(rejected, urls)) if urls else (chosen, rejected)
+
+    def _contents(self, messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Text contents as a text part, for templates that render parts only (SmolVLM's, Idefics3's)."""
+        return content_as_parts(messages) if self.as_parts else list(messages)
 
     def _expand(self, marked: Marked, urls: list[str]) -> Marked:
         """``marked`` with each image placeholder expanded into the processor's image tokens, labelled
-        ``IGNORE``; the text is the expanded text the tokens come from."""
+        ``IGNORE``; the text is the expanded text the tokens come from. Where the processor reports where
+        it put each expansion (``text_replacement_offsets``), tokens are mapped through those offsets;
+        otherwise each placeholder token is replaced by the tokens the processor makes of it alone, which
+        must give exactly what it makes of the whole text."""
+        placeholders = marked.text.count(self.processor.image_token)
+        if placeholders != len(urls):
+            raise ConversationRefused(self._misplaced(placeholders, len(urls)))
         files = [_image_file(url, i) for i, url in enumerate(urls)]
-        expanded = self.processor(text=[marked.text], images=[[open_image(f) for f in files]],
-                                  add_special_tokens=False, return_offsets_mapping=True,
-                                  return_text_replacement_offsets=True)
+        images = [open_image(f) for f in files]
+        expanded = self.processor(text=[marked.text], images=[images], add_special_tokens=False,
+                                  return_offsets_mapping=True, return_text_replacement_offsets=True)
         replaced = [r for r in (expanded.get("text_replacement_offsets") or [[]])[0] if r["type"] == "image"]
+        if not replaced or "offset_mapping" not in expanded:
+            return self._splice(marked, files, images, list(expanded["input_ids"][0]))
         if len(replaced) != len(files):
-            raise ConversationRefused(
-                f"the model's processor placed {len(replaced)} of the sample's {len(files)} images: its chat "
-                f"template must render each image part as {self.processor.image_token!r}, and the processor must "
-                "report where it puts image tokens (text_replacement_offsets)")
+            raise ConversationRefused(self._misplaced(len(replaced), len(files)))
         text, position = [], 0
         for r in replaced:
             text += [marked.text[position : r["span"][0]], r["replacement"]]
@@ -119,6 +116,51 @@ class VisionRenderer:
         example = _relabel(marked.example, marked.offsets, list(expanded["input_ids"][0]), offsets,
                            [(r["span"], r["new_span"]) for r in replaced], files)
         return Marked(example, "".join(text) + marked.text[position:], offsets)
+
+    def _splice(self, marked: Marked, files: list[bytes], images: list[Any], whole: list[int]) -> Marked:
+        """``marked`` with the ``k``-th placeholder token replaced by the processor's tokens for image
+        ``k`` alone, checked against ``whole`` (the processor's tokens for the whole text)."""
+        placeholder = self.tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        at = [t for t, token in enumerate(marked.example.input_ids) if token == placeholder]
+        if len(at) != len(files):
+            raise ConversationRefused(self._misplaced(len(at), len(files)))
+        alone = self.processor(text=[self.processor.image_token] * len(images), images=[[i] for i in images],
+                               add_special_tokens=False)["input_ids"]
+        plain, text = marked.example, marked.text
+        ids: list[int] = []
+        labels: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        spans: list[tuple[int, int]] = []
+        pieces: list[str] = []
+        taken, char, position = 0, 0, 0  # tokens of ``plain`` taken; characters of its text and of the new one
+        for t, expansion in [*zip(at, alone, strict=True), (len(plain.input_ids), [])]:
+            end = marked.offsets[t][0] if t < len(plain.input_ids) else len(text)
+            shift = position - char
+            ids += plain.input_ids[taken:t]
+            labels += plain.labels[taken:t]
+            offsets += [(a + shift, b + shift) for a, b in marked.offsets[taken:t]]
+            pieces.append(text[char:end])
+            position += end - char
+            if t == len(plain.input_ids):
+                break
+            spans.append((len(ids), len(ids) + len(expansion)))
+            for token in expansion:
+                piece = self.tokenizer.decode([token])
+                pieces.append(piece)
+                offsets.append((position, position + len(piece)))
+                position += len(piece)
+            ids += list(expansion)
+            labels += [IGNORE] * len(expansion)
+            taken, char = t + 1, marked.offsets[t][1]
+        if ids != whole:
+            raise ConversationRefused("the model's processor tokenizes the text around an image differently from its "
+                                      "tokenizer, so the trained tokens cannot be found")
+        kept = tuple(ExampleImage(data, a, b) for data, (a, b) in zip(files, spans, strict=True))
+        return Marked(Example(ids, labels, kept), "".join(pieces), offsets)
+
+    def _misplaced(self, placed: int, wanted: int) -> str:
+        return (f"the model's chat template rendered {placed} image placeholders for the sample's {wanted} images: "
+                f"it must render each image part as {self.processor.image_token!r}")
 
 
 def _image_file(url: str, index: int) -> bytes:
@@ -158,17 +200,64 @@ def _relabel(example: Example, plain_offsets: Sequence[tuple[int, int]], ids: li
     return Example(ids, labels, images)
 
 
-class ImageEncoder:
-    """A batch's images (in token order) → the model's image inputs, through its processor."""
+class ImageInputs:
+    """What a batch's images give the model: their inputs, and the model's own rules for image tokens.
 
-    def __init__(self, processor: Any):
+    ``encode`` runs the batch's images (in token order) through the processor: ``pixel_values`` and
+    whatever else its image processor returns (``image_grid_thw``, ``image_sizes``, …). Two kinds of model
+    treat image tokens apart from text, and ``collate`` applies their rules to each example on its own, so
+    a packed row is each example exactly as the model would see it alone:
+
+    * three-axis rotary positions (Qwen2-VL, Qwen2.5-VL, Qwen3-VL: M-RoPE): an image's tokens are placed on a
+      grid of time, height and width. ``positions`` computes them with the model's own ``get_rope_index``.
+    * attention within an image in both directions (Gemma 3): ``blocks`` numbers each image's tokens with
+      the model's own ``get_block_sequence_ids_for_mask``; a token sees every token of its block.
+
+    Both read the processor's modality ids (``create_mm_token_type_ids``), as the model's forward would.
+    """
+
+    def __init__(self, processor: Any, model: Any = None):
         self.processor = processor
+        inner = _transformers_model(model)
+        self.refusal = vision_refusal(inner) if inner is not None else None
+        self.rope_index = next((m.get_rope_index for m in inner.modules() if hasattr(m, "get_rope_index")),
+                               None) if inner is not None else None
+        self.block_ids = getattr(sys.modules[type(inner).__module__], "get_block_sequence_ids_for_mask", None) \
+            if inner is not None else None
 
-    def __call__(self, images: Sequence[ExampleImage]) -> dict[str, torch.Tensor]:
+    def encode(self, images: Sequence[ExampleImage]) -> dict[str, torch.Tensor]:
         if not images:
             return {}
+        if self.refusal is not None:
+            raise TrainingFailed(f"this model cannot train on images: {self.refusal}", user_error=True)
         out = self.processor(images=[open_image(image.data) for image in images], return_tensors="pt")
-        return {key: value for key, value in out.items() if isinstance(value, torch.Tensor)}
+        # Some processors (Gemma 3's) also make a text of placeholders for images given alone: its ids are not ours.
+        text = {*self.processor.tokenizer.model_input_names, "token_type_ids", "mm_token_type_ids"}
+        return {key: value for key, value in out.items() if isinstance(value, torch.Tensor) and key not in text}
+
+    def positions(self, input_ids: Sequence[int], image_grids: torch.Tensor | None) -> torch.Tensor | None:
+        """``[3, n]`` M-RoPE positions of one example whose images have these grids (``image_grid_thw``
+        rows, in order), or None for a model with one-axis positions."""
+        if self.rope_index is None:
+            return None
+        positions, _ = self.rope_index(torch.tensor([list(input_ids)]), mm_token_type_ids=self._types(input_ids),
+                                       image_grid_thw=image_grids)
+        return positions[:, 0]
+
+    def blocks(self, input_ids: Sequence[int]) -> torch.Tensor | None:
+        """``[n]`` image block of each token of one example (-1: none), or None for a causal-only model."""
+        if self.block_ids is None:
+            return None
+        blocks: torch.Tensor = self.block_ids(self._types(input_ids))[0]
+        return blocks
+
+    def _types(self, input_ids: Sequence[int]) -> torch.Tensor:
+        return torch.tensor(self.processor.create_mm_token_type_ids([list(input_ids)]))
+
+
+def _transformers_model(model: Any) -> Any:
+    """The transformers model under a peft wrapper, if any."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def with_images(renderer: Renderer, processor: Any | None) -> Renderer | VisionRenderer:
@@ -176,5 +265,5 @@ def with_images(renderer: Renderer, processor: Any | None) -> Renderer | VisionR
     return renderer if processor is None else VisionRenderer(renderer, processor)
 
 
-def image_encoder(processor: Any | None) -> ImageEncoder | None:
-    return None if processor is None else ImageEncoder(processor)
+def image_inputs(processor: Any | None, model: Any = None) -> ImageInputs | None:
+    return None if processor is None else ImageInputs(processor, model)

@@ -36,7 +36,7 @@ from tunery.training.attention import attention_for
 from tunery.training.config import TrainConfig
 from tunery.training.data.collate import collate
 from tunery.training.data.dataset import PairDataset, load_pairs
-from tunery.training.data.images import image_encoder, with_images
+from tunery.training.data.images import with_images
 from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
@@ -70,6 +70,7 @@ from tunery.training.session import (
     track_eval,
     warn_about_data,
 )
+from tunery.training.tokenized import write_tokenized
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
     max_len = max_seq_length_for(cfg, loaded)
     renderer = with_images(Renderer(loaded.tokenizer, False), loaded.processor)
     train = load_pairs(cfg.train_file, cfg.file_type, renderer, max_len)
+    if dist.main:
+        write_tokenized(cfg.output_dir, [e for pair in train.pairs for e in pair], reporter, pairs=True)
     val = load_pairs(cfg.validation_file, cfg.file_type, renderer, max_len, what="validation file") \
         if cfg.validation_file else None
     for what, d in (("training", train), ("validation", val)):
@@ -239,7 +242,7 @@ def _pair_losses(
 def _score(s: Session, dataset: PairDataset, rows: list[list[int]], objective: Objective) -> PairScores:
     """Run the model over rows of pairs; row ``b`` holds pair ``k`` as segments ``2k`` and ``2k + 1``."""
     batch = collate([[e for i in row for e in dataset.pairs[i]] for row in rows],
-                    s.loaded.tokenizer.pad_token_id, image_encoder(s.loaded.processor)).to(s.loaded.device)
+                    s.loaded.tokenizer.pad_token_id, s.loaded.images).to(s.loaded.device)
     logps = forward_logps(s.loaded, batch.input_ids, batch.position_ids, batch.targets,
                           attention_for(batch, mask_dtype(s.loaded)), **batch.vision)
     sums, counts = sequence_logps(logps, batch.targets, batch.segment_ids, int(batch.segment_ids.max()) + 1)
