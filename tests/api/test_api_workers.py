@@ -12,23 +12,13 @@ import pytest
 from together import Together
 
 from tests.conftest import start_server
+from tests.processes import live_children
 from tests.sample_data import text_file
 
 
 def api_processes(server_pid: int) -> set[int]:
     """The server's children that uvicorn spawned to serve requests (its multiprocessing children)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat, cmdline = (entry / "stat").read_text(), (entry / "cmdline").read_bytes()
-        except OSError:
-            continue  # it ended while we looked
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == server_pid and state != "Z" and b"spawn_main" in cmdline:
-            found.add(int(entry.name))
-    return found
+    return {pid for pid, argv in live_children(server_pid).items() if any(b"spawn_main" in arg for arg in argv)}
 
 
 @pytest.mark.slow
