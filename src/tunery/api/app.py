@@ -13,6 +13,7 @@ from tunery.api.routes import (
     chat_completions,
     completions,
     download,
+    downloads,
     files,
     fine_tunes,
     graders,
@@ -26,7 +27,8 @@ from tunery.settings import Settings
 # Matched in this order, and a request is matched against every router before its own: the jobs
 # routes every SDK polls go first.
 ROUTERS = (fine_tunes.router, health.router, files.router, uploads.router, openai.router, download.router,
-           models.router, graders.router, metrics.router, chat_completions.router, completions.router)
+           downloads.router, models.router, graders.router, metrics.router, chat_completions.router,
+           completions.router)
 
 
 class DoubleV1Alias:

@@ -145,7 +145,7 @@ def model_dir_of(ctx: AppContext, registered: Mapping[str, str], model: str) -> 
     """The local directory of a base model, or None where it is not here (a hub model not yet
     downloaded: its job will download it and check the data itself)."""
     try:
-        return str(ctx.catalog.resolve(model, registered).path)
+        return str(ctx.catalog.resolve(model, registered, weights=False).path)
     except NotFound:
         return None
 

@@ -49,7 +49,7 @@ def estimate_price(ctx: AppContext, user: User, body: PriceEstimateRequest) -> d
             files.append((f, kind))
         used = tokens_used(s, user.id)
     # No transaction from here on: resolving the model and rendering the files take seconds.
-    model_dir = str(ctx.catalog.resolve(base, registered).path)
+    model_dir = str(ctx.catalog.resolve(base, registered, weights=False).path)
     for f, _ in files:
         images = bool((f.report or {}).get("dataset_is_multimodal"))
         if images and not ctx.catalog.limits(base, registered)["supports_vision"]:  # and create refuses it

@@ -360,6 +360,18 @@ class ResolvedJob:
     validation_file: File | None
 
 
+def model_limits(catalog: ModelCatalog, model: str, registered: Mapping[str, str], problems: Problems,
+                 ) -> dict[str, Any]:
+    """The model's limits. Every other check needs them: when the model is unknown, raise at once
+    with what is known so far, the model first."""
+    try:
+        return catalog.limits(model, registered)
+    except NotFound as e:
+        problems.items.insert(0, ("model", e.message))
+        problems.raise_if_any()
+        raise
+
+
 def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: ModelCatalog,
                         registered: Mapping[str, str]) -> ResolvedJob:
     """Validate ``req`` completely and resolve every default; raise one ``InvalidRequest`` listing
@@ -377,13 +389,13 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
     model = parent.job.model if parent else str(req.model)
     train = _check_file(s, req.training_file, user, "training_file", p)
     val = _check_file(s, req.validation_file, user, "validation_file", p) if req.validation_file else None
-    try:
-        limits = catalog.limits(model, registered)
-    except NotFound as e:
-        # Every other check needs the model's limits: report what we know so far, together.
-        p.items.insert(0, ("model", e.message))
-        p.raise_if_any()
-        raise
+    limits = model_limits(catalog, model, registered, p)
+    if req.from_hf_model:  # its config and tokenizer now; the job fetches the weights
+        try:
+            catalog.resolve(req.from_hf_model, registered, revision=req.hf_model_revision, token=req.hf_api_token,
+                            weights=False)
+        except NotFound as e:
+            p.add("from_hf_model", e.message)
     method = _training_method(req, p)
     training_type = _training_type(req.training_type, parent, limits, p)
     if parent and training_type.type != parent.job.spec.training_type.type:

@@ -91,7 +91,7 @@ def preview(ctx: AppContext, user: User, req: PreviewRequest) -> dict[str, Any]:
         raise InvalidRequest(f'training_file "{f.id}" is {f.dataset_format} data, which training_method {method} '
                              "cannot train on (preference data trains with dpo)", param="training_file")
     limits = ctx.catalog.limits(req.model, registered)
-    model_dir = str(ctx.catalog.resolve(req.model, registered).path)
+    model_dir = str(ctx.catalog.resolve(req.model, registered, weights=False).path)
     train_on_inputs = "auto" if req.train_on_inputs is None else req.train_on_inputs
     top_k = min(MAX_ROWS, max(1, req.top_k or DEFAULT_ROWS))
     max_len = limits[f"max_seq_length_{method}"]

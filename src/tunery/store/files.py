@@ -105,12 +105,15 @@ def get_file_any_owner(s: Session, file_id: str) -> File | None:
 
 
 def list_files(s: Session, user_id: str, *, purpose: str | None = None, after: str | None = None,
-               limit: int | None = None, ascending: bool = False) -> list[File]:
-    """The caller's files, newest first (oldest first with ``ascending``), optionally of one purpose,
-    starting after the file ``after`` (a cursor: 404 when it is not one of the caller's files)."""
+               limit: int | None = None, ascending: bool = False, unless_asked: tuple[str, ...] = ()) -> list[File]:
+    """The caller's files, newest first (oldest first with ``ascending``), of one purpose or of any
+    but those ``unless_asked`` for, starting after the file ``after`` (a cursor: 404 when it is not
+    one of the caller's files)."""
     query = select(File).where(File.user_id == user_id)
     if purpose:
         query = query.where(File.purpose == purpose)
+    elif unless_asked:
+        query = query.where(File.purpose.not_in(unless_asked))
     if after:
         cursor = get_file(s, user_id, after)
         key = tuple_(File.created_at, File.id)

@@ -61,6 +61,8 @@ def count_jobs(s: Session, user_id: str, status: str | None = None) -> int:
 def delete_job(s: Session, job: Job) -> list[str]:
     """Delete a job and its rows; returns the blob keys the caller must remove."""
     keys = list(s.scalars(select(Checkpoint.blob_key).where(Checkpoint.job_id == job.id)))
+    if job.tokenized_dataset_key:
+        keys.append(job.tokenized_dataset_key)
     for table in (Checkpoint, JobMetric, JobEvent):
         s.execute(delete(table).where(table.job_id == job.id))
     s.delete(job)

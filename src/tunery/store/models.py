@@ -198,6 +198,10 @@ class Job(Base):
     early_stopping_best_step: Mapped[int | None] = mapped_column(default=None)
     early_stopping_best_metric: Mapped[float | None] = mapped_column(Float, default=None)
     wandb_url: Mapped[str | None] = mapped_column(String(1024), default=None)
+    # The Parquet of the tokenized training set (download-tokenized-dataset), once stored.
+    tokenized_dataset_key: Mapped[str | None] = mapped_column(String(512), default=None)
+    tokenized_dataset_size: Mapped[int] = mapped_column(default=0)
+    tokenized_dataset_uploaded_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
 
     @validates("spec")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -45,7 +45,7 @@ from tunery.training.exit_codes import ExitCode
 from tunery.worker.fate import JobEnded, JobFate, Outcome
 from tunery.worker.heartbeat import JobHeartbeat
 from tunery.worker.hub_push import HubPushFailed, push_model
-from tunery.worker.packaging import FINAL_PARTS, discard, list_parts, pack_parts, store_parts
+from tunery.worker.packaging import FINAL_PARTS, checkpoint_path, discard, list_parts, pack_parts, primary, store_parts
 from tunery.worker.relay import Relay
 
 log = logging.getLogger("tunery.worker")
@@ -135,9 +135,9 @@ def _internal_error(error: Exception) -> str:
 
 # -- staging --------------------------------------------------------------------------------------
 
-def _event(ctx: WorkerContext, job_id: str, type_: str, message: str) -> None:
+def _event(ctx: WorkerContext, job_id: str, type_: str, message: str, fields: dict[str, Any] | None = None) -> None:
     with ctx.db.session() as s:
-        job_store.add_event(s, job_id, type_, message)
+        job_store.add_event(s, job_id, type_, message, fields=fields)
 
 
 def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack) -> TrainConfig:
@@ -292,6 +292,7 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Pa
                 ctx.pause("training")
             time.sleep(0.1)
         relay.drain()
+        relay.flush()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -339,19 +340,21 @@ def finish(ctx: WorkerContext, running: Running, run: TrainingRun, scratch: Path
         raise TrainingFailed(message, user_error=code == ExitCode.USER_ERROR or relay.error_is_users)
     if relay.final_path is None:
         raise TrainingFailed("training ended without writing a final model")
-    package_and_complete(ctx, running, relay.final_path, relay.final_step)
+    package_and_complete(ctx, running, relay)
 
 
-def package_and_complete(ctx: WorkerContext, running: Running, final_dir: Path, step: int) -> None:
+def package_and_complete(ctx: WorkerContext, running: Running, relay: Relay) -> None:
     """Pack the final model, upload it, and then — in one transaction — list it and complete the
     job (a worker killed before that commit leaves nothing listed; the rerun uploads anew). A
     cancel that arrives meanwhile ends the job as cancelled and leaves nothing stored."""
-    job_id, fate = running.job_id, running.fate
-    fate.advance(JobStatus.COMPRESSING, "model_compressing", "Compressing the trained model")
+    job_id, fate, step, final_dir = running.job_id, running.fate, relay.final_step, relay.final_path
+    assert final_dir is not None
+    at_end = {"step": step, **relay.known}
+    fate.advance(JobStatus.COMPRESSING, "model_compressing", "Compressing the trained model", at_end)
     packed = pack_parts(ctx.blobs, job_id, step, final_dir, FINAL_PARTS, ctx.pause, "compressing")
-    _event(ctx, job_id, "model_compression_complete", "Model compressed")
+    _event(ctx, job_id, "model_compression_complete", "Model compressed", at_end)
     try:
-        fate.advance(JobStatus.UPLOADING, "model_uploading", "Uploading the trained model")
+        fate.advance(JobStatus.UPLOADING, "model_uploading", "Uploading the trained model", at_end)
     except BaseException:
         for p in packed:
             p.archive.unlink(missing_ok=True)
@@ -371,11 +374,17 @@ def package_and_complete(ctx: WorkerContext, running: Running, final_dir: Path, 
             job.total_price_nanodollars = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)
             assert results is not None
             kept_results = list_results_file(s, job_id, job.user_id, results)
+            main = primary(stored)
+            where = {"hash": main.sha256} if main is not None else {}
+            if relay.final_event is not None:  # the child's "final model saved", now that it is stored
+                path = checkpoint_path(job_id, step, True, main.part) if main is not None else ""
+                job_store.add_event(s, job_id, "checkpoint_save", relay.final_event.message, relay.final_event.level,
+                                    {**relay.final_event.fields, **where, "checkpoint_path": path})
             job_store.add_event(s, job_id, "model_upload_complete",
                                 f"Model uploaded ({', '.join(p.part for p in stored)})",
-                                fields={"model_path": f"jobs/{job_id}/final"})
+                                fields={**at_end, **where, "model_path": f"jobs/{job_id}/final"})
 
-        fate.complete(record)
+        fate.complete(record, event_fields={**at_end, "model_path": f"jobs/{job_id}/final"})
         if not kept_results:
             ctx.blobs.delete(results.key)
     except BaseException:

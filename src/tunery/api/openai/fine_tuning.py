@@ -13,6 +13,7 @@ Together's ``/v1/fine-tunes`` — a job made through either API is read, cancell
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -104,31 +105,29 @@ def retrieve_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]
     return _render(s, job_store.get_job(s, job_id, user.id), user)
 
 
+def _act(s: Session, user: User, job_id: str, operation: Callable[[Session, Job, str], None]) -> dict[str, Any]:
+    job = job_store.get_job(s, job_id, user.id)
+    operation(s, job, user.name)
+    s.refresh(job)
+    return _render(s, job, user)
+
+
 @router.post("/{job_id}/cancel", responses=_ERRORS)
 def cancel_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     """Cancel a job that has not ended: at once if it waits, else at its worker's next step."""
-    job = job_store.get_job(s, job_id, user.id)
-    lifecycle.cancel(s, job, user.name)
-    s.refresh(job)
-    return _render(s, job, user)
+    return _act(s, user, job_id, lifecycle.cancel)
 
 
 @router.post("/{job_id}/pause", responses=_ERRORS)
 def pause_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     """Pause a queued or running job (``paused``); nothing is lost, ``resume`` continues it."""
-    job = job_store.get_job(s, job_id, user.id)
-    lifecycle.pause(s, job, user.name)
-    s.refresh(job)
-    return _render(s, job, user)
+    return _act(s, user, job_id, lifecycle.pause)
 
 
 @router.post("/{job_id}/resume", responses=_ERRORS)
 def resume_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     """Queue a paused job again; a worker continues it from the checkpoint it paused at."""
-    job = job_store.get_job(s, job_id, user.id)
-    lifecycle.resume(s, job, user.name)
-    s.refresh(job)
-    return _render(s, job, user)
+    return _act(s, user, job_id, lifecycle.resume)
 
 
 def _event_cursor(s: Session, job: Job, after: str) -> tuple[datetime, int, int]:

@@ -41,6 +41,7 @@ from tunery.api.schemas.files import (
 )
 from tunery.api.streaming import blob_response
 from tunery.errors import Conflict, InvalidRequest, NotFound, TuneryError
+from tunery.jobs.results import PURPOSE as RESULTS_PURPOSE
 from tunery.storage import DirectUploads
 from tunery.storage.staging import PartDir, StagedFile, too_large
 from tunery.store import files as file_store
@@ -139,7 +140,7 @@ async def create_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
         staged.discard()
         raise InvalidRequest("expires_after is not supported: files on this server are kept until you delete "
                              "them (files.delete)", param="expires_after")
-    row = await _receive_whole_file(request, ctx, user, form, staged, dialect_400=True)
+    row = await _receive_whole_file(request, ctx, user, form, staged)
     return JSONResponse(FileResponse.from_row(row).wire())
 
 
@@ -207,19 +208,17 @@ async def upload_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
     return _validated(await _receive_whole_file(request, ctx, user, form, staged))
 
 
-async def _receive_whole_file(request: Request, ctx: AppContext, user: User, form: FormParts, staged: StagedFile,
-                              dialect_400: bool = False) -> File:
+async def _receive_whole_file(request: Request, ctx: AppContext, user: User, form: FormParts,
+                              staged: StagedFile) -> File:
     """Store the bytes a form's ``file`` part brought (already in ``staged``) as a new file of the
     user's and validate them. The name is ``file_name`` or the part's filename. Bad metadata is a
-    422 (a 400 with ``dialect_400``, OpenAI's status for it)."""
+    400 naming the field."""
     try:
         meta = FileCreateRequest.for_bytes(form.text("purpose"), form.text("file_name") or form.filename or "",
                                            form.text("file_type"))
     except ValidationError as error:
         staged.discard()
-        if dialect_400:
-            raise invalid_request(error) from None
-        raise RequestValidationError(error.errors()) from None
+        raise invalid_request(error) from None
     row = await run_in_threadpool(store_staged_file, ctx, user, meta, staged)
     return await run_in_threadpool(validate_file, ctx, row)
 
@@ -395,10 +394,12 @@ def list_files(
     limit: int = Query(MAX_LIST, ge=1, le=MAX_LIST), order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     """The caller's files, newest first by default; ``purpose`` filters, ``after``/``limit`` page
-    (``has_more`` says whether another page follows)."""
+    (``has_more`` says whether another page follows). Jobs' results files (OpenAI's
+    ``fine-tune-results``) are listed only when asked for by purpose: Together's listing has no such
+    purpose, and each job names its own (``result_files``)."""
     with ctx.db.read() as s:
         rows = file_store.list_files(s, user.id, purpose=purpose, after=after, limit=limit + 1,
-                                     ascending=order == "asc")
+                                     ascending=order == "asc", unless_asked=(RESULTS_PURPOSE,))
     page = [FileResponse.from_row(r) for r in rows[:limit]]
     return FileList(data=page, has_more=len(rows) > limit, first_id=page[0].id if page else None,
                     last_id=page[-1].id if page else None)

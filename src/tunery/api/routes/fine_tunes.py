@@ -16,10 +16,18 @@ from tunery.api.deps import AppContext, Ctx, CurrentUser, DbSession, ReadSession
 from tunery.api.estimates import estimate_price as estimate
 from tunery.api.job_requests import base_model_of, resolve_job_request
 from tunery.api.preview import preview
-from tunery.api.schemas.fine_tunes import FinetuneRequest, PreviewRequest, PriceEstimateRequest, wire_job
+from tunery.api.routes.downloads import tokenized_dataset_url
+from tunery.api.schemas.fine_tunes import (
+    FinetuneRequest,
+    PreviewRequest,
+    PriceEstimateRequest,
+    wire_event,
+    wire_job,
+)
 from tunery.api.schemas.timefmt import iso
 from tunery.jobs import lifecycle
 from tunery.jobs.admission import Limits
+from tunery.jobs.downloads import TOKENIZED_MEDIA_TYPE, find_tokenized_dataset
 from tunery.queue.claim import queue_position
 from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
@@ -28,14 +36,9 @@ from tunery.store.models import Job
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
 
 
-def wire_event(e: job_store.Event) -> dict[str, Any]:
-    return {"object": "fine-tune-event", "created_at": iso(e.created_at), "level": e.level,
-            "message": e.message, "type": e.type, **(e.fields or {})}
-
-
-def job_json(s: Session, job: Job, with_events: bool = True) -> dict[str, Any]:
+def job_json(s: Session, job: Job, *, truncated: bool = False, with_events: bool = True) -> dict[str, Any]:
     events = [wire_event(e) for e in job_store.list_events(s, job.id)] if with_events else []
-    return wire_job(job, events=events, queue_depth=queue_position(s, job))
+    return wire_job(job, events=events, queue_depth=queue_position(s, job), truncated=truncated)
 
 
 @router.get("/models/supported")
@@ -71,12 +74,13 @@ def create_job(ctx: Ctx, user: CurrentUser, req: FinetuneRequest) -> dict[str, A
         job = lifecycle.create(s, user, resolved.spec, ctx.secrets.seal(resolved.secrets), resolved.training_file,
                                limits=Limits.from_settings(ctx.settings), estimated_tokens=tokens,
                                priority=req.priority)
-        return job_json(s, job)
+        return job_json(s, job, truncated=True)
 
 
 @router.get("")
 def list_jobs(s: ReadSession, user: CurrentUser) -> dict[str, Any]:
-    return {"object": "list", "data": [job_json(s, j, with_events=False) for j in job_store.list_jobs(s, user.id)]}
+    return {"object": "list", "data": [job_json(s, j, truncated=True, with_events=False)
+                                       for j in job_store.list_jobs(s, user.id)]}
 
 
 # The two routes every SDK polls while a job runs are async, and hop to a thread once: to
@@ -99,13 +103,23 @@ def cancel_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     job = job_store.get_job(s, job_id, user.id)
     lifecycle.cancel(s, job, by=user.name)
     s.refresh(job)
-    return job_json(s, job)
+    return job_json(s, job, truncated=True)
 
 
 @router.delete("/{job_id}")
 def delete_job(ctx: Ctx, user: CurrentUser, job_id: str) -> dict[str, Any]:
     lifecycle.delete(ctx.db, ctx.blobs, user.id, job_id)
     return {"id": job_id, "object": "fine-tune", "deleted": True, "message": f"deleted {job_id}"}
+
+
+@router.get("/{job_id}/download-tokenized-dataset")
+def tokenized_dataset(request: Request, s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    """Where to download the tokenized training set the job trained on (a signed URL, valid for a
+    while without the API key), as the SDK's ``retrieve_tokenized_dataset`` reads it."""
+    found = find_tokenized_dataset(s, job_id, user.id)
+    url, expires = tokenized_dataset_url(request, job_id)
+    return {"content_type": TOKENIZED_MEDIA_TYPE, "expires_at": iso(datetime.fromtimestamp(expires, UTC)),
+            "filename": found.filename, "size": found.size, "url": url}
 
 
 @router.get("/{job_id}/events")
@@ -156,7 +170,9 @@ def list_metrics(
     if resolution and resolution > 0 and len(train) > resolution:
         keep = {train[round(i * (len(train) - 1) / max(1, resolution - 1))].id for i in range(resolution)}
         rows = [r for r in rows if r.id in keep or any(k.startswith("eval/") for k in r.values)]
-    return {"metrics": [{"train/global_step": r.step, **r.values, "timestamp": iso(r.logged_at)} for r in rows]}
+    # Every value a number, as Together's spec has it: the timestamp is unix seconds.
+    return {"metrics": [{"train/global_step": r.step, **r.values, "timestamp": r.logged_at.timestamp()}
+                        for r in rows]}
 
 
 def _aware(dt: datetime | None) -> datetime | None:
