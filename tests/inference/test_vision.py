@@ -61,7 +61,7 @@ def reference(model_dir: Path, messages: list[dict[str, Any]]) -> list[int]:
     processor = load_processor(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                           return_tensors="pt", add_special_tokens=False)
+                                           return_tensors="pt", processor_kwargs={"add_special_tokens": False})
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)
     return list(out[0, inputs["input_ids"].shape[1]:].tolist())
