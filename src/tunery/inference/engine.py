@@ -121,9 +121,9 @@ class TransformersEngine:
         checked = check(req, lease.tokenizer, lease.entry.model.get_input_embeddings().num_embeddings,
                         lease.entry.scheduler.context_length, lease.entry.defaults, self.limits.max_tokens,
                         lease.entry.vision)
-        vision = checked.vision or VisionPrompt("", [])
-        request = Request(checked.prompt_ids, checked.params, adapter=lease.adapter, inputs=vision.inputs,
-                          positions=vision.positions)
+        request = Request(checked.prompt_ids, checked.params, adapter=lease.adapter)
+        if checked.vision is not None:
+            request.inputs, request.positions = checked.vision.inputs, checked.vision.positions
         return Prepared(request, checked.prompt_text, checked.parsers)
 
     async def _stream(self, prepared: Prepared, lease: Lease, slot: asyncio.Semaphore) -> AsyncIterator[Event]:
