@@ -109,3 +109,16 @@ def test_images_for_a_text_model_and_bad_images_are_refused_by_name(tiny_llama: 
     finally:
         text_engine.close()
         vision_engine.close()
+
+
+def test_the_chat_request_takes_image_parts_and_refuses_other_parts_by_name() -> None:
+    from pydantic import ValidationError
+
+    from tunery.api.schemas.completions import ChatCompletionRequest
+
+    ChatCompletionRequest(model="m", messages=ask(solid_url()))
+    with pytest.raises(ValidationError, match="only text and image_url content parts are supported; got input_audio"):
+        ChatCompletionRequest(model="m", messages=[{"role": "user", "content": [{"type": "input_audio"}]}])
+    with pytest.raises(ValidationError, match="an image_url part must be"):
+        ChatCompletionRequest(model="m", messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": solid_url()}]}])
