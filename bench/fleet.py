@@ -124,6 +124,7 @@ class Fleet:
     def env(self, data_dir: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNERY_", "AWS_"))}
         return {**env, "TUNERY_DATA_DIR": str(data_dir), "TUNERY_DATABASE_URL": self.database_url,
+                "TUNERY_SECRET_KEY": "fleet-bench-secret",
                 "TUNERY_BLOB_URL": f"s3://{self.bucket}/fleet", "TUNERY_S3_ENDPOINT_URL": self.s3,
                 "TUNERY_S3_ACCESS_KEY_ID": "bench", "TUNERY_S3_SECRET_ACCESS_KEY": "bench",
                 "TUNERY_S3_ADDRESSING_STYLE": "path", "TUNERY_HEARTBEAT_INTERVAL_S": "1",

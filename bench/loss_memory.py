@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python bench/loss_memory.py                       # 8,192 tokens, vocab 128,256, hidden 4,096
       .venv/bin/python bench/loss_memory.py --tokens 2048 --train-head   # the head's weight trains too (full FT)
-      .venv/bin/python bench/loss_memory.py --tokens 128 --chunk-rows 16 --json   # what the tests run
+      .venv/bin/python bench/loss_memory.py --tokens 16 --chunk-rows 4 --json      # what the tests run
 
 One step of ``loss = -sum(log p(target))`` and its backward, from final hidden states ``[T, H]``
 through the LM head ``[V, H]``, two ways, each measured alone:

@@ -22,9 +22,10 @@ through each variant, forward and backward (an output gradient that is zero on r
               no gathering and no padding; CUDA and bf16/fp16 only
 
 Printed per variant: median time of forward and of forward + backward (CPU seconds on CPU, wall
-seconds with synchronisation on CUDA), the ratio to ``segments``, peak CUDA memory above the inputs,
-the first call's time (compilation), and the largest difference from ``segments`` in the outputs and
-the input gradients over real tokens, relative to their largest magnitude.
+seconds with synchronisation on CUDA), the ratio to ``segments``, the peak CUDA memory of forward +
+backward above what was allocated before it, the first call's time (compilation), and the largest
+difference from ``segments`` in the outputs and the input gradients over real tokens, relative to
+their largest magnitude.
 """
 
 from __future__ import annotations
@@ -166,19 +167,23 @@ def measure(name: str, attend: Attention, inputs: tuple[torch.Tensor, ...], grad
         torch.cuda.synchronize()
     first = time.perf_counter() - start
     fwd, fwd_bwd = [], []
+    held = 0  # bytes allocated before a timed forward + backward (inputs, earlier results): not its peak
     for _ in range(repeats):
         start = now()
         forward()
         fwd.append(now() - start)
         if backward:
             if device.type == "cuda":
+                for t in inputs:
+                    t.grad = None  # the last call's gradients would count as held and be freed inside
                 torch.cuda.reset_peak_memory_stats()
+                held = torch.cuda.memory_allocated()
             start = now()
             both()
             fwd_bwd.append(now() - start)
     row: dict[str, Any] = {"variant": name, "first_call_s": first, "forward_s": statistics.median(fwd),
                            "forward_backward_s": statistics.median(fwd_bwd) if fwd_bwd else None,
-                           "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" and
+                           "peak_mb": (torch.cuda.max_memory_allocated() - held) / 2**20 if device.type == "cuda" and
                            backward else None, "out": out, "grads": grads}
     if reference is not None:
         row["out_diff"] = _relative(out[real], reference["out"][real])

@@ -60,7 +60,7 @@ class LiveServer:
             [TUNERY, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine can take a minute to import torch
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"tunery serve exited early:\n{self.log_path.read_text()[-4000:]}")

@@ -1,12 +1,14 @@
-"""A stand-in for the Hugging Face hub's upload API, at the HTTP seam: the real ``huggingface_hub``
-client (pointed at it with ``HF_ENDPOINT``) creates a repository and commits files to it. It answers
-only what an upload of small files needs — repo creation, model-card validation, ``preupload``
-(every file "regular", so contents travel inline in the commit) and ``commit`` — and keeps the
-files in memory."""
+"""A stand-in for the Hugging Face hub, at the HTTP seam: the real ``huggingface_hub`` client
+(pointed at it with ``HF_ENDPOINT``) creates a repository and commits files to it, and downloads a
+repository's files. It answers only what small files need — repo creation, model-card validation,
+``preupload`` (every file "regular", so contents travel inline in the commit) and ``commit``; a
+revision's file list and each file (``resolve``) — and keeps the files in memory. Writes need the
+token; reads need it only for a private repository."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import socket
 import threading
@@ -18,7 +20,9 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+
+COMMIT = "f" * 40  # every repository has one revision, main
 
 
 @dataclass
@@ -27,6 +31,13 @@ class FakeHub:
     url: str = ""
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     private: dict[str, bool] = field(default_factory=dict)
+    # Files downloaded (GET), in order, as "org/name/path".
+    downloads: list[str] = field(default_factory=list)
+
+    def add(self, repo: str, src: Path) -> None:
+        """A public repository holding the files under ``src``."""
+        self.repos[repo] = {str(f.relative_to(src)): f.read_bytes() for f in src.rglob("*") if f.is_file()}
+        self.private[repo] = False
 
     def write(self, repo: str, dest: Path) -> Path:
         """The repository's files, written under ``dest``."""
@@ -40,9 +51,53 @@ class FakeHub:
 
         @app.middleware("http")
         async def authorise(request: Request, call_next):  # type: ignore[no-untyped-def]
-            if request.headers.get("authorization") != f"Bearer {self.token}":
+            if request.method == "POST" and request.headers.get("authorization") != f"Bearer {self.token}":
                 return JSONResponse({"error": "Invalid credentials in Authorization header"}, status_code=401)
             return await call_next(request)
+
+        def readable(repo: str, request: Request) -> Response | None:
+            """The hub's 404 for a repository that is not there, or private without the token."""
+            authorised = request.headers.get("authorization") == f"Bearer {self.token}"
+            if repo not in self.repos or (self.private.get(repo) and not authorised):
+                return JSONResponse({"error": "Repository not found"}, status_code=404,
+                                    headers={"X-Error-Code": "RepoNotFound"})
+            return None
+
+        @app.get("/api/models/{org}/{name}/revision/{revision}")
+        async def revision_info(org: str, name: str, revision: str, request: Request) -> Response:
+            repo = f"{org}/{name}"
+            if (refused := readable(repo, request)) is not None:
+                return refused
+            if revision not in ("main", COMMIT):
+                return JSONResponse({"error": f"Invalid rev id: {revision}"}, status_code=404,
+                                    headers={"X-Error-Code": "RevisionNotFound"})
+            return JSONResponse({"id": repo, "modelId": repo, "sha": COMMIT, "private": self.private[repo],
+                                 "siblings": [{"rfilename": path} for path in sorted(self.repos[repo])]})
+
+        @app.get("/api/models/{org}/{name}/tree/{revision}")
+        async def tree(org: str, name: str, revision: str, request: Request) -> Response:
+            repo = f"{org}/{name}"
+            if (refused := readable(repo, request)) is not None:
+                return refused
+            return JSONResponse([{"type": "file", "path": path, "size": len(content),
+                                  "oid": hashlib.sha1(content).hexdigest()}
+                                 for path, content in sorted(self.repos[repo].items())])
+
+        @app.api_route("/{org}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
+        async def resolve(org: str, name: str, revision: str, path: str, request: Request) -> Response:
+            repo = f"{org}/{name}"
+            if (refused := readable(repo, request)) is not None:
+                return refused
+            content = self.repos[repo].get(path)
+            if content is None or revision not in ("main", COMMIT):
+                return JSONResponse({"error": "Entry not found"}, status_code=404,
+                                    headers={"X-Error-Code": "EntryNotFound"})
+            headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha256(content).hexdigest()}"',
+                       "Content-Length": str(len(content))}
+            if request.method == "HEAD":
+                return Response(headers=headers)
+            self.downloads.append(f"{repo}/{path}")
+            return Response(content, headers=headers, media_type="application/octet-stream")
 
         @app.post("/api/repos/create")
         async def create(request: Request) -> dict[str, str]:

@@ -14,7 +14,7 @@ SRC = Path(tunery.__file__).parent
 # Bottom to top. A package may import its own modules and any package in a lower layer.
 LAYERS: list[set[str]] = [
     {"tunery", "errors", "checksums", "settings", "lifetime"},  # "tunery": the package root (__version__)
-    {"logs", "datasets", "models", "storage", "quickstart", "graders"},
+    {"logs", "datasets", "models", "storage", "quickstart", "graders", "outbound"},
     {"training"},
     {"jobspec"},  # what a job is asked to do; it knows the training config it turns into
     {"store"},

@@ -10,8 +10,11 @@ docstring is its default message.
     ├── Unauthorized                 401 authentication_error
     ├── Forbidden                    403 permission_error
     ├── NotFound                     404 not_found_error
+    ├── RequestTimeout               408 invalid_request_error  (the body stopped arriving)
     ├── Conflict                     409 conflict_error
     ├── PayloadTooLarge              413 invalid_request_error
+    ├── QuotaExceeded                429 insufficient_quota     (not worth retrying)
+    ├── Busy                         503 server_busy            (retry after a few seconds)
     └── TrainingFailed               (worker only) the training child failed; user_error or error
 """
 
@@ -67,6 +70,13 @@ class NotFound(TuneryError):
     error_type = "not_found_error"
 
 
+class RequestTimeout(TuneryError):
+    """The request body stopped arriving."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+
+
 class Conflict(TuneryError):
     """The request conflicts with the current state."""
 
@@ -79,6 +89,23 @@ class PayloadTooLarge(TuneryError):
 
     status_code = 413
     error_type = "invalid_request_error"
+
+
+class QuotaExceeded(TuneryError):
+    """Your quota does not allow this."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    # SDKs retry a 429 by default; waiting does not raise a quota.
+    headers = {"x-should-retry": "false"}
+
+
+class Busy(TuneryError):
+    """The server is busy; retry in a few seconds."""
+
+    status_code = 503
+    error_type = "server_busy"
+    headers = {"Retry-After": "5"}
 
 
 class TrainingFailed(TuneryError):

@@ -5,6 +5,7 @@ Every field can be set with a ``TUNERY_<NAME>`` environment variable, e.g. ``TUN
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,19 @@ class Settings(BaseSettings):
     secret_key: str = ""
     upload_url_ttl_s: int = 3600
     max_upload_bytes: int = 50 * 1024**3
+    # A request body that sends nothing for this long is cut off (408), freeing its upload URL.
+    body_idle_timeout_s: float = 60.0
+    # Uploads never finished (no bytes, or multipart parts never completed) are removed this long
+    # after they began, with their staged bytes; checked at start-up and then every hour.
+    abandoned_upload_ttl_s: float = 24 * 3600.0
+    # Dataset validation, price-estimate token counts and previews run in child processes of the
+    # API (0 = min(4, CPU count) at once), each capped at task_memory_bytes of memory and given
+    # validation_timeout_s (validation) or task_timeout_s (the others); a file that needs more is
+    # refused, and the API process never holds its data.
+    task_processes: int = 0
+    task_memory_bytes: int = 2 * 1024**3
+    validation_timeout_s: float = 1800.0
+    task_timeout_s: float = 120.0
     # Embedded workers started by `tunery serve`.
     workers: int = 1
     # Training child processes per job (>1 launches torchrun).
@@ -54,6 +68,11 @@ class Settings(BaseSettings):
     worker_models: str = ""
     worker_devices: str = ""
     worker_jobs: int = 0
+    # One run of a job may train this long (0 = no limit); then it is stopped like a cancel and
+    # ends user_error. A training process that ignores SIGTERM (cancel, shutdown, this limit)
+    # for stop_grace_s is killed.
+    job_timeout_s: float = 0.0
+    stop_grace_s: float = 600.0
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
     max_restarts: int = 3
@@ -81,6 +100,9 @@ class Settings(BaseSettings):
     inference_max_pending: int = 512
     # How long an API request waits for an engine that is starting or restarting.
     inference_start_timeout_s: float = 120.0
+    # The URLs a request may make this server call (a job's wandb_base_url): comma-separated
+    # scheme://host[:port], a host may start with "*." (see tunery/outbound.py).
+    outbound_url_allow: str = "https://api.wandb.ai"
     # Allow downloading base models from the Hugging Face hub when they are not cached.
     allow_hub_downloads: bool = False
     # The Weights & Biases API key that jobs created through OpenAI's API log with when they ask for
@@ -89,6 +111,8 @@ class Settings(BaseSettings):
     # Price in USD per million trained tokens (0 = free); per-user quota in tokens (0 = none).
     price_per_million_tokens: float = 0.0
     token_quota: int = 0
+    # Unfinished jobs a user may have at once (0 = any number); see tunery/jobs/admission.py.
+    max_active_jobs_per_user: int = 0
     # "text" or "json" (one JSON object per log line, plus one per HTTP request).
     log_format: Literal["text", "json"] = "text"
     # Python module run as the training child instead of tunery.training.recipes.<method>; for
@@ -125,6 +149,10 @@ class Settings(BaseSettings):
         return max(1, len(devices) // max(1, self.processes_per_job)) if devices else 1
 
     @property
+    def task_process_count(self) -> int:
+        return self.task_processes if self.task_processes > 0 else min(4, os.cpu_count() or 1)
+
+    @property
     def inference_url_list(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.inference_urls.split(",") if u.strip()]
 
@@ -143,6 +171,17 @@ class Settings(BaseSettings):
     @property
     def api_key_path(self) -> Path:
         return self.data_dir / "api_key"
+
+    def make_private_data_dir(self) -> None:
+        """Create the data dir readable by this user alone (0700), with an existing SQLite database
+        0600, and make every file this process creates from now on private (umask 077): blobs,
+        archives, scratch and keys are 0600, their folders 0700. For the server-side commands."""
+        os.umask(0o077)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        for name in ("tunery.db", "tunery.db-wal", "tunery.db-shm"):
+            if (self.data_dir / name).exists():
+                (self.data_dir / name).chmod(0o600)
 
     def signing_key(self) -> bytes:
         """The secret that signs upload URLs; created once per data dir when not configured."""

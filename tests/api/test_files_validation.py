@@ -1,4 +1,4 @@
-"""The API's file validator: big JSONL split across worker processes gives the sequential verdict."""
+"""The API's file validator: big JSONL split across bounded child processes gives the sequential verdict."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tunery.api.bounded import BoundedPool
 from tunery.api.validation import FileValidator, merge_reports, split_lines, validate_path, validate_range
+
+MEMORY = 2 * 1024**3
 
 
 def conversation(i: int, weight: bool = False) -> str:
@@ -22,7 +25,7 @@ def conversation(i: int, weight: bool = False) -> str:
 
 @pytest.fixture(scope="module")
 def validator() -> Iterator[FileValidator]:
-    v = FileValidator(workers=2, min_parallel_bytes=1)
+    v = FileValidator(BoundedPool(2, MEMORY), timeout_s=120, min_parallel_bytes=1)
     yield v
     v.close()
 
@@ -76,9 +79,11 @@ def test_formats_that_differ_between_ranges_are_caught(tmp_path: Path, validator
     assert merge_reports([]) is None
 
 
-def _validation_workers() -> set[int]:
-    """Live ``python -m tunery.api.validation`` children of this process (exited ones may linger as
-    zombies until reaped; they do not count)."""
+def _children_of(pool: BoundedPool) -> set[int]:
+    """Live children of ``pool``: ``python -m tunery.api.bounded MEMORY IDLE`` processes of this
+    process with exactly this pool's arguments (other pools here, and other xdist workers' processes,
+    do not count; exited ones may linger as zombies until reaped and do not count either)."""
+    argv = [b"-m", b"tunery.api.bounded", str(pool.memory_bytes).encode(), str(pool.idle_exit_s).encode()]
     found = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -88,7 +93,7 @@ def _validation_workers() -> set[int]:
         except OSError:
             continue  # it ended while we looked
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == os.getpid() and state != "Z" and b"tunery.api.validation" in cmdline:
+        if int(ppid) == os.getpid() and state != "Z" and cmdline.split(b"\0")[1:5] == argv:
             found.add(int(entry.name))
     return found
 
@@ -96,17 +101,18 @@ def _validation_workers() -> set[int]:
 def test_idle_workers_exit_and_are_replaced(tmp_path: Path) -> None:
     path = tmp_path / "good.jsonl"
     path.write_text("".join(conversation(i) + "\n" for i in range(50)))
-    v = FileValidator(workers=2, min_parallel_bytes=1, worker_idle_exit_s=0.3)
+    pool = BoundedPool(2, MEMORY + 4096, idle_exit_s=0.3)  # arguments no other pool in the suite uses
+    v = FileValidator(pool, timeout_s=120, min_parallel_bytes=1)
     try:
         assert v.validate(path, "jsonl", "fine-tune").num_samples == 50
-        first = _validation_workers()
+        first = _children_of(pool)
         assert len(first) == 2
-        deadline = time.monotonic() + 15
-        while _validation_workers() & first:  # both give up and exit on their own
+        deadline = time.monotonic() + 60  # a bound for a loaded machine, not a timing assertion
+        while _children_of(pool) & first:  # both give up and exit on their own
             assert time.monotonic() < deadline, "idle validation workers did not exit"
             time.sleep(0.1)
         assert v.validate(path, "jsonl", "fine-tune").num_samples == 50
-        second = _validation_workers()
+        second = _children_of(pool)
         assert second and not second & first  # new workers did the work
     finally:
         v.close()

@@ -35,7 +35,8 @@ def test_a_created_job_is_visible_as_soon_as_the_create_returns(server: LiveServ
 
     client = Together(base_url=server.base_url, api_key=server.api_key, max_retries=0)
     train = client.files.upload(conversation_file(tmp_path / "t.jsonl", n=8)).id
-    http = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.api_key}"})
+    # The SDK's timeout: the first create renders the file with the model's template in a fresh child.
+    http = httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.api_key}"}, timeout=60)
     for _ in range(10):
         created = http.post("/v1/fine-tunes", json={"training_file": train, "model": "tunery/tiny-llama"})
         assert created.status_code == 200, created.text

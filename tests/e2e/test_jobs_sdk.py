@@ -111,6 +111,6 @@ def test_data_the_model_cannot_train_on_ends_in_user_error(client, tmp_path: Pat
     f = client.files.upload(path)
     job = client.fine_tuning.create(training_file=f.id, model=MODEL, lora=True, max_seq_length=128)
     done = wait_for(client, job.id, {"completed", "error", "user_error", "cancelled"})
-    assert done.status == "user_error"
+    assert done.status == "error"  # Together's statuses have no user_error; the message says what to change
     events = client.fine_tuning.list_events(job.id).data
     assert events[-1].type == "job_error" and "max_seq_length" in events[-1].message, events[-1].message

@@ -107,7 +107,7 @@ def test_uploads_in_parts_become_one_validated_file(client: openai.OpenAI, tmp_p
         client.uploads.cancel("upload_missing")
 
 
-def test_uploads_routes_never_5xx_and_errors_have_openais_shape(live_server: LiveServer) -> None:
+def test_openai_routes_never_5xx_and_errors_have_openais_shape(live_server: LiveServer) -> None:
     from tests.fuzzing import fuzz_routes
 
-    fuzz_routes(live_server, r"^/v1/uploads", min_operations=4, examples=10)
+    fuzz_routes(live_server, r"^/v1/(uploads|fine_tuning)", min_operations=12, examples=8)

@@ -115,6 +115,7 @@ def test_lifecycle_pause_resume_events_checkpoints_results(client: openai.OpenAI
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-{STEPS}"
     assert [c.step_number for c in checkpoints] == sorted((c.step_number for c in checkpoints), reverse=True)
     assert checkpoints[0].metrics.train_loss is not None and checkpoints[0].metrics.full_valid_loss is not None
+    assert checkpoints[0].metrics.train_mean_token_accuracy is not None
 
     (results,) = done.result_files
     rows = list(csv.DictReader(io.StringIO(client.files.content(results).text)))
@@ -122,6 +123,9 @@ def test_lifecycle_pause_resume_events_checkpoints_results(client: openai.OpenAI
     losses = [float(r["train_loss"]) for r in rows if r["train_loss"]]
     assert len(losses) == STEPS and sum(losses[-8:]) < sum(losses[:8])
     assert sum(bool(r["valid_loss"]) for r in rows) == EPOCHS  # one full validation pass per epoch
+    assert all(0 <= float(r["train_mean_token_accuracy"]) <= 1 for r in rows if r["train_loss"])
+    assert all(r["valid_mean_token_accuracy"] and r["full_valid_loss"] == r["valid_loss"] for r in rows
+               if r["valid_loss"])
 
     # The pipeline's last step: chat with the fine-tuned model, and with one of its checkpoints.
     question = [{"role": "user", "content": "What color is the sky0?"}]

@@ -51,6 +51,9 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-3000:]
 
 
+SECRET_KEY = "fleet-secret"
+
+
 @dataclass
 class Fleet:
     root: Path
@@ -63,7 +66,9 @@ class Fleet:
     started: int = 0
 
     def shared_env(self) -> dict[str, str]:
-        return {"TUNERY_DATABASE_URL": self.database_url, **self.s3.env(self.bucket, self.prefix), **TIMING}
+        # The API's secret key: workers open the jobs' sealed secrets with it.
+        return {"TUNERY_DATABASE_URL": self.database_url, "TUNERY_SECRET_KEY": SECRET_KEY,
+                **self.s3.env(self.bucket, self.prefix), **TIMING}
 
     def start_worker(self, **env: str) -> WorkerProcess:
         name = f"w{self.started}"

@@ -17,7 +17,7 @@ from together import Together
 
 from tests.backends import S3Server
 from tests.conftest import LiveServer, start_server
-from tests.fleet.fleet import DONE, TIMING, Fleet, alive, wait_until, worker_pid
+from tests.fleet.fleet import DONE, SECRET_KEY, TIMING, Fleet, alive, wait_until, worker_pid
 from tests.sample_data import conversation_file
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, moto_serv
     root = tmp_path_factory.mktemp("fleet")
     bucket = moto_server.new_bucket("fleet")
     server: LiveServer = start_server(root / "api", TUNERY_WORKERS="0", TUNERY_DATABASE_URL=postgres_url,
-                                      **moto_server.env(bucket, "fleet"), **TIMING)
+                                      TUNERY_SECRET_KEY=SECRET_KEY, **moto_server.env(bucket, "fleet"), **TIMING)
     f = Fleet(root=root, server=server, s3=moto_server, bucket=bucket, prefix="fleet", database_url=postgres_url)
     yield f
     f.stop_workers()

@@ -89,6 +89,24 @@ def test_the_training_forward_gives_the_models_own_log_probs_and_gradients(tiny_
         assert _within_1e5(a, b)
 
 
+def test_hits_are_the_targets_the_model_ranks_first_on_both_paths(tiny_llama: Path) -> None:
+    """Token accuracy (OpenAI's mean_token_accuracy) comes from the same pass as the log-probs."""
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_llama, torch.float32)
+    ids, positions, targets = _batch()
+    logits = model(input_ids=ids, position_ids=positions).logits
+    targets[0, 6:12] = logits[0, 6:12].argmax(-1)  # some targets the model surely ranks first
+    expected = (logits.argmax(-1) == targets) & (targets != IGNORE)
+    assert 6 <= int(expected.sum()) < int((targets != IGNORE).sum())
+    chunked = TargetLogps(model)
+    plain = TargetLogps(model)
+    plain.split = None
+    for scorer in (chunked, plain):
+        logps, hits = scorer(ids, positions, targets, hits=True)
+        assert torch.equal(hits, expected)
+        assert _within_1e5(logps, scorer(ids, positions, targets))
+
+
 def test_a_model_whose_logits_are_more_than_its_head_takes_the_plain_path() -> None:
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
@@ -99,13 +117,29 @@ def test_a_model_whose_logits_are_more_than_its_head_takes_the_plain_path() -> N
     scorer = TargetLogps(model)
     assert scorer.split is None
     ids = torch.randint(0, 64, (1, 10))
-    expected = logits_target_logps(model(input_ids=ids).logits, ids)
-    assert torch.allclose(scorer(ids, torch.arange(10)[None], ids), expected)
+    logits = model(input_ids=ids).logits
+    assert torch.allclose(scorer(ids, torch.arange(10)[None], ids), logits_target_logps(logits, ids))
+    hot = logits_target_logps(logits / 0.7, ids)
+    assert torch.allclose(scorer(ids, torch.arange(10)[None], ids, temperature=0.7), hot)
+
+
+def test_log_probs_at_a_temperature_are_those_of_the_logits_over_it(tiny_llama: Path) -> None:
+    """What GRPO scores its completions with: the distribution that sampling at that temperature drew."""
+    model = load_causal_lm(tiny_llama, torch.float32)
+    scorer = TargetLogps(model)
+    assert scorer.split is not None
+    ids, positions, targets = _batch()
+    with torch.no_grad():
+        logits = model(input_ids=ids, position_ids=positions).logits
+        for temperature in (0.5, 1.0, 1.7):
+            expected = logits_target_logps(logits / temperature, targets)
+            assert _within_1e5(scorer(ids, positions, targets, temperature=temperature), expected)
 
 
 @pytest.mark.slow
 def test_on_a_llama3_head_the_loss_step_never_holds_the_full_logits() -> None:
-    out = subprocess.run([sys.executable, str(BENCH), "--tokens", "32", "--chunk-rows", "8", "--json"],
+    tokens = 16  # in 4 chunks: few rows keep each pass over the 2 GB head cheap, 4 chunks keep it chunked
+    out = subprocess.run([sys.executable, str(BENCH), "--tokens", str(tokens), "--chunk-rows", "4", "--json"],
                          capture_output=True, text=True, check=True)
     r: dict[str, Any] = json.loads(out.stdout)
     assert (r["vocab"], r["hidden"]) == (128256, 4096)
@@ -114,7 +148,7 @@ def test_on_a_llama3_head_the_loss_step_never_holds_the_full_logits() -> None:
     assert r["plain"]["largest"] >= full and r["plain"]["peak"] >= 2 * full
     # ... and the chunked step never holds more than a chunk's logits, plus its small outputs.
     assert r["chunked"]["largest"] <= chunk
-    assert r["chunked"]["peak"] <= 2 * chunk + 2 * 32 * 4096 * 4
+    assert r["chunked"]["peak"] <= 2 * chunk + 2 * tokens * 4096 * 4
     assert r["chunked"]["peak"] < r["plain"]["peak"] / 4
     for diff in r["chunked_vs_plain"].values():
         assert diff["relative"] < 1e-5

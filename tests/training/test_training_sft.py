@@ -101,8 +101,9 @@ def test_lora_run_reports_events_metrics_and_checkpoints_in_order(lora_run: dict
     steps = [r["step"] for r in records if r["kind"] == "metrics" and "train/loss" in r["values"]]
     assert steps == list(range(1, total + 1))
     first = next(r for r in records if r["kind"] == "metrics")["values"]
-    assert set(first) == {"train/loss", "train/learning_rate", "train/epoch", "train/grad_norm",
-                          "train/tokens_per_second"}
+    assert set(first) == {"train/loss", "train/token_accuracy", "train/learning_rate", "train/epoch",
+                          "train/grad_norm", "train/tokens_per_second"}
+    assert 0 <= first["train/token_accuracy"] <= 1
 
     def where(kind: str, **match: Any) -> int:
         return next(i for i, r in enumerate(records)
@@ -125,8 +126,12 @@ def test_lora_run_reports_events_metrics_and_checkpoints_in_order(lora_run: dict
 
     losses = [r["values"]["train/loss"] for r in records if r["kind"] == "metrics" and "train/loss" in r["values"]]
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
-    evals = [r["values"]["eval/loss"] for r in records if r["kind"] == "metrics" and "eval/loss" in r["values"]]
-    assert len(evals) == 2 and evals[1] < losses[0]
+    evals = [r["values"] for r in records if r["kind"] == "metrics" and "eval/loss" in r["values"]]
+    assert len(evals) == 2 and evals[1]["eval/loss"] < losses[0]
+    accuracy = [r["values"]["train/token_accuracy"] for r in records if r["kind"] == "metrics"
+                and "train/loss" in r["values"]]
+    assert sum(accuracy[-3:]) > sum(accuracy[:3])  # learning shows as more tokens guessed right
+    assert 0 <= evals[1]["eval/token_accuracy"] <= 1
 
 
 def test_exports_carry_the_config_without_secrets(lora_run: dict) -> None:
@@ -286,7 +291,7 @@ def test_batch_size_max_keeps_several_steps_per_epoch(tiny_llama: Path, qa_files
 def test_early_stopping_promotes_the_best_weights(tiny_llama: Path, qa_files: tuple[Path, Path],
                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     losses = iter([3.0, 1.0, 1.5, 1.6, 0.5, 0.4])  # eval 1 is warmup; best at eval 2; halt after 2 worse
-    monkeypatch.setattr(sft, "_evaluate", lambda s, data: next(losses))
+    monkeypatch.setattr(sft, "_evaluate", lambda s, data: (next(losses), {}))
     out = tmp_path / "out"
     reporter = ListReporter()
     cfg = config(tiny_llama, qa_files, out, n_epochs=3, validation_file=str(qa_files[1]), n_evals=6,

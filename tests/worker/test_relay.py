@@ -4,6 +4,7 @@ once all its parts are stored, and only while the job is still this worker's."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -59,18 +60,34 @@ def test_records_become_events_metrics_and_progress(relay: Relay) -> None:
         assert (job.early_stopped, job.early_stopping_best_step, job.early_stopping_best_metric) == (True, 1, 0.5)
         events = job_store.list_events(s, "ft-1")
     assert [e.type for e in events][-4:] == ["training_start", "eval_complete", "epoch_complete", "early_stopped"]
-    assert events[-1].fields == {"early_stopping_best_step": 1, "early_stopping_best_metric_value": 0.5}
+    # Each event carries what the job knew by then (Together's event fields).
+    assert events[-1].fields == {"step": 1, "total_steps": 10, "token_count": 500, "param_count": 7,
+                                 "early_stopping_best_step": 1, "early_stopping_best_metric_value": 0.5}
     assert (relay.error_message, relay.error_is_users) == ("line 2: bad", True)
 
 
 def test_a_checkpoint_is_listed_after_its_parts_are_stored(relay: Relay, tmp_path: Path) -> None:
     step = _checkpoint_dir(tmp_path / "out" / "step-3", ("model", "adapter", "state"))
     final = _checkpoint_dir(tmp_path / "out" / "final", ("model", "adapter"))
-    _write(relay, {"kind": "checkpoint", "step": 3, "path": str(step), "final": False},
+    saved = {"kind": "event", "type": "checkpoint_save", "message": "saved", "step": 3, "checkpoint_path": str(step)}
+    _write(relay, saved, tail=json.dumps({"kind": "checkpoint", "step": 3, "path": str(step), "final": False})[:9])
+    relay.pump()
+    with relay.db.session() as s:  # held until its checkpoint is stored
+        assert [e.type for e in job_store.list_events(s, "ft-1")] == ["job_start"]
+    _write(relay, tail=json.dumps({"kind": "checkpoint", "step": 3, "path": str(step), "final": False})[9:] + "\n")
+    _write(relay, {**saved, "message": "final saved", "step": 6, "checkpoint_path": str(final)},
            {"kind": "checkpoint", "step": 6, "path": str(final), "final": True})
     relay.pump()
     with relay.db.session() as s:
         listed = job_store.list_checkpoints(s, "ft-1")
+        event = job_store.list_events(s, "ft-1")[-1]
+    model = next(c for c in listed if c.variant == "model")
+    with relay.blobs.local_copy(model.blob_key) as archive:
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    # It says where the checkpoint is stored (never the child's local path) and its archive's hash.
+    assert (event.type, event.fields) == ("checkpoint_save", {"step": 3, "checkpoint_path": "jobs/ft-1/step-3/model",
+                                                              "hash": digest})
+    assert relay.final_event is not None and relay.final_event.message == "final saved"
     assert [(c.step, c.variant, c.final) for c in listed] == [(3, "adapter", False), (3, "model", False),
                                                               (3, "state", False)]
     assert all(relay.blobs.exists(c.blob_key) and relay.blobs.size(c.blob_key) == c.size for c in listed)

@@ -25,6 +25,7 @@ from tunery.storage.archives import unpack
 from tunery.store import jobs as job_store
 from tunery.store.db import Database
 from tunery.store.models import BaseModelEntry, File, Job
+from tunery.store.secrets import SecretBox
 from tunery.store.status import JobStatus
 from tunery.worker.run_job import WorkerContext, run_job
 
@@ -81,7 +82,8 @@ def world(database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     settings = Settings(data_dir=tmp_path / "data", heartbeat_interval_s=0.05, price_per_million_tokens=2.0,
                         recipe_module="tests.worker.scripted_recipe")
     ctx = WorkerContext(settings=settings, db=database, blobs=blobs, catalog=ModelCatalog(tmp_path / "models"),
-                        worker_id="w1", scratch=tmp_path / "scratch", stopping=threading.Event())
+                        worker_id="w1", scratch=tmp_path / "scratch", stopping=threading.Event(),
+                        secrets=SecretBox(b"test"))
     return World(database, blobs, ctx, tmp_path)
 
 

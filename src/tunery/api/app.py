@@ -8,10 +8,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunery.api import openai
 from tunery.api.errors import install_error_handlers
+from tunery.api.receiving import BodyIdleTimeout
 from tunery.api.routes import (
     chat_completions,
     completions,
     download,
+    downloads,
     files,
     fine_tunes,
     graders,
@@ -22,8 +24,11 @@ from tunery.api.routes import (
 )
 from tunery.settings import Settings
 
-ROUTERS = (health.router, files.router, uploads.router, openai.router, fine_tunes.router, download.router,
-           models.router, graders.router, metrics.router, chat_completions.router, completions.router)
+# Matched in this order, and a request is matched against every router before its own: the jobs
+# routes every SDK polls go first.
+ROUTERS = (fine_tunes.router, health.router, files.router, uploads.router, openai.router, download.router,
+           downloads.router, models.router, graders.router, metrics.router, chat_completions.router,
+           completions.router)
 
 
 class DoubleV1Alias:
@@ -45,6 +50,7 @@ def install_api(app: FastAPI, settings: Settings) -> None:
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(DoubleV1Alias)
+    app.add_middleware(BodyIdleTimeout, idle_s=settings.body_idle_timeout_s)
     app.state.request_stats = metrics.RequestStats()
     app.add_middleware(metrics.RequestMetrics, stats=app.state.request_stats,
                        json_logs=settings.log_format == "json")

@@ -9,6 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
+from tunery.api.bounded import BoundedPool
+from tunery.api.validation import FileValidator
 from tunery.errors import Unauthorized
 from tunery.inference.client import EngineClient
 from tunery.models.catalog import ModelCatalog
@@ -16,6 +18,7 @@ from tunery.settings import Settings
 from tunery.storage import BlobStore
 from tunery.store.db import Database
 from tunery.store.models import User
+from tunery.store.secrets import SecretBox
 from tunery.store.users import user_for_key
 
 
@@ -25,6 +28,11 @@ class AppContext:
     db: Database
     blobs: BlobStore
     catalog: ModelCatalog
+    # Heavy per-request work (validation, token counts, previews) in bounded child processes.
+    tasks: BoundedPool
+    validator: FileValidator
+    # Seals jobs' secrets before they are stored.
+    secrets: SecretBox
     engine: EngineClient
 
 
@@ -33,8 +41,18 @@ def get_ctx(request: Request) -> AppContext:
     return ctx
 
 
-def get_session(ctx: Annotated[AppContext, Depends(get_ctx)]) -> Iterator[Session]:
+async def _ctx(request: Request) -> AppContext:
+    # async: FastAPI runs a sync dependency in the thread pool, a hop per request for nothing.
+    return get_ctx(request)
+
+
+def get_session(ctx: Annotated[AppContext, Depends(_ctx)]) -> Iterator[Session]:
     with ctx.db.session() as s:
+        yield s
+
+
+def get_read_session(ctx: Annotated[AppContext, Depends(_ctx)]) -> Iterator[Session]:
+    with ctx.db.read() as s:
         yield s
 
 
@@ -44,22 +62,28 @@ def bearer_key(request: Request) -> str | None:
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
 
-def current_user(request: Request, ctx: Annotated[AppContext, Depends(get_ctx)]) -> User:
-    key = bearer_key(request)
+def authenticate(s: Session, key: str | None) -> User:
+    """The owner of the unrevoked API key ``key``; ``Unauthorized`` otherwise."""
     if key is None:
         raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
-    with ctx.db.session() as s:
-        user = user_for_key(s, key)
+    user = user_for_key(s, key)
     if user is None:
         raise Unauthorized("invalid or revoked API key")
     return user
 
 
-Ctx = Annotated[AppContext, Depends(get_ctx)]
+def current_user(request: Request, ctx: Annotated[AppContext, Depends(_ctx)]) -> User:
+    with ctx.db.read() as s:
+        return authenticate(s, bearer_key(request))
+
+
+Ctx = Annotated[AppContext, Depends(_ctx)]
 # scope="function": the transaction commits before the response is sent. FastAPI's default ends
 # a yield dependency after the response, so a client could read a 200 and then not find what it
 # just created (seen on PostgreSQL under load).
 DbSession = Annotated[Session, Depends(get_session, scope="function")]
+# For routes that only read: a snapshot that never takes (or waits for) SQLite's write lock.
+ReadSession = Annotated[Session, Depends(get_read_session, scope="function")]
 CurrentUser = Annotated[User, Depends(current_user)]
 
 

@@ -17,9 +17,6 @@ from tunery.errors import InvalidRequest, TuneryError
 
 log = logging.getLogger("tunery.api")
 
-# URL prefixes only OpenAI's dialect serves (the rest of /v1 is shared with Together's).
-OPENAI_ONLY_PREFIXES = ("/v1/fine_tuning/", "/v1/uploads")
-
 _HTTP_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -68,13 +65,12 @@ def invalid_request(error: ValidationError) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     message, param = _problems(exc.errors())
-    # OpenAI's API answers a malformed request with 400 (its SDK raises BadRequestError for it);
-    # Together's routes keep FastAPI's 422.
-    status = 400 if request.url.path.startswith(OPENAI_ONLY_PREFIXES) else 422
-    return error_response(status, message, "invalid_request_error", param)
+    # Not FastAPI's 422: Together and OpenAI both answer a malformed request with 400, which their
+    # SDKs raise as BadRequestError — what users' code catches.
+    return error_response(400, message, "invalid_request_error", param)
 
 
 def _http_error(_: Request, exc: Exception) -> JSONResponse:

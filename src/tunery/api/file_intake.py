@@ -9,8 +9,7 @@ from pathlib import Path
 
 from tunery.api.deps import AppContext
 from tunery.api.schemas.files import FileCreateRequest
-from tunery.api.validation import FileValidator
-from tunery.errors import NotFound, TuneryError
+from tunery.errors import Busy, NotFound, TuneryError
 from tunery.storage.staging import StagedFile
 from tunery.store import files as file_store
 from tunery.store.models import File, User
@@ -27,12 +26,11 @@ def store_staged_file(ctx: AppContext, user: User, meta: FileCreateRequest, stag
                 s, user_id=user.id, filename=meta.file_name, purpose=meta.purpose, file_type=meta.file_type,
             )
             file_store.claim_upload(s, row.id)
-            key = file_store.blob_key(row.id)
-            ctx.blobs.put(key, staged.path)
+        key = file_store.blob_key(row.id)
+        ctx.blobs.put(key, staged.path)  # between two short transactions: blob I/O takes its time
+        with ctx.db.session() as s:
             file_store.finish_upload(s, row.id, size=staged.size, key=key, checksum=staged.sha256)
-            s.flush()
-            s.refresh(row)
-        return row
+            return file_store.get_file(s, user.id, row.id)
     except BaseException:
         staged.discard()
         if key:
@@ -40,17 +38,22 @@ def store_staged_file(ctx: AppContext, user: User, meta: FileCreateRequest, stag
         raise
 
 
-def validate_file(ctx: AppContext, validator: FileValidator, row: File, path: Path | None = None) -> File:
-    """Stream the stored blob (or ``path``, a local copy of it) through the dataset validator and
-    record the verdict on the row."""
+def validate_file(ctx: AppContext, row: File, path: Path | None = None) -> File:
+    """Stream the stored blob (or ``path``, a local copy of it) through the dataset validator, in a
+    bounded child process (``ctx.validator``), and record the verdict on the row; no transaction
+    is open meanwhile."""
     with ctx.db.session() as s:
         file_store.mark_validating(s, row.id)
     try:
         if path is not None:
-            report = validator.validate(path, row.file_type, row.purpose)
+            report = ctx.validator.validate(path, row.file_type, row.purpose)
         else:
             with ctx.blobs.local_copy(row.blob_key) as copy:
-                report = validator.validate(copy, row.file_type, row.purpose)
+                report = ctx.validator.validate(copy, row.file_type, row.purpose)
+    except Busy:
+        with ctx.db.session() as s:
+            file_store.mark_validating(s, row.id, file_store.PENDING)  # never started: a retry validates it
+        raise
     except Exception as error:
         log.exception("validating %s failed", row.id)
         with ctx.db.session() as s:

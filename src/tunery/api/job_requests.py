@@ -5,8 +5,9 @@ listing them all), inputs checked for ownership and validity. Routes call
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +41,9 @@ from tunery.store.models import File, Job, User
 from tunery.store.status import JobStatus
 
 DEFAULT_SEED = 42
+MAX_SEED = 2**32 - 1
+# Priority orders a user's own queued jobs; the range keeps it from being a way past everyone.
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 GRPO_FIELDS = ("grader", "group_size", "kl_coef", "clip_range", "num_iterations", "max_new_tokens", "temperature",
                "eval_interval", "eval_samples")
@@ -187,7 +191,8 @@ def _grpo(req: FinetuneRequest, problems: Problems) -> GRPO:
               ("clip_range", 0 < values["clip_range"] < 1, "clip_range must be in (0, 1)"),
               ("num_iterations", values["num_iterations"] >= 1, "num_iterations must be >= 1"),
               ("max_new_tokens", values["max_new_tokens"] >= 1, "max_new_tokens must be >= 1"),
-              ("temperature", 0 <= values["temperature"] <= 2, "temperature must be in [0, 2]"),
+              ("temperature", 0 < values["temperature"] <= 2,
+               "temperature must be in (0, 2] (at 0 a group's completions are all the same: nothing to compare)"),
               ("eval_interval", values["eval_interval"] >= 0, "eval_interval must be >= 0"),
               ("eval_samples", values["eval_samples"] >= 1, "eval_samples must be >= 1")]
     for name, ok, message in checks:
@@ -326,12 +331,45 @@ def _multimodal_params(req: FinetuneRequest, model: str, limits: dict[str, Any],
     return None
 
 
+def _numbers(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    """``(dotted path, value)`` for every number in a request's data."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, value
+
+
+def _check_numbers(req: FinetuneRequest, problems: Problems) -> None:
+    """Every number finite (JSON's NaN and Infinity are not numbers a job can use), and the ones
+    stored as given within their range."""
+    for path, number in _numbers(req.model_dump()):
+        problems.check(math.isfinite(number), path, f"{path} must be a finite number; got {number}")
+    problems.check(MIN_PRIORITY <= req.priority <= MAX_PRIORITY, "priority",
+                   f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}; got {req.priority}")
+    if req.random_seed is not None:
+        problems.check(0 <= req.random_seed <= MAX_SEED, "random_seed",
+                       f"random_seed must be between 0 and {MAX_SEED}; got {req.random_seed}")
+
+
 @dataclass(frozen=True)
 class ResolvedJob:
     spec: JobSpec
     secrets: JobSecrets
     training_file: File
     validation_file: File | None
+
+
+def model_limits(catalog: ModelCatalog, model: str, registered: Mapping[str, str], problems: Problems,
+                 ) -> dict[str, Any]:
+    """The model's limits. Every other check needs them: when the model is unknown, raise at once
+    with what is known so far, the model first."""
+    try:
+        return catalog.limits(model, registered)
+    except NotFound as e:
+        problems.items.insert(0, ("model", e.message))
+        problems.raise_if_any()
+        raise
 
 
 def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: ModelCatalog,
@@ -351,13 +389,13 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
     model = parent.job.model if parent else str(req.model)
     train = _check_file(s, req.training_file, user, "training_file", p)
     val = _check_file(s, req.validation_file, user, "validation_file", p) if req.validation_file else None
-    try:
-        limits = catalog.limits(model, registered)
-    except NotFound as e:
-        # Every other check needs the model's limits: report what we know so far, together.
-        p.items.insert(0, ("model", e.message))
-        p.raise_if_any()
-        raise
+    limits = model_limits(catalog, model, registered, p)
+    if req.from_hf_model:  # its config and tokenizer now; the job fetches the weights
+        try:
+            catalog.resolve(req.from_hf_model, registered, revision=req.hf_model_revision, token=req.hf_api_token,
+                            weights=False)
+        except NotFound as e:
+            p.add("from_hf_model", e.message)
     method = _training_method(req, p)
     training_type = _training_type(req.training_type, parent, limits, p)
     if parent and training_type.type != parent.job.spec.training_type.type:
@@ -374,6 +412,7 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
                 "suffix must be 1-40 characters of letters, digits, '-', '_' or '.', starting with a letter or digit")
     why_no_vision = None if limits["supports_vision"] else catalog.why_no_vision(model, registered)
     multimodal = _multimodal_params(req, model, limits, why_no_vision, train, val, p)
+    _check_numbers(req, p)
     p.raise_if_any()
     assert train is not None
     wandb_key = req.wandb_key or req.wandb_api_key

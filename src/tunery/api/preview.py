@@ -7,8 +7,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from sqlalchemy.orm import Session
-
+from tunery.api.bounded import OverLimit
 from tunery.api.dataset_checks import renderer_for
 from tunery.api.deps import AppContext
 from tunery.api.schemas.fine_tunes import PreviewRequest
@@ -51,42 +50,57 @@ def preview_row(marked: Marked, tokenizer: Any, max_seq_length: int) -> dict[str
             "image_spans": [[i.start, i.end] for i in example.images]}
 
 
-def preview(ctx: AppContext, s: Session, user: User, req: PreviewRequest) -> dict[str, Any]:
+def preview_task(path: str, file_id: str, model_dir: str, train_on_inputs: bool | str, method: str,
+                 top_k: int, max_seq_length: int) -> dict[str, Any]:
+    """In a bounded child (``api/bounded.py``): the file's first ``top_k`` samples, rendered."""
+    renderer = renderer_for(model_dir, train_on_inputs)  # type: ignore[arg-type]  # "auto" or a bool
+    tokenizer = renderer.tokenizer
+    rows = []
+    fmt = DatasetFormat.GENERAL
+    with open(path, "rb") as stream:
+        for line, record in itertools.islice(iter_records(stream), top_k):
+            fmt = detect_format(record, line)
+            try:
+                if method == "dpo":
+                    chosen, rejected = renderer.marked_preference(record)
+                    rows += [{**preview_row(chosen, tokenizer, max_seq_length), "output": "preferred_output"},
+                             {**preview_row(rejected, tokenizer, max_seq_length), "output": "non_preferred_output"}]
+                else:
+                    rows.append(preview_row(renderer.marked(record, fmt), tokenizer, max_seq_length))
+            except ConversationRefused as refused:
+                raise InvalidRequest(f"line {line} of training_file {file_id}: {refused.message}",
+                                     param="training_file") from None
+    return {"dataset_format": fmt.value, "rows": rows}
+
+
+def preview(ctx: AppContext, user: User, req: PreviewRequest) -> dict[str, Any]:
     """The first rows of the file as training would tokenize and mask them. Preference data
     (``training_method`` dpo) gives two rows per sample, the preferred then the other output,
-    marked by ``output``."""
+    marked by ``output``. The rendering runs in a bounded child, outside any transaction."""
     method = (req.training_method or "sft").lower()
     if method not in ("sft", "dpo"):
         raise InvalidRequest(f'training_method must be sft or dpo; got "{req.training_method}"',
                              param="training_method")
-    f = get_file(s, user.id, req.training_file)
+    with ctx.db.read() as s:
+        f = get_file(s, user.id, req.training_file)
+        registered = registered_models(s)
     if f.processing_status != "COMPLETED" or f.file_type != "jsonl":
         raise InvalidRequest(f'training_file "{f.id}" must be a validated JSONL dataset to preview',
                              param="training_file")
     if (f.dataset_format == DatasetFormat.PREFERENCE) != (method == "dpo"):
         raise InvalidRequest(f'training_file "{f.id}" is {f.dataset_format} data, which training_method {method} '
                              "cannot train on (preference data trains with dpo)", param="training_file")
-    limits = ctx.catalog.limits(req.model, registered_models(s))
-    model_dir = str(ctx.catalog.resolve(req.model, registered_models(s)).path)
+    limits = ctx.catalog.limits(req.model, registered)
+    model_dir = str(ctx.catalog.resolve(req.model, registered, weights=False).path)
     train_on_inputs = "auto" if req.train_on_inputs is None else req.train_on_inputs
-    renderer = renderer_for(model_dir, train_on_inputs)
-    tokenizer = renderer.tokenizer
     top_k = min(MAX_ROWS, max(1, req.top_k or DEFAULT_ROWS))
     max_len = limits[f"max_seq_length_{method}"]
-    rows = []
-    fmt = DatasetFormat.GENERAL
-    with ctx.blobs.local_copy(f.blob_key) as path, open(path, "rb") as stream:
-        for line, record in itertools.islice(iter_records(stream), top_k):
-            fmt = detect_format(record, line)
-            try:
-                if method == "dpo":
-                    chosen, rejected = renderer.marked_preference(record)
-                    rows += [{**preview_row(chosen, tokenizer, max_len), "output": "preferred_output"},
-                             {**preview_row(rejected, tokenizer, max_len), "output": "non_preferred_output"}]
-                else:
-                    rows.append(preview_row(renderer.marked(record, fmt), tokenizer, max_len))
-            except ConversationRefused as refused:
-                raise InvalidRequest(f"line {line} of training_file {f.id}: {refused.message}",
-                                     param="training_file") from None
-    return {"dataset_format": fmt.value, "max_seq_length": max_len, "model": req.model,
-            "train_on_inputs": train_on_inputs, "rows": rows}
+    with ctx.blobs.local_copy(f.blob_key) as path:
+        try:
+            rendered = ctx.tasks.run("preview", {
+                "path": str(path), "file_id": f.id, "model_dir": model_dir, "train_on_inputs": train_on_inputs,
+                "method": method, "top_k": top_k, "max_seq_length": max_len}, ctx.settings.task_timeout_s)
+        except OverLimit as limit:
+            raise InvalidRequest(f'previewing training_file "{f.id}" {limit}', param="training_file") from None
+    return {"dataset_format": rendered["dataset_format"], "max_seq_length": max_len, "model": req.model,
+            "train_on_inputs": train_on_inputs, "rows": rendered["rows"]}

@@ -5,14 +5,48 @@ part, ``POST /v1/files/upload``, OpenAI's upload parts)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tunery.errors import InvalidRequest
+from tunery.errors import InvalidRequest, RequestTimeout
 from tunery.storage.staging import BodyPump, StagedFile, too_large
+
+
+class BodyIdleTimeout:
+    """ASGI middleware: a request whose body sends nothing for ``idle_s`` seconds fails with
+    ``RequestTimeout`` (408) where it is being read, so a stalled upload never holds its upload URL,
+    its staged file and its connection forever. Once the body is complete, waiting on the
+    connection (a streamed download listening for a disconnect) is not timed."""
+
+    def __init__(self, app: ASGIApp, idle_s: float):
+        self.app = app
+        self.idle_s = idle_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.idle_s)
+            except TimeoutError:
+                raise RequestTimeout(f"no bytes of the request body arrived for {self.idle_s:g} s; "
+                                     "the request was abandoned, send it again") from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 def announced_length(request: Request) -> int:

@@ -1,4 +1,4 @@
-"""Signed, expiring upload URLs.
+"""Signed, expiring upload (and download) URLs.
 
 The `together` SDK sends file bytes with a bare ``PUT <url>``: no Authorization header, no
 Content-Type. So the URL must carry its own credential, like an S3 presigned URL. We put a token
@@ -26,6 +26,7 @@ Clock = Callable[[], float]
 
 FILE = "file"
 PART = "part"
+TOKENIZED_DATASET = "tokenized-dataset"  # a GET of a job's tokenized training set
 
 
 class UploadSigner:
@@ -51,15 +52,17 @@ class UploadSigner:
     def expires_at(self, token: str) -> int:
         return int(token.partition(".")[0])
 
-    def verify(self, kind: str, subject: str, token: str | None) -> None:
-        """Raise ``Forbidden`` unless ``token`` was signed by us for ``kind``/``subject`` and is unexpired."""
+    def verify(self, kind: str, subject: str, token: str | None, *, what: str = "upload URL",
+               renew: str = "POST /v1/files") -> None:
+        """Raise ``Forbidden`` unless ``token`` was signed by us for ``kind``/``subject`` and is
+        unexpired; the message names the URL as ``what`` and says to get a new one from ``renew``."""
         if not token:
-            raise Forbidden("this upload URL has no token; request a new one with POST /v1/files")
+            raise Forbidden(f"this {what} has no token; request a new one with {renew}")
         expires_s, _, mac = token.partition(".")
         if not (expires_s.isascii() and expires_s.isdigit()) or not mac:
-            raise Forbidden("this upload URL's token is malformed; request a new one with POST /v1/files")
+            raise Forbidden(f"this {what}'s token is malformed; request a new one with {renew}")
         expires = int(expires_s)
         if not hmac.compare_digest(mac.encode(), self._mac(kind, subject, expires).encode()):
-            raise Forbidden("this upload URL's signature is invalid; request a new one with POST /v1/files")
+            raise Forbidden(f"this {what}'s signature is invalid; request a new one with {renew}")
         if self._clock() > expires:
-            raise Forbidden("this upload URL has expired; request a new one with POST /v1/files")
+            raise Forbidden(f"this {what} has expired; request a new one with {renew}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -36,12 +37,23 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None | str:
     return start, end
 
 
+def content_disposition(filename: str) -> str:
+    """``attachment`` naming ``filename`` (RFC 6266): a printable-ASCII ``filename`` any client
+    reads, and, when the name is anything else, its exact UTF-8 form as ``filename*`` (RFC 5987).
+    A header must be Latin-1, and a quote, backslash or line break in a name must not break it."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename) or "download"
+    header = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        header += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return header
+
+
 def blob_response(request: Request, blobs: BlobStore, key: str, size: int, *, filename: str | None = None,
                   media_type: str = "application/octet-stream") -> Response:
     """A 200 with the whole blob, or a 206 with the requested range."""
     headers = {"Accept-Ranges": "bytes"}
     if filename:
-        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+        headers["Content-Disposition"] = content_disposition(filename)
     span = parse_range(request.headers.get("range"), size)
     if span == "unsatisfiable":
         return error_response(416, f"requested range not satisfiable (size {size})", "invalid_request_error",

@@ -1,57 +1,44 @@
-"""Running dataset validation for the API: in the calling thread for small files, and split across
-worker processes for big JSONL files.
+"""Running dataset validation for the API: always in a bounded child process (``api/bounded.py``),
+never in the API process, and split across several children for big JSONL files.
 
-Validation is per-sample Python (``tunery.datasets``), roughly 80 MB/s on one core, so one big
-file would dominate an upload. Samples are independent except that they must all share one
-format, so a JSONL file is cut at line boundaries into ranges that worker processes validate at
-once; the file is valid when every range is valid and all ranges found the same format. When any
-range fails (or a cut is unsafe), the whole file is validated again front to back, so an invalid
-file gets exactly the report - and the line numbers - a sequential run gives. Invalid files are
-the rare case, and that run stops at the first error.
+A tenant's file decides how much memory and time its validation takes (one 248 MB line, or a
+674-byte Parquet file that decodes to 200 million values), so it runs where a memory limit and a
+deadline apply; a file that hits either is refused (``INVALID_FORMAT``, naming the limit), and
+the server and everyone else's requests carry on.
 
-Processes, not threads: the validator holds the GIL, which the server's event loop needs to keep
-receiving uploads. The workers are ``python -m tunery.api.validation`` children speaking JSON
-lines on stdin/stdout rather than a multiprocessing pool, because multiprocessing re-imports the
-parent's ``__main__`` (the ``tunery`` CLI, and with it the whole server and torch) in every
-worker; these import only ``tunery.datasets``. They start on first use (``warm()`` starts them
-while a big upload is still arriving), and exit when the server does (their stdin closes) or
-after two idle minutes, so a server that validated one big file does not keep their memory.
+Validation is per-sample Python (``tunery.datasets``), roughly 80 MB/s on one core. Samples are
+independent except that they must all share one format, so a big JSONL file is cut at line
+boundaries into ranges that children validate at once; the file is valid when every range is
+valid and all ranges found the same format. When any range fails (or a cut is unsafe), the whole
+file is validated again front to back, so an invalid file gets exactly the report - and the line
+numbers - a sequential run gives. Invalid files are the rare case, and that run stops at the
+first error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import json
-import os
-import queue
-import select
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import Any
 
+from tunery.api.bounded import BoundedPool, OverLimit
 from tunery.datasets import ValidationReport, validate_stream
-
-if TYPE_CHECKING:
-    from fastapi import Request
 
 # Below this size one sequential pass is fast (< 0.5 s) and cheaper than the round trip.
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
 # A line that runs on this far past a cut point makes the split unsafe; go sequential.
 MAX_BOUNDARY_SEARCH = 64 * 1024 * 1024
 READ_BUFFER = 1024 * 1024
-# Idle workers exit after this long; the next big file starts new ones (about a second each).
-WORKER_IDLE_EXIT_S = 120.0
 _BOM = b"\xef\xbb\xbf"
 
 
-def validate_path(path: Path, file_type: str, purpose: str) -> ValidationReport:
+def validate_path(path: Path, file_type: str, purpose: str, max_line_memory: int | None = None) -> ValidationReport:
     """One sequential pass over the whole file."""
     with open(path, "rb", buffering=READ_BUFFER) as f:
-        return validate_stream(f, file_type, purpose)
+        return validate_stream(f, file_type, purpose, max_line_memory=max_line_memory)
 
 
 class _RangeRaw(io.RawIOBase):
@@ -78,10 +65,11 @@ class _RangeRaw(io.RawIOBase):
         super().close()
 
 
-def validate_range(path: Path, start: int, end: int, file_type: str, purpose: str) -> ValidationReport:
+def validate_range(path: Path, start: int, end: int, file_type: str, purpose: str,
+                   max_line_memory: int | None = None) -> ValidationReport:
     """Validate the lines in ``[start, end)`` as if they were a file of their own."""
     with io.BufferedReader(_RangeRaw(path, start, end), READ_BUFFER) as f:
-        return validate_stream(f, file_type, purpose)
+        return validate_stream(f, file_type, purpose, max_line_memory=max_line_memory)
 
 
 def split_lines(path: Path, size: int, pieces: int) -> list[tuple[int, int]] | None:
@@ -133,147 +121,59 @@ def merge_reports(reports: list[ValidationReport]) -> ValidationReport | None:
     return dataclasses.replace(first, **merged)
 
 
-# ---- worker processes --------------------------------------------------------------------------
+# ---- in the bounded children ----------------------------------------------------------------------
 
 
-class _Worker:
-    """One ``python -m tunery.api.validation`` child: a JSON request per line in, a JSON answer out."""
-
-    def __init__(self, idle_exit_s: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tunery.api.validation", str(idle_exit_s)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-        )
-
-    def call(self, request: dict[str, Any]) -> dict[str, Any]:
-        stdin, stdout = cast(IO[str], self.proc.stdin), cast(IO[str], self.proc.stdout)
-        stdin.write(json.dumps(request) + "\n")
-        stdin.flush()
-        line = stdout.readline()
-        if not line:
-            raise RuntimeError(f"validation worker exited with status {self.proc.wait()}")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def validate_task(path: str, start: int, end: int, file_type: str, purpose: str,
+                  max_line_memory: int) -> dict[str, Any]:
+    """The child's side: validate ``[start, end)`` of the file (a JSONL range, or the whole file:
+    Parquet is read by seeking); the report as JSON."""
+    if start == 0 and end == Path(path).stat().st_size:
+        return validate_path(Path(path), file_type, purpose, max_line_memory).to_json()
+    return validate_range(Path(path), start, end, file_type, purpose, max_line_memory).to_json()
 
 
 class FileValidator:
-    """Validates stored files; owns the worker processes (one set per server process)."""
+    """Validates stored files in ``pool``'s bounded children."""
 
-    def __init__(
-        self, workers: int | None = None, min_parallel_bytes: int = PARALLEL_MIN_BYTES,
-        worker_idle_exit_s: float = WORKER_IDLE_EXIT_S,
-    ):
-        self.workers = workers or min(8, os.cpu_count() or 1)
+    def __init__(self, pool: BoundedPool, timeout_s: float, min_parallel_bytes: int = PARALLEL_MIN_BYTES):
+        self.pool = pool
+        self.timeout_s = timeout_s
         self.min_parallel_bytes = min_parallel_bytes
-        self.worker_idle_exit_s = worker_idle_exit_s
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
-        self._started = 0
-        self._lock = threading.Lock()
-        self._threads = ThreadPoolExecutor(self.workers * 2, thread_name_prefix="validate")
+        self._threads = ThreadPoolExecutor(pool.processes, thread_name_prefix="validate")
 
     def warm(self) -> None:
-        """Start the workers now (each takes about a second to import), without waiting for them."""
-        with self._lock:
-            while self.workers > 1 and self._started < self.workers:
-                self._started += 1
-                self._idle.put(_Worker(self.worker_idle_exit_s))
+        """Start the children now (each takes about a second), without waiting for them."""
+        threading.Thread(target=self.pool.warm, name="warm-validation", daemon=True).start()
 
-    def _acquire(self) -> _Worker:
-        while True:
-            with self._lock:
-                if self._idle.empty() and self._started < self.workers:
-                    self._started += 1
-                    return _Worker(self.worker_idle_exit_s)
-            worker = self._idle.get()
-            if worker.proc.poll() is None:
-                return worker
-            self._discard(worker)  # it exited after sitting idle; start another
-
-    def _discard(self, worker: _Worker) -> None:
-        worker.close()
-        with self._lock:
-            self._started -= 1
-
-    def _run(self, request: dict[str, Any]) -> ValidationReport:
-        for attempt in (1, 2):
-            worker = self._acquire()
-            try:
-                answer = worker.call(request)
-            except Exception:
-                self._discard(worker)
-                if attempt == 2:
-                    raise
-                continue  # it died under us (idle exit or crash): one retry on a fresh worker
-            self._idle.put(worker)
-            if "error" in answer:
-                raise RuntimeError(f"validation worker failed: {answer['error']}")
-            return ValidationReport.from_json(answer["report"])
-        raise AssertionError("unreachable")
+    def _run(self, path: Path, start: int, end: int, file_type: str, purpose: str) -> ValidationReport:
+        # Half the child's memory for one line's decoding leaves room for everything else it holds.
+        args = {"path": str(path), "start": start, "end": end, "file_type": file_type, "purpose": purpose,
+                "max_line_memory": self.pool.memory_bytes // 2}
+        try:
+            return ValidationReport.from_json(self.pool.run("validate", args, self.timeout_s))
+        except OverLimit as limit:
+            what = "TUNERY_TASK_MEMORY_BYTES" if limit.what == "memory" else "TUNERY_VALIDATION_TIMEOUT_S"
+            return ValidationReport(valid=False, dataset_format=None, num_samples=0,
+                                    error=f"the file was refused: validating it {limit} ({what} on the server); "
+                                          "split it into smaller files or shorter lines")
 
     def validate(self, path: Path, file_type: str, purpose: str) -> ValidationReport:
+        """The file's report; raises ``TaskFailed`` when validation itself broke (not the data)."""
         size = path.stat().st_size
-        if file_type != "jsonl" or size < self.min_parallel_bytes or self.workers < 2:
-            return validate_path(path, file_type, purpose)
-        ranges = split_lines(path, size, self.workers * 2)
+        ranges = None
+        if file_type == "jsonl" and size >= self.min_parallel_bytes and self.pool.processes > 1:
+            ranges = split_lines(path, size, self.pool.processes * 2)
         if ranges is None or len(ranges) < 2:
-            return validate_path(path, file_type, purpose)
-        base = {"path": str(path), "file_type": file_type, "purpose": purpose}
-        jobs = [self._threads.submit(self._run, {**base, "start": a, "end": b}) for a, b in ranges]
+            return self._run(path, 0, size, file_type, purpose)
+        jobs = [self._threads.submit(self._run, path, a, b, file_type, purpose) for a, b in ranges]
         merged = merge_reports([job.result() for job in jobs])
         if merged is not None:
             return merged
         # Some range failed: validate front to back for the exact first error and its line.
-        return self._run({**base, "start": 0, "end": size})
+        return self._run(path, 0, size, file_type, purpose)
 
     def close(self) -> None:
-        with self._lock:
-            while not self._idle.empty():
-                self._idle.get().close()
-            self._started = 0
         self._threads.shutdown(wait=False)
+        self.pool.close()
 
-
-_create_lock = threading.Lock()
-
-
-def file_validator(request: Request) -> FileValidator:
-    """The app's validator, created on first use."""
-    with _create_lock:
-        validator: FileValidator | None = getattr(request.app.state, "file_validator", None)
-        if validator is None:
-            validator = FileValidator()
-            request.app.state.file_validator = validator
-        return validator
-
-
-def _serve(idle_exit_s: float = WORKER_IDLE_EXIT_S) -> None:
-    """The worker loop: validate the range each request names, answer with its report; exit when
-    stdin closes (the server is gone) or after ``idle_exit_s`` without work (to give memory back)."""
-    while True:
-        ready, _, _ = select.select([sys.stdin], [], [], idle_exit_s)
-        line = sys.stdin.readline() if ready else ""
-        if not line:
-            return
-        request = json.loads(line)
-        try:
-            report = validate_range(
-                Path(request["path"]), request["start"], request["end"], request["file_type"], request["purpose"],
-            )
-            answer: dict[str, Any] = {"report": report.to_json()}
-        except Exception as error:
-            answer = {"error": f"{type(error).__name__}: {error}"}
-        sys.stdout.write(json.dumps(answer) + "\n")
-        sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    _serve(float(sys.argv[1]) if len(sys.argv) > 1 else WORKER_IDLE_EXIT_S)

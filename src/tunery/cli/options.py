@@ -16,10 +16,14 @@ DataDir = Annotated[
 
 
 def load_settings(data_dir: Path | None, **overrides: object) -> Settings:
+    """The settings, with the data dir they name made private to this user (see
+    ``Settings.make_private_data_dir``): these commands create the database, blobs and keys."""
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    settings.make_private_data_dir()
+    return settings
 
 
 def open_db(settings: Settings) -> Database:

@@ -34,6 +34,17 @@ from tunery.errors import DatasetInvalid
 # One sample may hold 10 base64 images of 10 MiB each (~134 MiB); anything much longer is not a
 # line of a JSONL file, and reading it whole would defeat the constant-memory promise.
 MAX_LINE_BYTES = 256 * 1024 * 1024
+# A line may hold at most this many JSON values, counted on the raw bytes before decoding (its
+# commas plus one, an upper bound): 248 MB of "0," decodes to gigabytes of Python objects.
+MAX_LINE_ITEMS = 4 * 1024 * 1024
+# Lines shorter than this cannot come near either limit; they skip the count (validation speed).
+_SMALL_LINE = 64 * 1024
+# A pre-tokenized row may hold at most this many tokens. Parquet's metadata gives each row group's
+# rows and values before anything is decoded, so a row group whose rows average more is refused
+# unread (a 674-byte dictionary-encoded file can hold 200 million zeros).
+MAX_ROW_TOKENS = 1024 * 1024
+# Values decoded at once per Parquet column: record batches are sized to stay under it.
+PARQUET_BATCH_VALUES = 16 * 1024 * 1024
 PRETOKENIZED_COLUMNS: tuple[str, ...] = ("input_ids", "attention_mask", "labels", "position_ids")
 PARQUET_BATCH_ROWS = 8192
 IGNORE_INDEX = -100
@@ -129,18 +140,20 @@ class _Tally:
         )
 
 
-def validate_stream(stream: BinaryIO, file_type: str, purpose: str = "fine-tune") -> ValidationReport:
+def validate_stream(stream: BinaryIO, file_type: str, purpose: str = "fine-tune", *,
+                    max_line_memory: int | None = None) -> ValidationReport:
     """Validate a whole file read from ``stream`` (binary; seekable for Parquet).
 
     ``file_type`` is ``jsonl``, ``parquet`` or ``csv`` (case-insensitive, a leading dot is
     ignored). Returns ``valid=False`` with the first error for any bad data, including an
-    unsupported file type; raises only what the stream itself raises (I/O errors).
+    unsupported file type; raises only what the stream itself raises (I/O errors). A JSONL line
+    whose decoding could need more than ``max_line_memory`` bytes is refused before it is decoded.
     """
     tally = _Tally()
     kind = file_type.lower().lstrip(".")
     try:
         if kind == "jsonl":
-            _validate_jsonl(stream, tally, check_formats=purpose == "fine-tune")
+            _validate_jsonl(stream, tally, check_formats=purpose == "fine-tune", max_line_memory=max_line_memory)
         elif kind == "parquet":
             if purpose == "eval":
                 raise DatasetInvalid("Parquet files are not supported for eval; upload JSONL or CSV")
@@ -165,20 +178,45 @@ def _csv_not_supported(purpose: str) -> str:
 # --- JSONL -----------------------------------------------------------------------------------
 
 
-def iter_records(stream: BinaryIO, *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_records(stream: BinaryIO, *, max_line_bytes: int = MAX_LINE_BYTES,
+                 max_line_memory: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)`` for each non-blank line of a JSONL stream, in order.
 
     Reads one line at a time. Raises ``DatasetInvalid`` (naming the line) for a line that is
-    not UTF-8, not JSON, not a JSON object, or longer than ``max_line_bytes``. A UTF-8 byte
-    order mark at the start of the file is ignored.
+    not UTF-8, not JSON, not a JSON object, longer than ``max_line_bytes``, holding more than
+    ``MAX_LINE_ITEMS`` values, or whose decoding could need more than ``max_line_memory`` bytes
+    (the last two checked on the raw bytes, before decoding). A UTF-8 byte order mark at the
+    start of the file is ignored.
     """
     for line, raw in _numbered_lines(stream, max_line_bytes):
         if raw.isspace():
             continue
+        if len(raw) > _SMALL_LINE:
+            _check_decoded_size(raw, line, max_line_memory)
         record = _parse_json(_decode(raw, line), line)
         if not isinstance(record, dict):
             raise DatasetInvalid(f"line {line}: the line must be a JSON object; got {show(record)}", line=line)
         yield line, record
+
+
+def decoding_memory(raw: bytes) -> tuple[int, int]:
+    """An upper bound on the JSON values in a raw line and on the memory decoding it needs: the
+    bytes, the decoded text (up to 4 bytes a character unless it is ASCII) and the parsed strings
+    again, plus about 64 bytes per value."""
+    items = raw.count(b",") + 1
+    width = 1 if raw.isascii() else 4
+    return items, len(raw) * (1 + 2 * width) + 64 * items
+
+
+def _check_decoded_size(raw: bytes, line: int, max_memory: int | None) -> None:
+    items, memory = decoding_memory(raw)
+    if items > MAX_LINE_ITEMS:
+        raise DatasetInvalid(f"line {line}: the line holds up to {items} JSON values; a line may hold at most "
+                             f"{MAX_LINE_ITEMS} (refused before decoding)", line=line)
+    if max_memory is not None and memory > max_memory:
+        raise DatasetInvalid(f"line {line}: decoding the line ({len(raw)} bytes) could take {memory} bytes of "
+                             f"memory, more than the {max_memory} one line may use on this server (refused "
+                             "before decoding); split the sample or shorten it", line=line)
 
 
 def _numbered_lines(stream: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
@@ -232,9 +270,9 @@ def _snippet(text: str) -> str:
 _PROMPT_OR_CONVERSATION = {DatasetFormat.CONVERSATION, DatasetFormat.REINFORCEMENT}
 
 
-def _validate_jsonl(stream: BinaryIO, tally: _Tally, *, check_formats: bool) -> None:
+def _validate_jsonl(stream: BinaryIO, tally: _Tally, *, check_formats: bool, max_line_memory: int | None) -> None:
     """Read every sample; with ``check_formats`` hold each to the file's one dataset format."""
-    for line, record in iter_records(stream):
+    for line, record in iter_records(stream, max_line_memory=max_line_memory):
         if check_formats:
             fmt = detect_format(record, line)
             if tally.dataset_format is None:
@@ -267,6 +305,8 @@ def _validate_parquet(stream: BinaryIO, tally: _Tally) -> None:
     watched = _WatchedStream(stream)
     try:
         _read_parquet(watched, tally)
+    except MemoryError:
+        raise  # a limit of the process validating, not a property of the file
     except (pa.ArrowException, OSError) as error:
         # pyarrow reports a corrupt file as OSError too; only the stream's own errors are I/O errors.
         if watched.failed:
@@ -276,15 +316,34 @@ def _validate_parquet(stream: BinaryIO, tally: _Tally) -> None:
 
 
 def _read_parquet(stream: Any, tally: _Tally) -> None:
-    """Check the schema, then each record batch (at most a row group is held at a time)."""
+    """Check the schema, then each row group: its size from the metadata first, then its record
+    batches, sized so that each decodes at most ``PARQUET_BATCH_VALUES`` values a column."""
     parquet = pq.ParquetFile(stream)
     columns = _check_parquet_schema(parquet.schema_arrow)
     tally.dataset_format = DatasetFormat.PRETOKENIZED
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-        _check_batch(batch, first_row=tally.num_samples + 1)
-        tally.num_samples += batch.num_rows
+    meta = parquet.metadata
+    for group in range(meta.num_row_groups):
+        rows, values = _row_group_size(meta.row_group(group), group, tally.num_samples + 1)
+        batch_rows = max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_VALUES * rows // max(values, 1)))
+        for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns):
+            _check_batch(batch, first_row=tally.num_samples + 1)
+            tally.num_samples += batch.num_rows
     if tally.num_samples == 0:
         raise DatasetInvalid("the file has no samples")
+
+
+def _row_group_size(group: Any, index: int, first_row: int) -> tuple[int, int]:
+    """``(rows, values of its largest column)`` of a row group, from the metadata alone; refuses a
+    group whose rows average more than ``MAX_ROW_TOKENS`` values, before decoding anything."""
+    rows = group.num_rows
+    values = max((group.column(i).num_values for i in range(group.num_columns)), default=0)
+    if values > MAX_ROW_TOKENS * max(rows, 1):
+        last = first_row + max(rows, 1) - 1
+        span = f"row {first_row}" if last == first_row else f"rows {first_row}-{last}"
+        raise DatasetInvalid(f"{span}: the file's metadata says row group {index + 1} holds {values} token values "
+                             f"in {rows} row(s); a row may hold at most {MAX_ROW_TOKENS} tokens (refused before "
+                             "decoding)", line=first_row)
+    return rows, values
 
 
 class _WatchedStream:

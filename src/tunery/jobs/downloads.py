@@ -1,6 +1,7 @@
 """Which stored artifact a download request names: Together's ``ft_id`` (``JOB_ID`` or
 ``JOB_ID:STEP``), ``checkpoint`` (merged, adapter, model_output_path, default) and
-``checkpoint_step``, for the API's ``/v1/finetune/download`` and the dashboard's links alike."""
+``checkpoint_step``, for the API's ``/v1/finetune/download`` and the dashboard's links alike; and a
+job's tokenized training set."""
 
 from __future__ import annotations
 
@@ -51,3 +52,24 @@ def find_download(s: Session, user_id: str, ft_id: str, checkpoint: str | None,
     suffix = f"-step-{ckpt.step}" if not ckpt.final else ""
     kind = "-adapter" if variant == "adapter" else ""
     return Download(ckpt, f"{name}{suffix}{kind}.tar.zst")
+
+
+@dataclass(frozen=True)
+class TokenizedDataset:
+    key: str
+    size: int
+    filename: str
+
+
+TOKENIZED_MEDIA_TYPE = "application/vnd.apache.parquet"
+
+
+def find_tokenized_dataset(s: Session, job_id: str, user_id: str | None) -> TokenizedDataset:
+    """The Parquet of the tokenized training set the job (of ``user_id``, when given) trained on;
+    ``NotFound`` until the job's training has written it."""
+    job = job_store.get_job(s, job_id, user_id)
+    if not job.tokenized_dataset_key:
+        raise NotFound(f"job {job.id} is {job.status} and has no tokenized dataset yet: it is stored when training "
+                       "starts", param="id")
+    return TokenizedDataset(job.tokenized_dataset_key, job.tokenized_dataset_size,
+                            f"{job.id}-tokenized-dataset.parquet")

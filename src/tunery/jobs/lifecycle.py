@@ -9,23 +9,29 @@ from contextlib import suppress
 from sqlalchemy.orm import Session
 
 from tunery.errors import Conflict, InvalidRequest
-from tunery.jobspec import JobSecrets, JobSpec
+from tunery.jobs.admission import Limits, admit
+from tunery.jobspec import JobSpec
 from tunery.queue.states import transition
 from tunery.storage import BlobStore
 from tunery.store import jobs as job_store
 from tunery.store.db import Database
 from tunery.store.models import File, Job, User
+from tunery.store.secrets import SealedSecrets
 from tunery.store.status import TERMINAL, WAITING, JobStatus
 
 
-def create(s: Session, user: User, spec: JobSpec, secrets: JobSecrets, training_file: File,
-           priority: int = 0) -> Job:
-    """Insert the job ``spec`` describes, for ``user``, and queue it. ``training_file`` is the
-    spec's training file, already checked by the dialect's resolver."""
+def create(s: Session, user: User, spec: JobSpec, secrets: SealedSecrets, training_file: File, *,
+           limits: Limits, estimated_tokens: int, priority: int = 0) -> Job:
+    """Insert the job ``spec`` describes, for ``user``, and queue it, once the operator's
+    ``limits`` admit it (``admission.admit``: 400 or 429 otherwise). ``training_file`` is the
+    spec's training file, already checked by the dialect's resolver; ``secrets`` are the job's
+    credentials as ``SecretBox.seal`` left them (never stored in clear); ``estimated_tokens`` what
+    it will train on (the price estimate's measure), held against the token quota until it starts."""
+    admit(s, user, spec, estimated_tokens, limits)
     job_id = job_store.new_job_id()
     job = job_store.create_job(s, Job(
         id=job_id, user_id=user.id, spec=spec, model_output_name=output_name(user, spec.model, spec.suffix, job_id),
-        secrets=secrets.model_dump(exclude_none=True) or None, priority=priority,
+        secrets=secrets.value, priority=priority, reserved_tokens=estimated_tokens,
         trainingfile_numlines=training_file.num_samples, trainingfile_size=training_file.bytes,
     ))
     transition(s, job.id, JobStatus.QUEUED, event_type="job_pending", message="Job queued, waiting for a worker")

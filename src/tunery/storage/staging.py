@@ -155,11 +155,22 @@ class PartDir:
         os.replace(tmp, self.etag_path(n))
         return etag
 
+    def size(self) -> int:
+        """Bytes held by all the parts received so far."""
+        if not self.root.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.root.iterdir() if p.suffix == "" and p.is_file())
+
     def etag(self, n: int) -> str | None:
         try:
             return self.etag_path(n).read_text().strip()
         except FileNotFoundError:
             return None
+
+    def discard(self, n: int) -> None:
+        """Forget part ``n`` (refused after it arrived)."""
+        self.part(n).unlink(missing_ok=True)
+        self.etag_path(n).unlink(missing_ok=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -14,7 +14,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -37,7 +37,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin_immediate)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     # READ COMMITTED (PostgreSQL's default) is what compare-and-set and SKIP LOCKED claiming
     # assume: a blocked UPDATE re-checks its WHERE clause against the row it waited for.
@@ -55,24 +55,61 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _sqlite_begin_immediate(conn: Any) -> None:
-    # Take the write lock at BEGIN, so two writers never deadlock upgrading read locks; this is
-    # what makes compare-and-set and claiming safe across processes on SQLite.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _sqlite_begin(conn: Any) -> None:
+    # A write transaction takes the write lock at BEGIN, so two writers never deadlock upgrading
+    # read locks; this is what makes compare-and-set and claiming safe across processes on SQLite.
+    # A read transaction takes no lock at all: in WAL mode it reads a snapshot while one writer
+    # commits beside it, so no reader ever waits for a writer or makes one wait.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+READ_ONLY = "tunery_read_only"
+
+
+class ReadOnlyTransaction(RuntimeError):
+    """Code in a ``Database.read()`` block tried to write: use ``Database.session()`` for that."""
+
+
+class ReadSession(Session):
+    """A session that raises ``ReadOnlyTransaction`` on any write, so a read transaction never
+    tries to upgrade to the write lock halfway (on SQLite that fails under contention)."""
+
+
+@event.listens_for(ReadSession, "before_flush")
+def _no_flush(s: Session, *_: Any) -> None:
+    if s.new or s.dirty or s.deleted:
+        raise ReadOnlyTransaction("a read-only transaction tried to write rows")
+
+
+@event.listens_for(ReadSession, "do_orm_execute")
+def _no_write_statements(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        raise ReadOnlyTransaction(f"a read-only transaction tried to run {state.statement}")
 
 
 class Database:
-    """An engine plus a session factory; ``session()`` is one transaction."""
+    """An engine plus two session factories: ``session()`` is one write transaction, ``read()``
+    one read-only transaction. Keep both short: never tokenize, validate, call the network or
+    move blobs inside one (on SQLite a write transaction holds the database's one write lock)."""
 
     def __init__(self, url: str):
         self.url = normalize_url(url)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), class_=ReadSession,
+                                     expire_on_commit=False)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on any exception."""
+        """One write transaction: committed on success, rolled back on any exception."""
         with self._sessions() as s, s.begin():
+            yield s
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """One read-only transaction (a consistent snapshot); it never takes SQLite's write lock,
+        and any attempt to write in it raises ``ReadOnlyTransaction``."""
+        with self._readers() as s, s.begin():
             yield s
 
     @property

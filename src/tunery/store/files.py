@@ -16,6 +16,8 @@ overwritten. Every lookup takes the owner's user id: another user's file does no
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, or_, select, tuple_, update
@@ -52,10 +54,10 @@ def blob_key(file_id: str) -> str:
 
 def create_file(
     s: Session, *, user_id: str, filename: str, purpose: str, file_type: str, checksum: str = "",
-    size: int = 0,
+    size: int = 0, file_id: str | None = None,
 ) -> File:
     row = File(
-        id=new_file_id(), user_id=user_id, filename=filename, purpose=purpose, file_type=file_type,
+        id=file_id or new_file_id(), user_id=user_id, filename=filename, purpose=purpose, file_type=file_type,
         checksum=checksum, bytes=size, blob_key="",
     )
     s.add(row)
@@ -103,12 +105,15 @@ def get_file_any_owner(s: Session, file_id: str) -> File | None:
 
 
 def list_files(s: Session, user_id: str, *, purpose: str | None = None, after: str | None = None,
-               limit: int | None = None, ascending: bool = False) -> list[File]:
-    """The caller's files, newest first (oldest first with ``ascending``), optionally of one purpose,
-    starting after the file ``after`` (a cursor: 404 when it is not one of the caller's files)."""
+               limit: int | None = None, ascending: bool = False, unless_asked: tuple[str, ...] = ()) -> list[File]:
+    """The caller's files, newest first (oldest first with ``ascending``), of one purpose or of any
+    but those ``unless_asked`` for, starting after the file ``after`` (a cursor: 404 when it is not
+    one of the caller's files)."""
     query = select(File).where(File.user_id == user_id)
     if purpose:
         query = query.where(File.purpose == purpose)
+    elif unless_asked:
+        query = query.where(File.purpose.not_in(unless_asked))
     if after:
         cursor = get_file(s, user_id, after)
         key = tuple_(File.created_at, File.id)
@@ -159,9 +164,10 @@ def release_interrupted_uploads(s: Session) -> int:
     return int(files.rowcount or 0) + int(parts.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def mark_validating(s: Session, file_id: str) -> None:
+def mark_validating(s: Session, file_id: str, status: str = RUNNING) -> None:
+    """``RUNNING`` while a validation runs (or back to ``PENDING`` when it could not start)."""
     s.execute(
-        update(File).where(File.id == file_id).values(processing_status=RUNNING)
+        update(File).where(File.id == file_id).values(processing_status=status)
         .execution_options(synchronize_session=False)
     )
 
@@ -180,6 +186,13 @@ def record_validation(
     row.num_samples = num_samples
     s.flush()
     return row
+
+
+def record_scan(s: Session, file_id: str, key: str, verdict: dict[str, Any]) -> None:
+    """Cache what a model made of the file under ``key`` (files never change: it never goes stale)."""
+    row = s.get(File, file_id)
+    if row is not None:
+        row.scans = {**(row.scans or {}), key: verdict}
 
 
 def record_validation_failure(s: Session, file_id: str, message: str) -> None:
@@ -225,8 +238,11 @@ MP_COMPLETED = "completed"
 MP_ABORTED = "aborted"
 
 
-def create_multipart(s: Session, file_id: str, num_parts: int) -> MultipartUpload:
-    row = MultipartUpload(id=new_upload_id(), file_id=file_id, num_parts=num_parts, state=MP_OPEN)
+def create_multipart(s: Session, file_id: str, num_parts: int, file_size: int = 0,
+                     backend_id: str = "") -> MultipartUpload:
+    """An open multipart upload of ``file_size`` announced bytes (0: unknown, bounded by the cap)."""
+    row = MultipartUpload(id=new_upload_id(), file_id=file_id, num_parts=num_parts, state=MP_OPEN,
+                          file_size=file_size, backend_id=backend_id)
     s.add(row)
     s.flush()
     return row
@@ -261,3 +277,35 @@ def set_multipart_state(s: Session, upload_id: str, expected: tuple[str, ...], n
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# ---- abandoned uploads ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """Uploads begun before a cutoff and never finished, taken off the books by ``abandon``:
+    ``files`` never received their bytes (their rows are gone); ``multiparts`` are now aborted,
+    as ``(upload id, file id, backend id)``. The caller removes what they had staged."""
+
+    files: list[str]
+    multiparts: list[tuple[str, str, str]]
+
+
+def abandon_uploads(s: Session, before: datetime) -> Abandoned:
+    """Abort the open multipart uploads and delete the files still awaiting their bytes that
+    were created before ``before``. Compare-and-set, so concurrent sweepers never both take one."""
+    stale = s.execute(select(MultipartUpload.id, MultipartUpload.file_id, MultipartUpload.backend_id)
+                      .where(MultipartUpload.state == MP_OPEN, MultipartUpload.created_at < before)).all()
+    multiparts = [(u, f, b) for u, f, b in stale if set_multipart_state(s, u, (MP_OPEN,), MP_ABORTED)]
+    files = list(s.scalars(select(File.id).where(File.upload_state == AWAITING_UPLOAD, File.created_at < before)))
+    for file_id in files:
+        s.execute(delete(MultipartUpload).where(MultipartUpload.file_id == file_id))
+        s.execute(delete(File).where(File.id == file_id, File.upload_state == AWAITING_UPLOAD))
+    return Abandoned(files, multiparts)
+
+
+def open_multipart_ids(s: Session, ids: list[str]) -> set[str]:
+    """Which of ``ids`` are multipart uploads still open or completing (their parts are in use)."""
+    return set(s.scalars(select(MultipartUpload.id).where(
+        MultipartUpload.id.in_(ids), MultipartUpload.state.in_((MP_OPEN, MP_COMPLETING)))))

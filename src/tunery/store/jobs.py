@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from tunery.errors import NotFound
@@ -61,6 +61,8 @@ def count_jobs(s: Session, user_id: str, status: str | None = None) -> int:
 def delete_job(s: Session, job: Job) -> list[str]:
     """Delete a job and its rows; returns the blob keys the caller must remove."""
     keys = list(s.scalars(select(Checkpoint.blob_key).where(Checkpoint.job_id == job.id)))
+    if job.tokenized_dataset_key:
+        keys.append(job.tokenized_dataset_key)
     for table in (Checkpoint, JobMetric, JobEvent):
         s.execute(delete(table).where(table.job_id == job.id))
     s.delete(job)
@@ -75,8 +77,22 @@ def add_event(s: Session, job_id: str, type_: str, message: str, level: str = "i
                                       message=message, fields=fields or None))
 
 
-def list_events(s: Session, job_id: str) -> list[JobEvent]:
-    return list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+class Event(NamedTuple):
+    """One event of a job, as read (plain values rather than ORM rows: a retrieve reads dozens)."""
+
+    created_at: datetime
+    type: str
+    level: str
+    message: str
+    fields: dict[str, Any] | None
+
+
+_EVENTS = (select(JobEvent.created_at, JobEvent.type, JobEvent.level, JobEvent.message, JobEvent.fields)
+           .where(JobEvent.job_id == bindparam("job_id")).order_by(JobEvent.id))
+
+
+def list_events(s: Session, job_id: str) -> list[Event]:
+    return [Event(*row) for row in s.execute(_EVENTS, {"job_id": job_id})]
 
 
 # -- metrics --------------------------------------------------------------------------------------

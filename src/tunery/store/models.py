@@ -73,6 +73,19 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class WebSession(Base):
+    """A dashboard sign-in: the cookie names this row, so signing out (or revoking the API key it
+    was made with) ends it on the server, not only in the browser."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class File(Base):
     __tablename__ = "files"
 
@@ -92,6 +105,9 @@ class File(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     dataset_format: Mapped[str | None] = mapped_column(String(32), default=None)
     num_samples: Mapped[int] = mapped_column(default=0)
+    # What models' chat templates made of the file ({tokens, problem} per model, method and
+    # masking; api/dataset_checks.py): rendered once, since a file never changes.
+    scans: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -101,6 +117,8 @@ class MultipartUpload(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     file_id: Mapped[str] = mapped_column(ForeignKey("files.id", ondelete="CASCADE"), index=True)
     num_parts: Mapped[int] = mapped_column(Integer)
+    # The size the client announced at initiate: the parts together may not exceed it.
+    file_size: Mapped[int] = mapped_column(default=0)
     # open | completed | aborted
     state: Mapped[str] = mapped_column(String(16), default="open")
     # Backend-specific handle (the S3 UploadId); empty for the local store.
@@ -171,6 +189,8 @@ class Job(Base):
     steps_completed: Mapped[int] = mapped_column(default=0)
     epochs_completed: Mapped[int] = mapped_column(default=0)
     evals_completed: Mapped[int] = mapped_column(default=0)
+    # The job's estimated tokens, held against its user's token quota until it reports token_count.
+    reserved_tokens: Mapped[int] = mapped_column(default=0)
     token_count: Mapped[int] = mapped_column(default=0)
     param_count: Mapped[int] = mapped_column(default=0)
     seconds_remaining: Mapped[float | None] = mapped_column(Float, default=None)
@@ -178,6 +198,10 @@ class Job(Base):
     early_stopping_best_step: Mapped[int | None] = mapped_column(default=None)
     early_stopping_best_metric: Mapped[float | None] = mapped_column(Float, default=None)
     wandb_url: Mapped[str | None] = mapped_column(String(1024), default=None)
+    # The Parquet of the tokenized training set (download-tokenized-dataset), once stored.
+    tokenized_dataset_key: Mapped[str | None] = mapped_column(String(512), default=None)
+    tokenized_dataset_size: Mapped[int] = mapped_column(default=0)
+    tokenized_dataset_uploaded_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
 
     @validates("spec")

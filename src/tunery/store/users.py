@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from tunery.errors import NotFound
@@ -47,10 +47,14 @@ def create_key(s: Session, user_name: str) -> str:
     return key
 
 
+# Built once with a bound parameter: every authenticated request runs it.
+_USER_FOR_KEY = (select(User).join(ApiKey, ApiKey.user_id == User.id)
+                 .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
+
+
 def user_for_key(s: Session, key: str) -> User | None:
-    """The user owning an unrevoked ``key``, or None."""
-    row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None)))
-    return None if row is None else s.get(User, row.user_id)
+    """The user owning an unrevoked ``key``, or None (one query)."""
+    return s.scalar(_USER_FOR_KEY, {"key_hash": hash_key(key)})
 
 
 def list_keys(s: Session) -> list[KeyInfo]:

@@ -185,7 +185,8 @@ def _grpo_problems(c: TrainConfig) -> list[str | None]:
         None if 0 < c.grpo_epsilon < 1 else f"grpo_epsilon must be in (0, 1); got {c.grpo_epsilon}",
         _positive_int("grpo_iterations", c.grpo_iterations),
         _positive_int("grpo_max_new_tokens", c.grpo_max_new_tokens),
-        None if 0 <= c.grpo_temperature <= 2 else f"grpo_temperature must be in [0, 2]; got {c.grpo_temperature}",
+        None if 0 < c.grpo_temperature <= 2 else f"grpo_temperature must be in (0, 2] (at 0 a group's completions "
+                                                  f"are all the same: nothing to compare); got {c.grpo_temperature}",
         None if c.eval_interval >= 0 else f"eval_interval must be >= 0; got {c.eval_interval}",
         None if c.eval_interval == 0 or c.validation_file else "eval_interval needs a validation_file",
         _positive_int("eval_samples", c.eval_samples),

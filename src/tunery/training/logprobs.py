@@ -18,7 +18,7 @@ the model's own logits, then ``log_softmax``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,34 +42,44 @@ def target_logps(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     rows at a time (default: ``chunk_rows``). ``hidden`` is ``[T, H]``, ``weight`` ``[V, H]``;
     every target must be a real token id. Matmuls run in the autocast dtype when autocast is on for
     ``hidden``'s device (as the head's own ``Linear`` would), else in ``hidden``'s dtype."""
+    return target_logps_and_hits(hidden, weight, bias, targets, rows)[0]
+
+
+def target_logps_and_hits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          targets: torch.Tensor, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``target_logps`` and, for each row, whether its target has the highest logit (the model's
+    greedy guess is right: token accuracy), which the chunks give for one comparison each."""
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     rows = rows or chunk_rows(hidden.shape[0], hidden.shape[1], weight.shape[0])
-    out: torch.Tensor = _ChunkedTargetLogps.apply(hidden, weight, bias, targets, rows, dtype)
-    return out
+    picked, hits = _ChunkedTargetLogps.apply(hidden, weight, bias, targets, rows, dtype)
+    return picked, hits
 
 
 class _ChunkedTargetLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, rows: int, dtype: torch.dtype) -> torch.Tensor:
+                targets: torch.Tensor, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         w, b = weight.to(dtype), None if bias is None else bias.to(dtype)
         picked = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(picked)
+        hits = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         for start in range(0, hidden.shape[0], rows):
             end = start + rows
             logits = F.linear(hidden[start:end].to(dtype), w, b).float()
             target = logits.gather(1, targets[start:end, None]).squeeze(1)
             # log-sum-exp in place, so a chunk costs one [rows, V] buffer
             top = logits.amax(1, keepdim=True)
+            hits[start:end] = target >= top.squeeze(1)
             lse[start:end] = logits.sub_(top).exp_().sum(1).log_().add_(top.squeeze(1))
             picked[start:end] = target - lse[start:end]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.rows, ctx.dtype = rows, dtype
-        return picked
+        ctx.mark_non_differentiable(hits)
+        return picked, hits
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad: torch.Tensor, _hits: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         rows, dtype = ctx.rows, ctx.dtype
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
@@ -102,9 +112,17 @@ def logits_target_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
                             ignore_index=IGNORE, reduction="none").view(targets.shape)
 
 
+def logits_hits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``[B, L]``: whether each target has the highest logit (False where it is ``IGNORE``)."""
+    trained = targets != IGNORE
+    target = logits.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1)
+    return trained & (target >= logits.amax(-1))
+
+
 class TargetLogps(nn.Module):
     """``model`` (a transformers causal LM, or a peft model over one) as a function from a batch to
-    the ``[B, L]`` fp32 log-probabilities of its targets (0 where a target is ``IGNORE``)."""
+    the ``[B, L]`` fp32 log-probabilities of its targets (0 where a target is ``IGNORE``) — and, with
+    ``hits=True``, also whether each target was the model's top guess (for token accuracy)."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -113,15 +131,23 @@ class TargetLogps(nn.Module):
         self.split: tuple[Any, nn.Linear] | None = _split_head(model)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
-                **inputs: Any) -> torch.Tensor:
+                temperature: float = 1.0, hits: bool = False, **inputs: Any,
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``temperature``: log-probabilities of the logits divided by it (what sampling at that
+        temperature draws from). ``hits``: also return whether each target was the top guess."""
         if self.split is None:
             logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False, **inputs).logits
-            return logits_target_logps(logits, targets)
+            logps = logits_target_logps(logits / temperature if temperature != 1 else logits, targets)
+            return (logps, logits_hits(logits.detach(), targets)) if hits else logps
         body, head = self.split
         hidden = body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **inputs).last_hidden_state
         trained = targets != IGNORE
-        picked = target_logps(hidden[trained], head.weight, head.bias, targets[trained])
-        return picked.new_zeros(trained.shape).masked_scatter(trained, picked)
+        hidden, bias = hidden[trained], cast(torch.Tensor | None, head.bias)
+        if temperature != 1:  # (h·Wᵀ + b) / T = (h / T)·Wᵀ + b / T
+            hidden, bias = hidden / temperature, None if bias is None else bias / temperature
+        picked, picked_hits = target_logps_and_hits(hidden, head.weight, bias, targets[trained])
+        logps = picked.new_zeros(trained.shape).masked_scatter(trained, picked)
+        return (logps, torch.zeros_like(trained).masked_scatter(trained, picked_hits)) if hits else logps
 
 
 def _split_head(model: Any) -> tuple[Any, nn.Linear] | None:

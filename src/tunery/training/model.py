@@ -205,19 +205,34 @@ def _with_lora(model: Any, cfg: TrainConfig, adapter: Path | None, vision: bool 
 
 def forward_logps(
     loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
-    bias: torch.Tensor | Segments, **inputs: Any
+    bias: torch.Tensor | Segments, temperature: float = 1.0, /, **inputs: Any
 ) -> torch.Tensor:
     """``[B, L]`` fp32 log-probabilities of ``targets`` (0 where ``IGNORE``), under autocast where
-    configured, without the full logits (see ``logprobs.py``). ``bias`` keeps packed examples apart:
-    a 4-D additive mask, or ``Segments`` (see ``attention.attention_for``); ``inputs`` go to the model
-    as they are. Passes that build a graph go through ``parallel`` when there is one, so their backward
-    averages gradients across ranks."""
+    configured, without the full logits (see ``logprobs.py``), of the logits over ``temperature``.
+    ``bias`` keeps packed examples apart: a 4-D additive mask, or ``Segments`` (see
+    ``attention.attention_for``); ``inputs`` go to the model as they are. Passes that build a graph go
+    through ``parallel`` when there is one, so their backward averages gradients across ranks."""
+    logps: torch.Tensor = _score(loaded, input_ids, position_ids, targets, bias, temperature, False, inputs)
+    return logps
+
+
+def forward_logps_and_hits(
+    loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+    bias: torch.Tensor | Segments, /, **inputs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``forward_logps``, and ``[B, L]`` whether each target was the model's top guess (False where
+    ``IGNORE``): token accuracy, for the same pass."""
+    logps, hits = _score(loaded, input_ids, position_ids, targets, bias, 1.0, True, inputs)
+    return logps, hits
+
+
+def _score(loaded: LoadedModel, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
+           bias: torch.Tensor | Segments, temperature: float, hits: bool, inputs: dict[str, Any]) -> Any:
     module = loaded.parallel if loaded.parallel is not None and torch.is_grad_enabled() else loaded.scorer
     isolation = {"packed_segments": bias} if isinstance(bias, Segments) else {"attention_mask": bias}
     with torch.autocast(loaded.device.type, dtype=loaded.autocast_dtype or torch.float32,
                         enabled=loaded.autocast_dtype is not None):
-        logps: torch.Tensor = module(input_ids, position_ids, targets, **isolation, **inputs)
-    return logps
+        return module(input_ids, position_ids, targets, temperature, hits, **isolation, **inputs)
 
 
 def mask_dtype(loaded: LoadedModel) -> torch.dtype:

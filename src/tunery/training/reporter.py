@@ -9,8 +9,9 @@ Three record shapes, one JSON object each:
 Event types are Together's lowercase ones: wandb_init (field wandb_url; only with a W&B key),
 training_start (fields total_steps, token_count, param_count, batch_size — the resolved one when
 "max" was asked —, max_seq_length, processes), epoch_complete, checkpoint_save, eval_complete,
-warning, training_complete, early_stopped, and error (written by the entry point before a failing
-exit). Metric keys:
+warning, training_complete, early_stopped; and two the worker acts on rather than shows: error
+(written by the entry point before a failing exit) and tokenized_dataset (field path: the Parquet of
+the tokenized training set, see ``tokenized.py``). Metric keys:
 train/loss, train/learning_rate, train/epoch, train/grad_norm, train/tokens_per_second, eval/loss.
 A checkpoint record is written only after the directory it names is complete.
 """

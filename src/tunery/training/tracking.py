@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 from tunery.errors import TrainingFailed
 from tunery.training.config import TrainConfig
@@ -97,9 +98,12 @@ def _start_run(cfg: TrainConfig) -> Any:
                           resume="allow", settings=settings, reinit="create_new")
     except Exception as exc:  # noqa: BLE001 - W&B raises many kinds; all mean the run did not start
         # A refused key is the user's to fix (Together cancels such jobs); an unreachable server
-        # (W&B retries for init_timeout first) is reported as a failure of the job.
+        # (W&B retries for init_timeout first) is reported as a failure of the job. What the server
+        # answered is never shown: wandb_base_url is the user's, and its answer could be anything
+        # the server's network holds.
         rejected = isinstance(exc, (wandb.errors.AuthenticationError, wandb.errors.UsageError))
-        hint = "; re-issue the key and re-pass wandb_api_key" if rejected else ""
-        message = str(exc).replace(key, "***")  # never echo the key, whatever W&B says
-        raise TrainingFailed(f"could not start the Weights & Biases run: {message}{hint}",
-                             user_error=rejected) from None
+        where = urlsplit(cfg.wandb_base_url).netloc if cfg.wandb_base_url else "api.wandb.ai"
+        reason = ("refused the API key; re-issue the key and re-pass wandb_api_key" if rejected
+                  else "could not be reached, or answered with an error")
+        raise TrainingFailed(f"could not start the Weights & Biases run: the W&B server at {where} {reason} "
+                             f"({type(exc).__name__})", user_error=rejected) from None

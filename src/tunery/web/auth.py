@@ -1,13 +1,13 @@
-"""Dashboard sign-in: an API key is exchanged once for a signed session cookie.
+"""Dashboard sign-in: an API key is exchanged once for a session, kept on the server and named
+by a signed cookie::
 
-The cookie is stateless (no sessions table)::
+    session = "<session id>.<expires unix seconds>.<base64url(HMAC-SHA256(key, "session" \\n id \\n expires))>"
 
-    session = "<key id>.<expires unix seconds>.<base64url(HMAC-SHA256(key, "session" \\n key id \\n expires))>"
-
-It names the API key it was made from rather than the user, so revoking the key ends every
-session made with it: each request looks the key row up and rejects a revoked one. The HMAC key
-is ``settings.signing_key()``, the same secret that signs upload URLs; the ``purpose`` line keeps
-an upload token from ever passing as a session and vice versa.
+The session row (``web_sessions``) names the API key it was made from, so revoking the key ends
+every session made with it, and signing out revokes the row itself: a copied cookie is worthless
+after either. Each request checks the MAC first (a forged cookie costs no database work), then the
+row and the key. The HMAC key is ``settings.signing_key()``, the same secret that signs upload
+URLs; the ``purpose`` line keeps an upload token from ever passing as a session and vice versa.
 
 Cross-site request forgery: every state-changing form carries ``csrf``, an HMAC of the session
 token under a different purpose, so it is bound to this session and worthless in any other; the
@@ -24,11 +24,13 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from tunery.store.models import ApiKey, User
+from tunery.store.models import ApiKey, User, utcnow
+from tunery.store.models import WebSession as SessionRow
 from tunery.store.users import hash_key
 
 Clock = Callable[[], float]
@@ -61,13 +63,17 @@ class SessionSigner:
         msg = "\n".join((purpose, *parts)).encode()
         return base64.urlsafe_b64encode(hmac.new(self._key, msg, hashlib.sha256).digest()).rstrip(b"=").decode()
 
-    def sign(self, key_id: str) -> str:
-        """A session token for the API key ``key_id``, valid for ``ttl_s`` seconds."""
+    def sign(self, session_id: str) -> str:
+        """A token for session ``session_id``, valid for ``ttl_s`` seconds."""
         expires = int(self._clock()) + self.ttl_s
-        return f"{key_id}.{expires}.{self._mac('session', key_id, str(expires))}"
+        return f"{session_id}.{expires}.{self._mac('session', session_id, str(expires))}"
+
+    def expiry(self) -> datetime:
+        """When a session signed now expires."""
+        return datetime.fromtimestamp(int(self._clock()) + self.ttl_s, UTC)
 
     def verify(self, token: str | None) -> str | None:
-        """The key id a valid, unexpired token was signed for; else None."""
+        """The session id a valid, unexpired token was signed for; else None."""
         if not token or token.count(".") != 2:
             return None
         key_id, expires, mac = token.split(".")
@@ -108,12 +114,31 @@ def user_for_key_id(s: Session, key_id: str) -> User | None:
     return s.get(User, row.user_id)
 
 
+def start_session(s: Session, signer: SessionSigner, key_id: str) -> str:
+    """Record a new session for API key ``key_id``; returns its cookie value."""
+    session_id = secrets.token_urlsafe(24)
+    s.add(SessionRow(id=session_id, key_id=key_id, expires_at=signer.expiry()))
+    return signer.sign(session_id)
+
+
+def end_session(s: Session, signer: SessionSigner, token: str | None) -> None:
+    """Revoke the session behind cookie value ``token`` (signing out)."""
+    session_id = signer.verify(token)
+    if session_id is not None:
+        s.execute(update(SessionRow).where(SessionRow.id == session_id, SessionRow.revoked_at.is_(None))
+                  .values(revoked_at=utcnow()))
+
+
 def load_session(s: Session, signer: SessionSigner, token: str | None) -> WebSession | None:
-    """The signed-in session behind cookie value ``token``, or None when absent, forged, expired or revoked."""
-    key_id = signer.verify(token)
-    if key_id is None or token is None:
+    """The signed-in session behind cookie value ``token``, or None when absent, forged, expired,
+    signed out or made with a revoked key."""
+    session_id = signer.verify(token)
+    if session_id is None or token is None:
         return None
-    user = user_for_key_id(s, key_id)
+    row = s.get(SessionRow, session_id)
+    if row is None or row.revoked_at is not None or row.expires_at <= utcnow():
+        return None
+    user = user_for_key_id(s, row.key_id)
     if user is None:
         return None
     return WebSession(user=user, token=token, csrf=signer.csrf_for(token))

@@ -34,9 +34,11 @@ from tunery.web.auth import (
     SessionSigner,
     WebSession,
     check_login_csrf,
+    end_session,
     key_id_for_secret,
     load_session,
     new_login_csrf,
+    start_session,
 )
 
 router = APIRouter(include_in_schema=False)
@@ -111,7 +113,7 @@ def _secure(ctx: AppContext, request: Request) -> bool:
 
 @router.get("/login")
 def login_form(ctx: Ctx, request: Request, next: str = "/") -> Response:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         if _session(ctx, request, s) is not None:
             return RedirectResponse(_safe_next(next), status_code=303)
     return _login_page(ctx, request, next)
@@ -131,13 +133,14 @@ def login(ctx: Ctx, request: Request, api_key: Str = "", csrf: Str = "", next: S
     if request.headers.get("sec-fetch-site") == "cross-site" or not check_login_csrf(
             request.cookies.get(LOGIN_CSRF_COOKIE), csrf):
         return _login_page(ctx, request, next, "The sign-in form expired. Please try again.", 403)
+    signer = _signer(ctx, request)
     with ctx.db.session() as s:
         key_id = key_id_for_secret(s, api_key) if api_key.strip() else None
-    if key_id is None:
+        token = start_session(s, signer, key_id) if key_id is not None else None
+    if token is None:
         return _login_page(ctx, request, next, "That API key is not valid (or was revoked).", 401)
-    signer = _signer(ctx, request)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    response.set_cookie(SESSION_COOKIE, signer.sign(key_id), max_age=signer.ttl_s, httponly=True, samesite="lax",
+    response.set_cookie(SESSION_COOKIE, token, max_age=signer.ttl_s, httponly=True, samesite="lax",
                         secure=_secure(ctx, request), path="/")
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
     return response
@@ -147,8 +150,9 @@ def login(ctx: Ctx, request: Request, api_key: Str = "", csrf: Str = "", next: S
 def logout(ctx: Ctx, request: Request, csrf: Str = "") -> Response:
     with ctx.db.session() as s:
         sess = _session(ctx, request, s)
-    if sess is not None and (forged := _forged(ctx, request, sess, csrf)):
-        return forged
+        if sess is not None and (forged := _forged(ctx, request, sess, csrf)):
+            return forged
+        end_session(s, _signer(ctx, request), request.cookies.get(SESSION_COOKIE))  # the cookie dies here too
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -159,7 +163,7 @@ def logout(ctx: Ctx, request: Request, csrf: Str = "") -> Response:
 
 @router.get("/")
 def jobs_list(ctx: Ctx, request: Request, status: str | None = None, page: int = 1) -> Response:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         if (sess := _session(ctx, request, s)) is None:
             return _to_login(request)
         listing = views.job_page(s, sess.user.id, status, page)
@@ -168,7 +172,7 @@ def jobs_list(ctx: Ctx, request: Request, status: str | None = None, page: int =
 
 @router.get("/partials/jobs")
 def jobs_table(ctx: Ctx, request: Request, status: str | None = None, page: int = 1) -> Response:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         if (sess := _session(ctx, request, s)) is None:
             return Response(status_code=401)
         listing = views.job_page(s, sess.user.id, status, page)
@@ -182,7 +186,7 @@ def _list_query(status: str | None, page: int) -> str:
 
 @router.get("/jobs/{job_id}")
 def job_detail(ctx: Ctx, request: Request, job_id: str) -> Response:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         if (sess := _session(ctx, request, s)) is None:
             return _to_login(request)
         try:
@@ -270,7 +274,7 @@ async def playground_stream(ctx: Ctx, request: Request, job_id: str, side: str, 
 
 @router.get("/partials/jobs/{job_id}")
 def job_live(ctx: Ctx, request: Request, job_id: str) -> Response:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         if (sess := _session(ctx, request, s)) is None:
             return Response(status_code=401)
         try:
@@ -316,7 +320,7 @@ def delete(ctx: Ctx, request: Request, job_id: str, csrf: Str = "") -> Response:
 
 @router.get("/jobs/{job_id}/download")
 def download(ctx: Ctx, request: Request, job_id: str, checkpoint: str = "merged", step: int | None = None) -> Response:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         if (sess := _session(ctx, request, s)) is None:
             return _to_login(request)
         try:
@@ -331,7 +335,7 @@ def download(ctx: Ctx, request: Request, job_id: str, checkpoint: str = "merged"
 
 @router.get("/files")
 def files_page(ctx: Ctx, request: Request) -> Response:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         if (sess := _session(ctx, request, s)) is None:
             return _to_login(request)
         rows = views.file_rows(file_store.list_files(s, sess.user.id))

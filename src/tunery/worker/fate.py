@@ -58,13 +58,14 @@ class JobFate:
         self.db, self.job_id, self.worker_id = db, job_id, worker_id
         self.outcome: Outcome | None = None
 
-    def advance(self, to: JobStatus, event_type: str, message: str) -> None:
+    def advance(self, to: JobStatus, event_type: str, message: str,
+                event_fields: dict[str, Any] | None = None) -> None:
         """Move on to the next packaging stage. Raises ``JobEnded`` if the job was cancelled or
         taken over meanwhile."""
         self._write(lambda s: transition(s, self.job_id, to, event_type=event_type, message=message,
-                                         owned_by=self.worker_id))
+                                         owned_by=self.worker_id, event_fields=event_fields))
 
-    def complete(self, record: Callable[[Session], None]) -> None:
+    def complete(self, record: Callable[[Session], None], event_fields: dict[str, Any] | None = None) -> None:
         """Complete the job in the transaction in which ``record(session)`` lists its model, so a
         completed job always has its model and a listed model always belongs to a completed job.
         Raises ``JobEnded`` (and nothing of ``record``'s is kept) if the job was cancelled or taken
@@ -73,7 +74,8 @@ class JobFate:
         def _complete(s: Session) -> None:
             record(s)
             transition(s, self.job_id, JobStatus.COMPLETED, event_type="job_complete",
-                       message="Fine-tuning job completed", worker_id=None, owned_by=self.worker_id)
+                       message="Fine-tuning job completed", worker_id=None, owned_by=self.worker_id,
+                       event_fields=event_fields)
 
         self._write(_complete)
         self.outcome = Outcome.COMPLETED

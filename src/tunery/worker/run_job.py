@@ -6,6 +6,7 @@ user cancelled or another worker took the job over."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -18,15 +19,17 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tunery.errors import TrainingFailed, TuneryError
 from tunery.jobs.results import ResultsBlob, list_results_file, store_results_blob
-from tunery.jobspec import GRPO, JobSecrets, LocalInputs
+from tunery.jobspec import GRPO, LocalInputs
 from tunery.lifetime import on_parent_death
 from tunery.models.catalog import ModelCatalog
+from tunery.outbound import check_url, parse_allow_list
 from tunery.settings import Settings
 from tunery.storage import BlobStore
 from tunery.storage.archives import unpack
@@ -35,18 +38,21 @@ from tunery.store.base_models import registered_models
 from tunery.store.db import Database
 from tunery.store.files import get_file_any_owner
 from tunery.store.models import File, Job
+from tunery.store.secrets import SecretBox
 from tunery.store.status import JobStatus
 from tunery.training.config import TrainConfig
 from tunery.training.exit_codes import ExitCode
 from tunery.worker.fate import JobEnded, JobFate, Outcome
 from tunery.worker.heartbeat import JobHeartbeat
 from tunery.worker.hub_push import HubPushFailed, push_model
-from tunery.worker.packaging import FINAL_PARTS, discard, list_parts, pack_parts, store_parts
+from tunery.worker.packaging import FINAL_PARTS, checkpoint_path, discard, list_parts, pack_parts, primary, store_parts
 from tunery.worker.relay import Relay
 
 log = logging.getLogger("tunery.worker")
 
 TORCHRUN_SHUTDOWN_TIMEOUT_S = 900
+# How long a job waits between tries to give itself back while the database is away.
+DATABASE_RETRY_WAITS_S = (1, 2, 4, 8, 16)
 
 
 @dataclass
@@ -58,6 +64,8 @@ class WorkerContext:
     worker_id: str
     scratch: Path
     stopping: threading.Event
+    # Opens jobs' sealed secrets (the API's TUNERY_SECRET_KEY).
+    secrets: SecretBox
     # The test seam of worker/pause.py; a no-op in production.
     pause: Callable[[str], None] = lambda phase: None
 
@@ -92,18 +100,44 @@ def run_job(ctx: WorkerContext, job_id: str, devices: list[str] | None = None) -
         fate.fail(e.message, user_error=e.user_error)
     except TuneryError as e:
         fate.fail(e.message, user_error=e.status_code < 500)
+    except DBAPIError as e:  # the database is locked, restarting or unreachable: not the job's fault
+        log.warning("job %s: database error (%s); giving the job back to the queue", job_id, type(e.orig).__name__)
+        _give_back(fate, job_id, f"Worker {ctx.worker_id} lost its database connection ({type(e.orig).__name__}); "
+                                 "the job was requeued and resumes from its last checkpoint")
     except Exception as e:  # a bug or an environment problem; the job must not stay running
         log.exception("job %s failed", job_id)
-        fate.fail(f"internal error: {type(e).__name__}: {e}", user_error=False)
+        fate.fail(_internal_error(e), user_error=False)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _give_back(fate: JobFate, job_id: str, message: str) -> None:
+    """Requeue the job, retrying while the database is away; if it stays away, the heartbeat check
+    requeues the job once this worker's beats have lapsed. Never fails the job."""
+    for wait in DATABASE_RETRY_WAITS_S:
+        try:
+            fate.requeue(message)
+            return
+        except JobEnded:
+            return
+        except DBAPIError:
+            time.sleep(wait)
+    log.error("job %s: the database stayed unavailable; the heartbeat check will requeue the job", job_id)
+
+
+def _internal_error(error: Exception) -> str:
+    """What the user is told of a failure that is not theirs; a full disk is named plainly."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return ("the worker ran out of disk space (No space left on device); its partial files were removed, "
+                "so the job can run again once the operator has freed space")
+    return f"internal error: {type(error).__name__}: {error}"
+
+
 # -- staging --------------------------------------------------------------------------------------
 
-def _event(ctx: WorkerContext, job_id: str, type_: str, message: str) -> None:
+def _event(ctx: WorkerContext, job_id: str, type_: str, message: str, fields: dict[str, Any] | None = None) -> None:
     with ctx.db.session() as s:
-        job_store.add_event(s, job_id, type_, message)
+        job_store.add_event(s, job_id, type_, message, fields=fields)
 
 
 def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack) -> TrainConfig:
@@ -119,7 +153,7 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
         parent = job_store.find_checkpoint(s, spec.parent.job_id, spec.checkpoint_variant,
                                            spec.parent.step) if spec.parent else None
         resume = job_store.latest_state_checkpoint(s, job.id)
-        secrets = JobSecrets.model_validate(job.secrets or {})
+        secrets = ctx.secrets.open(job.secrets)
     source = spec.from_hf_model or spec.model
     _event(ctx, job_id, "model_downloading", f"Loading base model {source}")
     model = ctx.catalog.resolve(source, registered, revision=spec.hf_model_revision, token=secrets.hf_api_token)
@@ -146,6 +180,8 @@ def stage(ctx: WorkerContext, running: Running, scratch: Path, stack: ExitStack)
         _event(ctx, job_id, "job_start", f"Resuming from the checkpoint at step {resume.step}")
     ctx.pause("staging")
     running.heartbeat.check()
+    if spec.wandb.base_url:  # checked at create too; the operator's list may have changed since
+        check_url(spec.wandb.base_url, parse_allow_list(ctx.settings.outbound_url_allow), param="wandb_base_url")
     inputs = LocalInputs(base_model_dir=model.path, train_file=train_path, file_type=_file_type(train_file),
                          output_dir=scratch / "out", validation_file=val_path, init_from=init_from,
                          resume_from=resume_from, template_model_dir=template, judge_model_dirs=judges)
@@ -213,7 +249,7 @@ def child_env(settings: Settings, devices: list[str] | None = None) -> dict[str,
 class TrainingRun:
     relay: Relay
     exit_code: int
-    stop_reason: str | None  # why the worker asked the child to stop: "cancel", "pause", "shutdown" or None
+    stop_reason: str | None  # why the worker asked the child to stop: "cancel", "pause", "shutdown", "timeout"
 
 
 def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Path) -> TrainingRun:
@@ -233,31 +269,50 @@ def train(ctx: WorkerContext, running: Running, config: TrainConfig, scratch: Pa
                                 env=child_env(ctx.settings, running.devices), start_new_session=True,
                                 preexec_fn=on_parent_death(signal.SIGKILL))
     stop_reason: str | None = None
+    stopping_since: float | None = None
+    limit = ctx.settings.job_timeout_s
+    deadline = time.monotonic() + limit if limit > 0 else None
     paused = False
     try:
         while proc.poll() is None:
             relay.pump()
             beat.check()
-            if beat.cancel_requested.is_set() and stop_reason is None:
-                stop_reason = "cancel"
-                proc.send_signal(signal.SIGTERM)
-            if beat.pause_requested.is_set() and stop_reason is None:
-                stop_reason = "pause"  # the child saves a resumable checkpoint at this step
-                proc.send_signal(signal.SIGTERM)
-            if ctx.stopping.is_set() and stop_reason is None:
-                stop_reason = "shutdown"
-                proc.send_signal(signal.SIGTERM)
+            if stop_reason is None:
+                stop_reason = _why_stop(ctx, running, deadline)
+                if stop_reason is not None:  # SIGTERM: the child checkpoints at its next step and exits
+                    proc.send_signal(signal.SIGTERM)
+                    stopping_since = time.monotonic()
+            elif stopping_since is not None and time.monotonic() - stopping_since > ctx.settings.stop_grace_s:
+                log.warning("job %s: the training process ignored SIGTERM for %.0f s; killing it", job_id,
+                            ctx.settings.stop_grace_s)
+                os.killpg(proc.pid, signal.SIGKILL)
+                stopping_since = None
             if not paused and relay.listed_steps:  # the test seam: killed mid-training, resumable
                 paused = True
                 ctx.pause("training")
             time.sleep(0.1)
-        relay.pump()
+        relay.drain()
+        relay.flush()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     (scratch / "config.json").unlink(missing_ok=True)
     return TrainingRun(relay, proc.returncode, stop_reason)
+
+
+def _why_stop(ctx: WorkerContext, running: Running, deadline: float | None) -> str | None:
+    """Why the worker should stop the training child now ("cancel", "pause", "shutdown", "timeout"), if at
+    all. A pause is a stop too: the child saves a resumable checkpoint at its next step."""
+    if running.heartbeat.cancel_requested.is_set():
+        return "cancel"
+    if running.heartbeat.pause_requested.is_set():
+        return "pause"
+    if ctx.stopping.is_set():
+        return "shutdown"
+    if deadline is not None and time.monotonic() > deadline:
+        return "timeout"
+    return None
 
 
 # -- finishing ------------------------------------------------------------------------------------
@@ -275,25 +330,31 @@ def finish(ctx: WorkerContext, running: Running, run: TrainingRun, scratch: Path
         if run.stop_reason == "pause":  # resumed before the pause took effect: continue from the checkpoint
             fate.requeue(f"Job resumed while it was pausing; it continues from step {relay.last_step}")
             return
+        if run.stop_reason == "timeout":
+            raise TrainingFailed(f"the job ran longer than the {ctx.settings.job_timeout_s:g} s this server allows "
+                                 f"a run of a job (TUNERY_JOB_TIMEOUT_S); it was stopped at step {relay.last_step}",
+                                 user_error=True)
         raise TrainingFailed(f"training stopped unexpectedly at step {relay.last_step}")
     if code != ExitCode.COMPLETED:
         message = relay.error_message or _log_tail(scratch / "train.log")
         raise TrainingFailed(message, user_error=code == ExitCode.USER_ERROR or relay.error_is_users)
     if relay.final_path is None:
         raise TrainingFailed("training ended without writing a final model")
-    package_and_complete(ctx, running, relay.final_path, relay.final_step)
+    package_and_complete(ctx, running, relay)
 
 
-def package_and_complete(ctx: WorkerContext, running: Running, final_dir: Path, step: int) -> None:
+def package_and_complete(ctx: WorkerContext, running: Running, relay: Relay) -> None:
     """Pack the final model, upload it, and then — in one transaction — list it and complete the
     job (a worker killed before that commit leaves nothing listed; the rerun uploads anew). A
     cancel that arrives meanwhile ends the job as cancelled and leaves nothing stored."""
-    job_id, fate = running.job_id, running.fate
-    fate.advance(JobStatus.COMPRESSING, "model_compressing", "Compressing the trained model")
+    job_id, fate, step, final_dir = running.job_id, running.fate, relay.final_step, relay.final_path
+    assert final_dir is not None
+    at_end = {"step": step, **relay.known}
+    fate.advance(JobStatus.COMPRESSING, "model_compressing", "Compressing the trained model", at_end)
     packed = pack_parts(ctx.blobs, job_id, step, final_dir, FINAL_PARTS, ctx.pause, "compressing")
-    _event(ctx, job_id, "model_compression_complete", "Model compressed")
+    _event(ctx, job_id, "model_compression_complete", "Model compressed", at_end)
     try:
-        fate.advance(JobStatus.UPLOADING, "model_uploading", "Uploading the trained model")
+        fate.advance(JobStatus.UPLOADING, "model_uploading", "Uploading the trained model", at_end)
     except BaseException:
         for p in packed:
             p.archive.unlink(missing_ok=True)
@@ -313,11 +374,17 @@ def package_and_complete(ctx: WorkerContext, running: Running, final_dir: Path, 
             job.total_price_nanodollars = int(job.token_count * ctx.settings.price_per_million_tokens * 1000)
             assert results is not None
             kept_results = list_results_file(s, job_id, job.user_id, results)
+            main = primary(stored)
+            where = {"hash": main.sha256} if main is not None else {}
+            if relay.final_event is not None:  # the child's "final model saved", now that it is stored
+                path = checkpoint_path(job_id, step, True, main.part) if main is not None else ""
+                job_store.add_event(s, job_id, "checkpoint_save", relay.final_event.message, relay.final_event.level,
+                                    {**relay.final_event.fields, **where, "checkpoint_path": path})
             job_store.add_event(s, job_id, "model_upload_complete",
                                 f"Model uploaded ({', '.join(p.part for p in stored)})",
-                                fields={"model_path": f"jobs/{job_id}/final"})
+                                fields={**at_end, **where, "model_path": f"jobs/{job_id}/final"})
 
-        fate.complete(record)
+        fate.complete(record, event_fields={**at_end, "model_path": f"jobs/{job_id}/final"})
         if not kept_results:
             ctx.blobs.delete(results.key)
     except BaseException:
@@ -332,7 +399,7 @@ def push_to_hub(ctx: WorkerContext, job_id: str, final_dir: Path) -> None:
     the job: the model stays downloadable here, and an error-level warning event says what went wrong."""
     with ctx.db.session() as s:
         job = job_store.get_job(s, job_id)
-        repo, token = job.spec.hf_output_repo_name, JobSecrets.model_validate(job.secrets or {}).hf_api_token
+        repo, token = job.spec.hf_output_repo_name, ctx.secrets.open(job.secrets).hf_api_token
     if not repo:
         return
     _event(ctx, job_id, "model_uploading_to_hf", f"Uploading the model to Hugging Face repo {repo}")

@@ -13,6 +13,7 @@ Together's ``/v1/fine-tunes`` — a job made through either API is read, cancell
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -32,6 +33,7 @@ from tunery.api.openai.schemas import (
 )
 from tunery.errors import InvalidRequest, NotFound
 from tunery.jobs import lifecycle
+from tunery.jobs.admission import Limits
 from tunery.jobs.results import openai_metrics, results_file_id
 from tunery.store import jobs as job_store
 from tunery.store.base_models import model_aliases, registered_models
@@ -48,14 +50,19 @@ def _render(s: Session, job: Job, user: User) -> dict[str, Any]:
 
 
 @router.post("", responses=_ERRORS)
-def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, body: JobCreateRequest) -> dict[str, Any]:
-    """Create a job; it is queued at once (the files were validated when they were uploaded)."""
-    resolved = resolve_openai_job(s, body, user, ctx.catalog, registered_models(s), model_aliases(s), ctx.settings)
+def create_job(ctx: Ctx, user: CurrentUser, body: JobCreateRequest) -> dict[str, Any]:
+    """Create a job; it is queued at once (the files were validated when they were uploaded).
+    Checked in a read, the files rendered with no transaction open, the job written in a short write."""
+    with ctx.db.read() as s:
+        registered = registered_models(s)
+        resolved = resolve_openai_job(s, body, user, ctx.catalog, registered, model_aliases(s), ctx.settings)
     files = [(resolved.training_file, "training_file")]
     files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
-    check_job_files(ctx, s, resolved.spec, files)  # the model's chat template can render every sample
-    job = lifecycle.create(s, user, resolved.spec, resolved.secrets, resolved.training_file)
-    return _render(s, job, user)
+    tokens = check_job_files(ctx, registered, resolved.spec, files)  # the model's template renders every sample
+    with ctx.db.session() as s:
+        job = lifecycle.create(s, user, resolved.spec, ctx.secrets.seal(resolved.secrets), resolved.training_file,
+                               limits=Limits.from_settings(ctx.settings), estimated_tokens=tokens)
+        return _render(s, job, user)
 
 
 def _metadata_filter(request: Request) -> dict[str, str] | None:
@@ -98,31 +105,29 @@ def retrieve_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]
     return _render(s, job_store.get_job(s, job_id, user.id), user)
 
 
+def _act(s: Session, user: User, job_id: str, operation: Callable[[Session, Job, str], None]) -> dict[str, Any]:
+    job = job_store.get_job(s, job_id, user.id)
+    operation(s, job, user.name)
+    s.refresh(job)
+    return _render(s, job, user)
+
+
 @router.post("/{job_id}/cancel", responses=_ERRORS)
 def cancel_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     """Cancel a job that has not ended: at once if it waits, else at its worker's next step."""
-    job = job_store.get_job(s, job_id, user.id)
-    lifecycle.cancel(s, job, user.name)
-    s.refresh(job)
-    return _render(s, job, user)
+    return _act(s, user, job_id, lifecycle.cancel)
 
 
 @router.post("/{job_id}/pause", responses=_ERRORS)
 def pause_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     """Pause a queued or running job (``paused``); nothing is lost, ``resume`` continues it."""
-    job = job_store.get_job(s, job_id, user.id)
-    lifecycle.pause(s, job, user.name)
-    s.refresh(job)
-    return _render(s, job, user)
+    return _act(s, user, job_id, lifecycle.pause)
 
 
 @router.post("/{job_id}/resume", responses=_ERRORS)
 def resume_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     """Queue a paused job again; a worker continues it from the checkpoint it paused at."""
-    job = job_store.get_job(s, job_id, user.id)
-    lifecycle.resume(s, job, user.name)
-    s.refresh(job)
-    return _render(s, job, user)
+    return _act(s, user, job_id, lifecycle.resume)
 
 
 def _event_cursor(s: Session, job: Job, after: str) -> tuple[datetime, int, int]:

@@ -30,7 +30,7 @@ from typing import Literal
 
 from sqlalchemy.orm import Session
 
-from tunery.api.job_requests import Problems, ResolvedJob, resolve_job_request
+from tunery.api.job_requests import Problems, ResolvedJob, model_limits, resolve_job_request
 from tunery.api.openai import hyperparameters as hp
 from tunery.api.openai.schemas import Hyperparameters, JobCreateRequest
 from tunery.api.schemas.fine_tunes import FinetuneRequest, TrainingMethod
@@ -76,12 +76,7 @@ def resolve_openai_job(s: Session, req: JobCreateRequest, user: User, catalog: M
     if wandb and not settings.wandb_api_key:
         p.add("integrations", "the wandb integration needs this server's W&B API key: the operator sets "
                               "TUNERY_WANDB_API_KEY")
-    try:
-        limits = catalog.limits(model, registered)
-    except NotFound as e:
-        p.items.insert(0, ("model", e.message))
-        p.raise_if_any()
-        raise
+    limits = model_limits(catalog, model, registered, p)
     p.raise_if_any()
     try:
         n_examples = max(1, get_file(s, user.id, req.training_file).num_samples)

@@ -28,7 +28,6 @@ from tunery.api.file_intake import store_staged_file, validate_file
 from tunery.api.openai.schemas import UploadCompleteRequest, UploadCreateRequest, part_object, upload_object
 from tunery.api.receiving import receive_form
 from tunery.api.schemas.files import FileCreateRequest
-from tunery.api.validation import file_validator
 from tunery.errors import InvalidRequest, NotFound, PayloadTooLarge
 from tunery.storage.staging import StagedFile, too_large
 from tunery.store import files as file_store
@@ -190,7 +189,7 @@ def _assemble(ctx: AppContext, request: Request, user: User, row: Upload, keys: 
         raise
     meta = FileCreateRequest.for_bytes(row.purpose, row.filename)
     file = store_staged_file(ctx, user, meta, staged)
-    return validate_file(ctx, file_validator(request), file)
+    return validate_file(ctx, file)
 
 
 @router.post("/{upload_id}/cancel", responses=_ERRORS)

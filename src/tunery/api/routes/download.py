@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from tunery.api.deps import Ctx, CurrentUser, DbSession
+from tunery.api.deps import Ctx, CurrentUser, ReadSession
 from tunery.api.streaming import blob_response
 from tunery.jobs.downloads import find_download
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["fine-tunes"])
 
 @router.get("/v1/finetune/download")
 def download(
-    request: Request, ctx: Ctx, s: DbSession, user: CurrentUser, ft_id: str,
+    request: Request, ctx: Ctx, s: ReadSession, user: CurrentUser, ft_id: str,
     checkpoint: str | None = None, checkpoint_step: int | None = None,
 ) -> Response:
     found = find_download(s, user.id, ft_id, checkpoint, checkpoint_step)

@@ -40,8 +40,8 @@ from tunery.api.schemas.files import (
     MultipartPart,
 )
 from tunery.api.streaming import blob_response
-from tunery.api.validation import FileValidator, file_validator
 from tunery.errors import Conflict, InvalidRequest, NotFound, TuneryError
+from tunery.jobs.results import PURPOSE as RESULTS_PURPOSE
 from tunery.storage import DirectUploads
 from tunery.storage.staging import PartDir, StagedFile, too_large
 from tunery.store import files as file_store
@@ -86,10 +86,10 @@ def _validated(row: File, wrap: bool = False) -> JSONResponse:
 # ---- validation ----------------------------------------------------------------------------------
 
 
-def _validate_if_needed(ctx: AppContext, validator: FileValidator, row: File) -> File:
+def _validate_if_needed(ctx: AppContext, row: File) -> File:
     if row.processing_status in (file_store.COMPLETED, file_store.INVALID_FORMAT):
         return row  # already validated: preprocess is idempotent
-    return validate_file(ctx, validator, row)
+    return validate_file(ctx, row)
 
 
 # ---- POST /v1/files: Together's metadata-then-PUT, or OpenAI's bytes in the form ---------------
@@ -140,7 +140,7 @@ async def create_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
         staged.discard()
         raise InvalidRequest("expires_after is not supported: files on this server are kept until you delete "
                              "them (files.delete)", param="expires_after")
-    row = await _receive_whole_file(request, ctx, user, form, staged, dialect_400=True)
+    row = await _receive_whole_file(request, ctx, user, form, staged)
     return JSONResponse(FileResponse.from_row(row).wire())
 
 
@@ -170,18 +170,17 @@ def _register_for_put(request: Request, ctx: AppContext, user: User, fields: dic
 @router.post("/{file_id}/preprocess", response_model=FileResponse, responses=_ERRORS)
 def preprocess(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) -> Response:
     """Validate an uploaded file's dataset (idempotent): 200 when valid, 400 naming the bad line."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         row = file_store.get_file(s, user.id, file_id)
     objects = direct(ctx)
     if objects is not None and row.upload_state == file_store.AWAITING_UPLOAD:
-        validator = file_validator(request)
-        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, validator, r, p)))
+        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, r, p)))
     if row.upload_state != file_store.UPLOADED:
         raise Conflict(
             f"file {file_id} has no content yet: PUT its bytes to the upload URL from POST /v1/files, "
             "then call preprocess", param="id",
         )
-    return _validated(_validate_if_needed(ctx, file_validator(request), row))
+    return _validated(_validate_if_needed(ctx, row))
 
 
 # ---- one-request upload for curl users -----------------------------------------------------------
@@ -209,21 +208,19 @@ async def upload_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
     return _validated(await _receive_whole_file(request, ctx, user, form, staged))
 
 
-async def _receive_whole_file(request: Request, ctx: AppContext, user: User, form: FormParts, staged: StagedFile,
-                              dialect_400: bool = False) -> File:
+async def _receive_whole_file(request: Request, ctx: AppContext, user: User, form: FormParts,
+                              staged: StagedFile) -> File:
     """Store the bytes a form's ``file`` part brought (already in ``staged``) as a new file of the
     user's and validate them. The name is ``file_name`` or the part's filename. Bad metadata is a
-    422 (a 400 with ``dialect_400``, OpenAI's status for it)."""
+    400 naming the field."""
     try:
         meta = FileCreateRequest.for_bytes(form.text("purpose"), form.text("file_name") or form.filename or "",
                                            form.text("file_type"))
     except ValidationError as error:
         staged.discard()
-        if dialect_400:
-            raise invalid_request(error) from None
-        raise RequestValidationError(error.errors()) from None
+        raise invalid_request(error) from None
     row = await run_in_threadpool(store_staged_file, ctx, user, meta, staged)
-    return await run_in_threadpool(validate_file, ctx, file_validator(request), row)
+    return await run_in_threadpool(validate_file, ctx, row)
 
 
 # ---- multipart upload (files over 5 GiB) ---------------------------------------------------------
@@ -234,23 +231,26 @@ def multipart_initiate(request: Request, body: MultipartInitiateRequest, user: C
     """Start a multipart upload: one signed part URL per part (PUT each, keep the ``ETag``)."""
     if body.file_size > ctx.settings.max_upload_bytes:
         raise too_large(ctx.settings.max_upload_bytes)
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         dup = file_store.find_duplicate(
             s, user_id=user.id, checksum=body.checksum, filename=body.file_name, purpose=body.purpose,
         )
-        if dup is not None:
-            return _exists_response(dup.id)
+    if dup is not None:
+        return _exists_response(dup.id)
+    file_id = file_store.new_file_id()
+    objects = direct(ctx)
+    # The object store's multipart upload is started before the transaction, which never waits on it.
+    backend_id = objects.start_multipart(upload_key(file_id)) if objects is not None else ""
+    with ctx.db.session() as s:
         row = file_store.create_file(
             s, user_id=user.id, filename=body.file_name, purpose=body.purpose, file_type=body.file_type,
-            checksum=body.checksum,
+            checksum=body.checksum, file_id=file_id,
         )
-        mp = file_store.create_multipart(s, row.id, body.num_parts)
-        objects = direct(ctx)
-        if objects is not None:  # parts go straight to an S3 multipart upload
-            mp.backend_id = objects.start_multipart(upload_key(row.id))
-            urls = part_urls(objects, ctx, row.id, mp.backend_id, body.num_parts)
-        else:
-            urls = [part_upload_url(request, mp.id, n) for n in range(1, body.num_parts + 1)]
+        mp = file_store.create_multipart(s, row.id, body.num_parts, body.file_size, backend_id)
+    if objects is not None:  # parts go straight to the object store
+        urls = part_urls(objects, ctx, row.id, backend_id, body.num_parts)
+    else:
+        urls = [part_upload_url(request, mp.id, n) for n in range(1, body.num_parts + 1)]
     parts = [MultipartPart(PartNumber=n, URL=url, Headers={}) for n, url in enumerate(urls, start=1)]
     out = MultipartInitiateResponse(upload_id=mp.id, file_id=row.id, parts=parts)
     return JSONResponse(out.model_dump())
@@ -273,7 +273,7 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
         if objects is None:
             file_store.claim_upload(s, row.id)
     if objects is not None:
-        return _complete_in_object_store(ctx, objects, file_validator(request), body, mp, row)
+        return _complete_in_object_store(ctx, objects, body, mp, row)
     staging = ctx.blobs.staging_dir()
     parts = PartDir(staging, mp.id)
     try:
@@ -282,6 +282,9 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
         try:
             staged.copy_from(paths)
             staged.close()
+            if mp.file_size and staged.size != mp.file_size:
+                raise InvalidRequest(f"the parts add up to {staged.size} bytes; initiate announced file_size "
+                                     f"{mp.file_size}", param="parts")
             if row.checksum and staged.sha256 != row.checksum:
                 raise InvalidRequest(
                     f"the assembled file does not match the announced checksum: sha256 {staged.sha256}, "
@@ -304,11 +307,11 @@ def multipart_complete(request: Request, body: MultipartCompleteRequest, user: C
             file_store.release_upload(s, row.id)
         raise
     parts.remove()
-    return _validated(validate_file(ctx, file_validator(request), row), wrap=True)
+    return _validated(validate_file(ctx, row), wrap=True)
 
 
-def _complete_in_object_store(ctx: AppContext, objects: DirectUploads, validator: FileValidator,
-                              body: MultipartCompleteRequest, mp: MultipartUpload, row: File) -> Response:
+def _complete_in_object_store(ctx: AppContext, objects: DirectUploads, body: MultipartCompleteRequest,
+                              mp: MultipartUpload, row: File) -> Response:
     """Complete the S3 multipart upload (S3 checks the parts' ETags), then adopt it like a PUT."""
     try:
         numbers = [p.part_number for p in body.parts]
@@ -321,7 +324,7 @@ def _complete_in_object_store(ctx: AppContext, objects: DirectUploads, validator
         if objects.head(key) is None:  # else an earlier complete assembled it and then failed
             objects.complete_multipart(key, mp.backend_id, [(p.part_number, p.etag.strip().strip('"'))
                                                            for p in body.parts])
-        row = adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, validator, r, p))
+        row = adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, r, p))
     except BaseException:
         with ctx.db.session() as s:
             file_store.set_multipart_state(s, mp.id, (file_store.MP_COMPLETING,), file_store.MP_OPEN)
@@ -391,10 +394,12 @@ def list_files(
     limit: int = Query(MAX_LIST, ge=1, le=MAX_LIST), order: Literal["asc", "desc"] = "desc",
 ) -> FileList:
     """The caller's files, newest first by default; ``purpose`` filters, ``after``/``limit`` page
-    (``has_more`` says whether another page follows)."""
-    with ctx.db.session() as s:
+    (``has_more`` says whether another page follows). Jobs' results files (OpenAI's
+    ``fine-tune-results``) are listed only when asked for by purpose: Together's listing has no such
+    purpose, and each job names its own (``result_files``)."""
+    with ctx.db.read() as s:
         rows = file_store.list_files(s, user.id, purpose=purpose, after=after, limit=limit + 1,
-                                     ascending=order == "asc")
+                                     ascending=order == "asc", unless_asked=(RESULTS_PURPOSE,))
     page = [FileResponse.from_row(r) for r in rows[:limit]]
     return FileList(data=page, has_more=len(rows) > limit, first_id=page[0].id if page else None,
                     last_id=page[-1].id if page else None)
@@ -402,7 +407,7 @@ def list_files(
 
 @router.get("/{file_id}", response_model=FileResponse, responses={404: {}})
 def retrieve_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileResponse:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         return FileResponse.from_row(file_store.get_file(s, user.id, file_id))
 
 
@@ -412,12 +417,11 @@ def retrieve_file(file_id: str, user: CurrentUser, ctx: Ctx) -> FileResponse:
 )
 def file_content(file_id: str, request: Request, user: CurrentUser, ctx: Ctx) -> Response:
     """The file's bytes, streamed; honours a single ``Range: bytes=…`` (206, or 416)."""
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         row = file_store.get_file(s, user.id, file_id)
     objects = direct(ctx)
     if objects is not None and row.upload_state == file_store.AWAITING_UPLOAD:
-        validator = file_validator(request)
-        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, validator, r, p)))
+        return _validated(adopt_upload(ctx, objects, row, lambda r, p: validate_file(ctx, r, p)))
     if row.upload_state != file_store.UPLOADED:
         raise Conflict(f"file {file_id} has no content yet; finish its upload first", param="id")
     return blob_response(request, ctx.blobs, row.blob_key, row.bytes, filename=row.filename)

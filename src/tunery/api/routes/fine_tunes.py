@@ -6,75 +6,96 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from tunery.api.dataset_checks import check_job_files
-from tunery.api.deps import Ctx, CurrentUser, DbSession
+from tunery.api.deps import AppContext, Ctx, CurrentUser, DbSession, ReadSession, authenticate, bearer_key, get_ctx
 from tunery.api.estimates import estimate_price as estimate
 from tunery.api.job_requests import base_model_of, resolve_job_request
 from tunery.api.preview import preview
-from tunery.api.schemas.fine_tunes import FinetuneRequest, PreviewRequest, PriceEstimateRequest, wire_job
+from tunery.api.routes.downloads import tokenized_dataset_url
+from tunery.api.schemas.fine_tunes import (
+    FinetuneRequest,
+    PreviewRequest,
+    PriceEstimateRequest,
+    wire_event,
+    wire_job,
+)
 from tunery.api.schemas.timefmt import iso
 from tunery.jobs import lifecycle
+from tunery.jobs.admission import Limits
+from tunery.jobs.downloads import TOKENIZED_MEDIA_TYPE, find_tokenized_dataset
 from tunery.queue.claim import queue_position
 from tunery.store import jobs as job_store
 from tunery.store.base_models import registered_models
-from tunery.store.models import Job, JobEvent
+from tunery.store.models import Job
 
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
 
 
-def wire_event(e: JobEvent) -> dict[str, Any]:
-    return {"object": "fine-tune-event", "created_at": iso(e.created_at), "level": e.level,
-            "message": e.message, "type": e.type, **(e.fields or {})}
-
-
-def job_json(s: Session, job: Job, with_events: bool = True) -> dict[str, Any]:
+def job_json(s: Session, job: Job, *, truncated: bool = False, with_events: bool = True) -> dict[str, Any]:
     events = [wire_event(e) for e in job_store.list_events(s, job.id)] if with_events else []
-    return wire_job(job, events=events, queue_depth=queue_position(s, job))
+    return wire_job(job, events=events, queue_depth=queue_position(s, job), truncated=truncated)
 
 
 @router.get("/models/supported")
-def supported_models(ctx: Ctx, s: DbSession, _: CurrentUser) -> dict[str, Any]:
+def supported_models(ctx: Ctx, s: ReadSession, _: CurrentUser) -> dict[str, Any]:
     return {"models": ctx.catalog.supported(registered_models(s))}
 
 
 @router.get("/models/limits")
-def model_limits(ctx: Ctx, s: DbSession, user: CurrentUser, model_name: str = Query(...)) -> dict[str, Any]:
+def model_limits(ctx: Ctx, s: ReadSession, user: CurrentUser, model_name: str = Query(...)) -> dict[str, Any]:
     return ctx.catalog.limits(base_model_of(s, model_name, user), registered_models(s))
 
 
 @router.post("/estimate-price")
-def estimate_price(ctx: Ctx, s: DbSession, user: CurrentUser, body: PriceEstimateRequest) -> dict[str, Any]:
-    return estimate(ctx, s, user, body)
+def estimate_price(ctx: Ctx, user: CurrentUser, body: PriceEstimateRequest) -> dict[str, Any]:
+    return estimate(ctx, user, body)
 
 
 @router.post("/preview")
-def preview_tokenization(ctx: Ctx, s: DbSession, user: CurrentUser, body: PreviewRequest) -> dict[str, Any]:
-    return preview(ctx, s, user, body)
+def preview_tokenization(ctx: Ctx, user: CurrentUser, body: PreviewRequest) -> dict[str, Any]:
+    return preview(ctx, user, body)
 
 
 @router.post("")
-def create_job(ctx: Ctx, s: DbSession, user: CurrentUser, req: FinetuneRequest) -> dict[str, Any]:
-    resolved = resolve_job_request(s, req, user, ctx.catalog, registered_models(s))
-    spec = resolved.spec
-    if not spec.from_hf_model:  # those train with the hub model's tokenizer, fetched by the worker
-        files = [(resolved.training_file, "training_file")]
-        files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
-        check_job_files(ctx, s, spec, files)
-    job = lifecycle.create(s, user, spec, resolved.secrets, resolved.training_file, priority=req.priority)
-    return job_json(s, job)
+def create_job(ctx: Ctx, user: CurrentUser, req: FinetuneRequest) -> dict[str, Any]:
+    # Checked in a read, the files rendered with no transaction open, the job written in a short write.
+    with ctx.db.read() as s:
+        registered = registered_models(s)
+        resolved = resolve_job_request(s, req, user, ctx.catalog, registered)
+    files = [(resolved.training_file, "training_file")]
+    files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
+    tokens = check_job_files(ctx, registered, resolved.spec, files)
+    with ctx.db.session() as s:
+        job = lifecycle.create(s, user, resolved.spec, ctx.secrets.seal(resolved.secrets), resolved.training_file,
+                               limits=Limits.from_settings(ctx.settings), estimated_tokens=tokens,
+                               priority=req.priority)
+        return job_json(s, job, truncated=True)
 
 
 @router.get("")
-def list_jobs(s: DbSession, user: CurrentUser) -> dict[str, Any]:
-    return {"object": "list", "data": [job_json(s, j, with_events=False) for j in job_store.list_jobs(s, user.id)]}
+def list_jobs(s: ReadSession, user: CurrentUser) -> dict[str, Any]:
+    return {"object": "list", "data": [job_json(s, j, truncated=True, with_events=False)
+                                       for j in job_store.list_jobs(s, user.id)]}
+
+
+# The two routes every SDK polls while a job runs are async, and hop to a thread once: to
+# authenticate, read and encode together (a dependency or sync endpoint is a hop each).
 
 
 @router.get("/{job_id}")
-def retrieve_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    return job_json(s, job_store.get_job(s, job_id, user.id))
+async def retrieve_job(request: Request, job_id: str) -> Response:
+    return await run_in_threadpool(_job_response, get_ctx(request), bearer_key(request), job_id)
+
+
+def _job_response(ctx: AppContext, key: str | None, job_id: str) -> Response:
+    with ctx.db.read() as s:
+        user = authenticate(s, key)
+        return JSONResponse(job_json(s, job_store.get_job(s, job_id, user.id)))
 
 
 @router.post("/{job_id}/cancel")
@@ -82,7 +103,7 @@ def cancel_job(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     job = job_store.get_job(s, job_id, user.id)
     lifecycle.cancel(s, job, by=user.name)
     s.refresh(job)
-    return job_json(s, job)
+    return job_json(s, job, truncated=True)
 
 
 @router.delete("/{job_id}")
@@ -91,10 +112,26 @@ def delete_job(ctx: Ctx, user: CurrentUser, job_id: str) -> dict[str, Any]:
     return {"id": job_id, "object": "fine-tune", "deleted": True, "message": f"deleted {job_id}"}
 
 
+@router.get("/{job_id}/download-tokenized-dataset")
+def tokenized_dataset(request: Request, s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+    """Where to download the tokenized training set the job trained on (a signed URL, valid for a
+    while without the API key), as the SDK's ``retrieve_tokenized_dataset`` reads it."""
+    found = find_tokenized_dataset(s, job_id, user.id)
+    url, expires = tokenized_dataset_url(request, job_id)
+    return {"content_type": TOKENIZED_MEDIA_TYPE, "expires_at": iso(datetime.fromtimestamp(expires, UTC)),
+            "filename": found.filename, "size": found.size, "url": url}
+
+
 @router.get("/{job_id}/events")
-def list_events(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
-    job = job_store.get_job(s, job_id, user.id)
-    return {"object": "list", "data": [wire_event(e) for e in job_store.list_events(s, job.id)]}
+async def list_events(request: Request, job_id: str) -> Response:
+    return await run_in_threadpool(_events_response, get_ctx(request), bearer_key(request), job_id)
+
+
+def _events_response(ctx: AppContext, key: str | None, job_id: str) -> Response:
+    with ctx.db.read() as s:
+        user = authenticate(s, key)
+        job = job_store.get_job(s, job_id, user.id)
+        return JSONResponse({"object": "list", "data": [wire_event(e) for e in job_store.list_events(s, job.id)]})
 
 
 CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Merged",
@@ -102,7 +139,7 @@ CHECKPOINT_TYPES = {(False, "model"): "Intermediate", (True, "model"): "Final Me
 
 
 @router.get("/{job_id}/checkpoints")
-def list_checkpoints(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
+def list_checkpoints(s: ReadSession, user: CurrentUser, job_id: str) -> dict[str, Any]:
     job = job_store.get_job(s, job_id, user.id)
     lora = job.spec.is_lora
     data = []
@@ -121,7 +158,7 @@ def list_checkpoints(s: DbSession, user: CurrentUser, job_id: str) -> dict[str, 
 
 @router.get("/{job_id}/metrics")
 def list_metrics(
-    s: DbSession, user: CurrentUser, job_id: str,
+    s: ReadSession, user: CurrentUser, job_id: str,
     global_step_from: int | None = None, global_step_to: int | None = None,
     logged_at_from: datetime | None = None, logged_at_to: datetime | None = None,
     resolution: int | None = None,
@@ -133,7 +170,9 @@ def list_metrics(
     if resolution and resolution > 0 and len(train) > resolution:
         keep = {train[round(i * (len(train) - 1) / max(1, resolution - 1))].id for i in range(resolution)}
         rows = [r for r in rows if r.id in keep or any(k.startswith("eval/") for k in r.values)]
-    return {"metrics": [{"train/global_step": r.step, **r.values, "timestamp": iso(r.logged_at)} for r in rows]}
+    # Every value a number, as Together's spec has it: the timestamp is unix seconds.
+    return {"metrics": [{"train/global_step": r.step, **r.values, "timestamp": r.logged_at.timestamp()}
+                        for r in rows]}
 
 
 def _aware(dt: datetime | None) -> datetime | None:

@@ -12,7 +12,7 @@ router = APIRouter()
 
 @router.get("/healthz", tags=["health"])
 def healthz(ctx: Ctx) -> dict:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         s.execute(text("SELECT 1"))
     return {"status": "ok"}
 

@@ -179,7 +179,7 @@ def _request_metrics(out: Exposition, metrics: RequestStats) -> None:
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(request: Request, ctx: Ctx) -> PlainTextResponse:
     out = Exposition()
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         _job_metrics(out, s, ctx.settings.heartbeat_timeout_s)
     recorder: RequestStats | None = getattr(request.app.state, "request_stats", None)
     if recorder is not None:

@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
-from tunery.api.deps import AppContext, Ctx, CurrentUser, DbSession
+from tunery.api.deps import AppContext, Ctx, CurrentUser, ReadSession
 from tunery.api.schemas.timefmt import unix
 from tunery.errors import Forbidden, NotFound
 from tunery.jobs import lifecycle
@@ -59,12 +59,12 @@ def _find(ctx: AppContext, s: Session, user: User, model_id: str) -> dict[str, A
 
 
 @router.get("/v1/models")
-def list_models(ctx: Ctx, s: DbSession, user: CurrentUser) -> dict[str, Any]:
+def list_models(ctx: Ctx, s: ReadSession, user: CurrentUser) -> dict[str, Any]:
     return {"object": "list", "data": model_entries(ctx, s, user)}
 
 
 @router.get("/v1/models/{model_id:path}", responses={404: {}})
-def retrieve_model(model_id: str, ctx: Ctx, s: DbSession, user: CurrentUser) -> dict[str, Any]:
+def retrieve_model(model_id: str, ctx: Ctx, s: ReadSession, user: CurrentUser) -> dict[str, Any]:
     return _find(ctx, s, user, model_id)
 
 

@@ -24,11 +24,11 @@ from tunery.api.deps import AppContext, get_ctx, public_base_url
 from tunery.api.errors import error_response
 from tunery.api.receiving import announced_length, check_announced_length, receive
 from tunery.api.signing import FILE, PART, UploadSigner
-from tunery.api.validation import PARALLEL_MIN_BYTES, file_validator
-from tunery.errors import Forbidden, InvalidRequest, NotFound
+from tunery.api.validation import PARALLEL_MIN_BYTES
+from tunery.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from tunery.storage.staging import PartDir, StagedFile
 from tunery.store import files as file_store
-from tunery.store.models import File
+from tunery.store.models import File, MultipartUpload
 
 router = APIRouter(prefix="/uploads", tags=["uploads"])
 
@@ -75,7 +75,7 @@ async def put_file(request: Request, file_id: Annotated[str, Path(max_length=64)
     check_announced_length(request, limit)
     row = await run_in_threadpool(_claim_file, ctx, file_id)
     if announced_length(request) >= PARALLEL_MIN_BYTES and row.file_type == "jsonl":
-        file_validator(request).warm()  # start the validation workers while the bytes arrive
+        ctx.validator.warm()  # start the validation children while the bytes arrive
     try:
         staged = await receive(request.stream(), StagedFile(ctx.blobs.staging_dir(), limit))
         try:
@@ -130,12 +130,15 @@ async def put_part(
     request: Request, upload_id: Annotated[str, Path(max_length=64)],
     part_number: Annotated[int, Path(ge=1, le=10_000)], token: Token = None,
 ) -> Response:
-    """Receive one part of a multipart upload; answers with the part's ``ETag`` (its MD5)."""
+    """Receive one part of a multipart upload; answers with the part's ``ETag`` (its MD5).
+
+    No part is bigger than the size announced at initiate, and the parts together never hold more:
+    a part that would take them past it is refused (413) and not kept."""
     ctx = get_ctx(request)
     upload_signer(request).verify(PART, f"{upload_id}/{part_number}", token)
-    limit = ctx.settings.max_upload_bytes
+    mp = await run_in_threadpool(_check_part, ctx, upload_id, part_number)
+    limit = min(ctx.settings.max_upload_bytes, mp.file_size or ctx.settings.max_upload_bytes)
     check_announced_length(request, limit)
-    await run_in_threadpool(_check_part, ctx, upload_id, part_number)
     staging = ctx.blobs.staging_dir()
     try:
         staged = await receive(request.stream(), StagedFile(staging, limit, md5=True))
@@ -146,17 +149,21 @@ async def put_part(
     if await run_in_threadpool(_upload_state, ctx, upload_id) in (None, file_store.MP_ABORTED):
         parts.remove()  # aborted while this part was arriving: leave nothing behind
         raise Forbidden(f"multipart upload {upload_id} was aborted; its part URLs no longer accept data")
+    if (held := await run_in_threadpool(parts.size)) > limit:
+        await run_in_threadpool(parts.discard, part_number)
+        raise PayloadTooLarge(f"the parts of multipart upload {upload_id} would hold {held} bytes; the upload "
+                              f"announced {limit} (file_size at initiate)")
     return JSONResponse({"part_number": part_number, "etag": etag}, headers={"ETag": f'"{etag}"'})
 
 
 def _upload_state(ctx: AppContext, upload_id: str) -> str | None:
-    with ctx.db.session() as s:
+    with ctx.db.read() as s:
         mp = file_store.get_multipart(s, upload_id)
         return None if mp is None else mp.state
 
 
-def _check_part(ctx: AppContext, upload_id: str, part_number: int) -> None:
-    with ctx.db.session() as s:
+def _check_part(ctx: AppContext, upload_id: str, part_number: int) -> MultipartUpload:
+    with ctx.db.read() as s:
         mp = file_store.get_multipart(s, upload_id)
     if mp is None:
         raise NotFound(f"no multipart upload {upload_id}", param="upload_id")
@@ -165,3 +172,4 @@ def _check_part(ctx: AppContext, upload_id: str, part_number: int) -> None:
     if part_number > mp.num_parts:
         raise InvalidRequest(f"part_number must be between 1 and {mp.num_parts}; got {part_number}",
                              param="part_number")
+    return mp

@@ -76,6 +76,8 @@ class FileResponse(BaseModel):
     file_type: FileType = Field(alias="FileType")
     purpose: StoredPurpose
     processing_status: ProcessingStatus
+    # Together's: whether the file has been parsed and checked (valid or not).
+    processed: bool = Field(alias="Processed")
     validation_report: ValidationReport | None = None
     # Older Together field, kept for older clients; the number of samples once validated.
     line_count: int = 0
@@ -94,6 +96,7 @@ class FileResponse(BaseModel):
             FileType=row.file_type,  # type: ignore[arg-type]
             purpose=row.purpose,  # type: ignore[arg-type]
             processing_status=row.processing_status,  # type: ignore[arg-type]
+            Processed=row.processing_status in ("COMPLETED", "INVALID_FORMAT"),
             validation_report=report, line_count=row.num_samples,
             status=OPENAI_STATUS[row.processing_status],  # type: ignore[arg-type]
             status_details=(row.report or {}).get("error") if row.processing_status in ("FAILED", "INVALID_FORMAT")

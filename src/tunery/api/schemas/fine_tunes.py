@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunery.api.schemas.timefmt import iso
 from tunery.jobspec import SFT
+from tunery.store.jobs import Event
 from tunery.store.models import Job
 from tunery.store.status import JobStatus
 
@@ -128,18 +129,47 @@ class PreviewRequest(BaseModel):
     training_method: str | None = "sft"
 
 
-def wire_job(job: Job, *, events: list[dict[str, Any]], queue_depth: int) -> dict[str, Any]:
-    """The one converter from a job row to Together's ``FinetuneResponse`` JSON."""
+# Together's event types are the `together` SDK's FinetuneEventType. The few records tunery keeps
+# beyond them are shown as the nearest one; their message says what happened.
+WIRE_EVENT_TYPES = {"eval_complete": "epoch_complete", "model_uploading_to_hf": "model_uploading",
+                    "model_upload_to_hf_complete": "model_upload_complete",
+                    # Pausing (OpenAI's dialect): asked to stop at the next step, stopped, and back.
+                    "pause_requested": "cancel_requested", "job_paused": "job_stopped",
+                    "job_resumed": "job_restarted"}
+# Fields every FineTuneEvent carries in Together's spec; an event shows its own values where it has
+# them (written by the worker as it learns them), these where it has none.
+EVENT_FIELDS: dict[str, Any] = {"step": 0, "total_steps": 0, "token_count": 0, "param_count": 0,
+                                "checkpoint_path": "", "model_path": "", "hash": "", "training_offset": 0,
+                                "wandb_url": ""}
+# Statuses beyond the SDK's FinetuneJobStatus, as the nearest one: a user error is an error (its
+# message says what to change); a job pausing still runs, a paused one waits to be resumed.
+WIRE_STATUSES = {JobStatus.USER_ERROR: JobStatus.ERROR, JobStatus.PAUSE_REQUESTED: JobStatus.RUNNING,
+                 JobStatus.PAUSED: JobStatus.PENDING}
+
+
+def wire_event(e: Event) -> dict[str, Any]:
+    """The one converter from an event row to Together's ``FineTuneEvent`` JSON."""
+    own = {k: v for k, v in (e.fields or {}).items() if v is not None}
+    return {"object": "fine-tune-event", "created_at": iso(e.created_at), "level": e.level, "message": e.message,
+            "type": WIRE_EVENT_TYPES.get(e.type, e.type), **EVENT_FIELDS, **own}
+
+
+def wire_job(job: Job, *, events: list[dict[str, Any]], queue_depth: int, truncated: bool = False) -> dict[str, Any]:
+    """The one converter from a job row to Together's ``FinetuneResponse`` JSON, or with
+    ``truncated`` its ``FinetuneResponseTruncated`` (create, list, cancel). Fields without a value
+    are left out, as Together's spec has no nulls; ``batch_size`` is the one used once training
+    has chosen it (before that, the truncated form has none: its spec allows only an integer)."""
     spec = job.spec
     seconds = job.seconds_remaining
     completed = job.status == JobStatus.COMPLETED
     running = job.status == JobStatus.RUNNING
     method = spec.training_method
-    return {
+    batch_size = job.batch_size or spec.batch_size
+    body: dict[str, Any] = {
         "id": job.id,
         "object": "fine-tune",
         "job_id": job.id,
-        "status": job.status,
+        "status": WIRE_STATUSES.get(JobStatus(job.status), job.status),
         "user_id": job.user_id,
         "owner_address": job.user_id,
         "created_at": iso(job.created_at),
@@ -151,7 +181,7 @@ def wire_job(job: Job, *, events: list[dict[str, Any]], queue_depth: int) -> dic
         "adapter_output_name": f"{job.model_output_name}-adapter" if spec.is_lora and completed else None,
         "suffix": spec.suffix,
         "training_file": spec.training_file,
-        "validation_file": spec.validation_file or "",
+        "validation_file": spec.validation_file,
         "from_checkpoint": spec.from_checkpoint,
         "from_hf_model": spec.from_hf_model,
         "hf_model_revision": spec.hf_model_revision,
@@ -159,8 +189,7 @@ def wire_job(job: Job, *, events: list[dict[str, Any]], queue_depth: int) -> dic
         "n_epochs": spec.n_epochs,
         "n_checkpoints": spec.n_checkpoints,
         "n_evals": spec.n_evals,
-        "eval_steps": None,
-        "batch_size": job.batch_size or spec.batch_size,
+        "batch_size": batch_size if isinstance(batch_size, int) or not truncated else None,
         "requested_batch_size": spec.batch_size,
         "gradient_accumulation_steps": spec.gradient_accumulation_steps,
         "learning_rate": spec.learning_rate,
@@ -187,6 +216,8 @@ def wire_job(job: Job, *, events: list[dict[str, Any]], queue_depth: int) -> dic
         "wandb_entity": spec.wandb.entity,
         "wandb_base_url": spec.wandb.base_url,
         "wandb_url": job.wandb_url,
+        "tokenized_dataset_path": job.tokenized_dataset_key,
+        "tokenized_dataset_uploaded_at": iso(job.tokenized_dataset_uploaded_at),
         "total_steps": job.total_steps,
         "steps_completed": job.steps_completed,
         "epochs_completed": job.epochs_completed,
@@ -208,3 +239,4 @@ def wire_job(job: Job, *, events: list[dict[str, Any]], queue_depth: int) -> dic
         "error": job.error,
         "events": events,
     }
+    return {k: v for k, v in body.items() if v is not None}

@@ -6,9 +6,12 @@ from datetime import UTC, datetime
 
 
 def iso(dt: datetime | None) -> str | None:
+    """``2026-12-01T16:20:38.123456Z`` (isoformat, not strftime: a retrieve formats dozens)."""
     if dt is None:
         return None
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if dt.tzinfo is not UTC:
+        dt = dt.astimezone(UTC)
+    return dt.isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def unix(dt: datetime) -> int:

@@ -70,6 +70,7 @@ from tunery.training.session import (
     track_eval,
     warn_about_data,
 )
+from tunery.training.tokenized import write_tokenized
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
     max_len = max_seq_length_for(cfg, loaded)
     renderer = with_images(Renderer(loaded.tokenizer, False), loaded.processor)
     train = load_pairs(cfg.train_file, cfg.file_type, renderer, max_len)
+    if dist.main:
+        write_tokenized(cfg.output_dir, [e for pair in train.pairs for e in pair], reporter, pairs=True)
     val = load_pairs(cfg.validation_file, cfg.file_type, renderer, max_len, what="validation file") \
         if cfg.validation_file else None
     for what, d in (("training", train), ("validation", val)):

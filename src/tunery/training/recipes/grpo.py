@@ -18,9 +18,11 @@ rollout (token-level, prompts never trained):
     -( min(ratio·A, clip(ratio, 1-ε, 1+ε)·A) - β·KL(policy ‖ reference) ),   ratio = π(t) / π_old(t)
 
 where π_old is the policy that sampled the rollout and the reference is the model the job started
-from, frozen: for LoRA the base with the adapter disabled, for full fine-tuning a frozen copy (kept
-only when β > 0). With ``grpo_iterations`` 1 the ratio is 1 in value and the clip never bites; more
-iterations take several steps on one rollout and the clip keeps them near the sampling policy.
+from, frozen: for LoRA with a new adapter the model with its adapter disabled, otherwise (full
+fine-tuning, or an adapter continued from a parent job) a frozen copy, kept only when β > 0. Every π
+is the distribution sampled from: the logits over ``grpo_temperature``. With ``grpo_iterations`` 1
+the ratio is 1 in value and the clip never bites; more iterations take several steps on one rollout
+and the clip keeps them near the sampling policy.
 
 Metrics per step: reward mean/std, each grader's mean score, grader failures, KL, clip fraction,
 completion length, and tokens/s of sampling and of training; ``eval/reward`` on the validation prompts
@@ -54,7 +56,7 @@ from tunery.training.distributed import Dist
 from tunery.training.judge import ModelJudge
 from tunery.training.launch import entry_point
 from tunery.training.losses import grpo_token_losses
-from tunery.training.model import LoadedModel, forward_logps, load_for_training, mask_dtype
+from tunery.training.model import LoadedModel, forward_logps, is_adapter_dir, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
 from tunery.training.rollout import Rollout, evaluate_prompts, roll_out
 from tunery.training.session import (
@@ -149,9 +151,16 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, R
     judge = ModelJudge(cfg.judge_model_dirs, loaded.device) if cfg.judge_model_dirs else None
     rl = Rl(train, val, parse_grader(cfg.grader),
             GraderEnv(limits=limits, judge=judge, parallelism=os.cpu_count() or 1))
-    if cfg.grpo_beta > 0 and not loaded.is_lora:
+    if cfg.grpo_beta > 0 and not _adapter_off_is_the_start(cfg):
         rl.reference = replace(loaded, model=_frozen_start(cfg), parallel=None)
     return s, rl
+
+
+def _adapter_off_is_the_start(cfg: TrainConfig) -> bool:
+    """Whether the model with its adapter disabled is the one the job started from: a LoRA job with a
+    new adapter. One that continues an adapter (``init_from`` a LoRA export) started from the base
+    plus that adapter, which disabling the adapter would not give."""
+    return cfg.lora is not None and not (cfg.init_from is not None and is_adapter_dir(cfg.init_from))
 
 
 def _plan(cfg: TrainConfig, plan: Plan, has_val: bool) -> Plan:
@@ -169,7 +178,8 @@ def _plan(cfg: TrainConfig, plan: Plan, has_val: bool) -> Plan:
 
 
 def _frozen_start(cfg: TrainConfig) -> Any:
-    """The model the job started from (its base, or what it continues from), frozen, for the KL term."""
+    """The model the job started from (its base, or what it continues from, an adapter merged into its
+    base), frozen, for the KL term."""
     start = load_for_training(cfg.model_copy(update={"resume_from": None, "lora": None})).model
     start.eval()
     start.requires_grad_(False)
@@ -187,7 +197,8 @@ def _train_step(s: Session, rl: Rl) -> dict[str, float]:
     tokens = rollout.completion_tokens
     loss_sum, kl_sum, clipped = 0.0, 0.0, 0
     for i, chunk in enumerate(_chunks(s, rollout)):
-        logps, advantages = _token_logps(s.loaded, [rollout.examples[j] for j in chunk], rollout.advantages[chunk])
+        logps, advantages = _token_logps(s.loaded, [rollout.examples[j] for j in chunk], cfg.grpo_temperature,
+                                         rollout.advantages[chunk])
         old = rollout.old_logps[i] if rollout.old_logps is not None else logps.detach()
         ref = rollout.ref_logps[i] if rollout.ref_logps is not None else None
         losses, clip, kl = grpo_token_losses(logps, old, ref, advantages, epsilon=cfg.grpo_epsilon, beta=cfg.grpo_beta)
@@ -223,7 +234,8 @@ def _roll_out(s: Session, rl: Rl, index: int) -> Rollout:
     with torch.no_grad():
         chunks = _chunks(s, rollout)
         if cfg.grpo_iterations > 1:
-            rollout.old_logps = [_token_logps(s.loaded, [rollout.examples[j] for j in c], None)[0] for c in chunks]
+            rollout.old_logps = [_token_logps(s.loaded, [rollout.examples[j] for j in c], cfg.grpo_temperature)[0]
+                                 for c in chunks]
         if cfg.grpo_beta > 0:
             rollout.ref_logps = [_reference_logps(s, rl, [rollout.examples[j] for j in c]) for c in chunks]
     return rollout
@@ -236,13 +248,14 @@ def _chunks(s: Session, rollout: Rollout) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-def _token_logps(loaded: LoadedModel, examples: list[Example],
-                 advantages: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of every completion token (in example order), and each token's advantage."""
+def _token_logps(loaded: LoadedModel, examples: list[Example], temperature: float,
+                 advantages: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of every completion token (in example order) under the distribution the
+    rollout sampled from (the logits over ``temperature``), and each token's advantage."""
     batch = collate([[e] for e in examples], loaded.tokenizer.pad_token_id).to(loaded.device)
     trained = batch.targets != IGNORE
     logps = forward_logps(loaded, batch.input_ids, batch.position_ids, batch.targets,
-                          attention_for(batch, mask_dtype(loaded)))[trained]
+                          attention_for(batch, mask_dtype(loaded)), temperature)[trained]
     if advantages is None:
         return logps, torch.empty(0)
     per_row = trained.sum(dim=1).cpu()
@@ -250,11 +263,11 @@ def _token_logps(loaded: LoadedModel, examples: list[Example],
 
 
 def _reference_logps(s: Session, rl: Rl, examples: list[Example]) -> torch.Tensor:
-    if s.loaded.is_lora:
-        with s.loaded.model.disable_adapter():
-            return _token_logps(s.loaded, examples, None)[0]
-    assert rl.reference is not None  # set up for full fine-tuning with the KL term
-    return _token_logps(rl.reference, examples, None)[0]
+    temperature = s.cfg.grpo_temperature
+    if rl.reference is not None:
+        return _token_logps(rl.reference, examples, temperature)[0]
+    with s.loaded.model.disable_adapter():
+        return _token_logps(s.loaded, examples, temperature)[0]
 
 
 def _evaluate(s: Session, rl: Rl) -> None:

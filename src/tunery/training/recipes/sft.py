@@ -8,14 +8,11 @@ Run it:
 
 ``job.json`` is a ``TrainConfig`` (see ``tunery/training/config.py``); progress goes to
 ``report.jsonl`` as JSON lines (see ``tunery/training/reporter.py``); outputs go under the config's
-``output_dir`` (``checkpoints/step-N/`` and ``final/``, see ``tunery/training/checkpoint.py``).
+``output_dir`` (``checkpoints/step-N/`` and ``final/``, see ``tunery/training/checkpoint.py``; the
+tokenized training set as ``tokenized-train.parquet``, see ``tunery/training/tokenized.py``).
 SIGTERM asks the run to stop: it writes a resumable checkpoint at the next step boundary and
-exits. Exit codes:
-
-    0  completed (early stopping included)
-    1  failed for another reason (an ``error`` event carries the message)
-    2  user error: bad data or config (an ``error`` event says what to change)
-    3  stopped on request; the last checkpoint record names the state to resume from
+exits. The exit code says how it ended (``tunery/training/exit_codes.py``: completed, failed, user
+error, stopped on request).
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ from tunery.training.data.packing import count_rows, epoch_batches
 from tunery.training.data.render import Renderer
 from tunery.training.distributed import Dist, grad_sync
 from tunery.training.launch import entry_point
-from tunery.training.model import forward_logps, load_for_training, mask_dtype
+from tunery.training.model import forward_logps_and_hits, load_for_training, mask_dtype
 from tunery.training.reporter import Reporter
 from tunery.training.session import (
     Session,
@@ -64,6 +61,7 @@ from tunery.training.session import (
     track_eval,
     warn_about_data,
 )
+from tunery.training.tokenized import write_tokenized
 
 
 @dataclass
@@ -92,8 +90,10 @@ def _train(s: Session, data: Data) -> TrainResult:
             values["train/epoch"] = state.epoch + state.step_in_epoch / len(groups)
             s.reporter.metrics(state.step, values)
             end_epoch_if_done(s, len(groups))
-            if state.step in s.plan.eval_steps and track_eval(s, _evaluate(s, data)):
-                return finish(s, early_stopped=True)
+            if state.step in s.plan.eval_steps:
+                loss, accuracy = _evaluate(s, data)
+                if track_eval(s, loss, **accuracy):
+                    return finish(s, early_stopped=True)
             maybe_checkpoint(s)
     return finish(s, early_stopped=False)
 
@@ -107,6 +107,8 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, D
     max_len = max_seq_length_for(cfg, loaded)
     renderer = with_images(Renderer(loaded.tokenizer, cfg.train_on_inputs), loaded.processor)
     train = load_examples(cfg.train_file, cfg.file_type, renderer, max_len)
+    if dist.main:
+        write_tokenized(cfg.output_dir, train.examples, reporter)
     val = None
     if cfg.validation_file:
         val = load_examples(cfg.validation_file, cfg.file_type, renderer, max_len, what="validation file")
@@ -127,42 +129,48 @@ def _train_step(s: Session, data: Data, group: StepGroup) -> dict[str, float]:
     # accumulation and ranks add up to one big batch.
     [total_targets] = s.dist.sum(sum(b.num_targets for b in batches if b is not None))
     scale = loss_scale(s, total_targets)
-    loss_sum, tokens = 0.0, 0
+    loss_sum, tokens, hits = 0.0, 0, 0
     for i, batch in enumerate(batches):
         with grad_sync(s.loaded.parallel, sync=i == len(batches) - 1):
             if batch is None:  # this rank's share ran out: an idle pass (see my_share)
                 idle_backward(s)
                 continue
-            loss = _loss_sum(s, batch)
+            loss, batch_hits = _loss_sum(s, batch)
             (loss / scale).backward()
         loss_sum += loss.item()
         tokens += batch.num_tokens
-    loss_sum, tokens_all = s.dist.sum(loss_sum, tokens)
+        hits += batch_hits
+    loss_sum, tokens_all, hits_all = s.dist.sum(loss_sum, tokens, hits)
     loss_value = loss_sum / total_targets
     grad_norm = optimizer_step(s, loss_value, int(tokens_all))
     return {
         "train/loss": loss_value,
+        # The share of trained tokens the model's top guess got right (OpenAI's mean token accuracy).
+        "train/token_accuracy": hits_all / total_targets,
         "train/learning_rate": lr,
         "train/grad_norm": grad_norm,
         "train/tokens_per_second": tokens_all / max(time.perf_counter() - started, 1e-9),
     }
 
 
-def _evaluate(s: Session, data: Data) -> float:
-    """Token-weighted mean loss over the validation set (shared out across ranks)."""
+def _evaluate(s: Session, data: Data) -> tuple[float, dict[str, float]]:
+    """Token-weighted mean loss over the validation set (shared out across ranks), and its token
+    accuracy as a further eval metric."""
     assert data.val is not None
     s.loaded.model.eval()
-    loss_sum, targets = 0.0, 0
+    loss_sum, targets, hits = 0.0, 0, 0
     batches = epoch_batches(data.val.lengths, batch_size=s.plan.batch_size, capacity=s.plan.row_capacity,
                             packing=s.cfg.packing, seed=0, epoch=0, shuffle=False)
     with torch.no_grad():
         for rows in my_batches(s, batches):
             batch = _collate(s, data.val, rows)
-            loss_sum += _loss_sum(s, batch).item()
+            loss, batch_hits = _loss_sum(s, batch)
+            loss_sum += loss.item()
             targets += batch.num_targets
+            hits += batch_hits
     s.loaded.model.train()
-    loss_total, target_total = s.dist.sum(loss_sum, targets)
-    return loss_total / target_total
+    loss_total, target_total, hits_total = s.dist.sum(loss_sum, targets, hits)
+    return loss_total / target_total, {"eval/token_accuracy": hits_total / target_total}
 
 
 def _collate(s: Session, dataset: TokenizedDataset, rows: list[list[int]]) -> Batch:
@@ -171,11 +179,13 @@ def _collate(s: Session, dataset: TokenizedDataset, rows: list[list[int]]) -> Ba
                    s.loaded.images).to(s.loaded.device)
 
 
-def _loss_sum(s: Session, batch: Batch) -> torch.Tensor:
-    """Sum of ``-log p(target)`` over the batch's trained targets."""
+def _loss_sum(s: Session, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Sum of ``-log p(target)`` over the batch's trained targets, and how many of them were the
+    model's top guess."""
     isolation = attention_for(batch, mask_dtype(s.loaded))
-    return -forward_logps(s.loaded, batch.input_ids, batch.position_ids, batch.targets, isolation,
-                          **batch.vision).sum()
+    logps, hits = forward_logps_and_hits(s.loaded, batch.input_ids, batch.position_ids, batch.targets, isolation,
+                                         **batch.vision)
+    return -logps.sum(), int(hits.sum())
 
 
 def main(argv: list[str] | None = None) -> int:
