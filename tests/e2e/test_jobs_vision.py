@@ -71,12 +71,11 @@ def test_tiny_vlm_learns_what_only_the_image_shows(server: LiveServer, tmp_path:
     assert accuracy["images"] >= 0.9
     assert accuracy["blanked"] <= CHANCE + 0.2
 
-    # Served: the same questions through /v1/chat/completions, the images as image_url parts.
-    served = {name: served_accuracy(client, client.fine_tuning.retrieve(job_id).model_output_name, held_out)
-              for name, job_id in jobs.items()}
+    # Served: the same questions through /v1/chat/completions, the images as image_url parts (the LoRA
+    # fine-tune as an adapter over tiny-vlm in the inference engine).
+    served = served_accuracy(client, client.fine_tuning.retrieve(jobs["images"]).model_output_name, held_out)
     print(f"served held-out accuracy: {served}")
-    assert served["images"] >= 0.9
-    assert served["blanked"] <= CHANCE + 0.2
+    assert served >= 0.9
     refused = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=120,
                          headers={"Authorization": f"Bearer {server.api_key}"},
                          json={"model": "tunery/tiny-llama", "messages": held_out[0]["messages"][:1]})
