@@ -21,7 +21,7 @@ from tests.sample_data import conversation_file, preference_file
 
 pytestmark = pytest.mark.slow
 ENDED = {"succeeded", "failed", "cancelled"}
-EPOCHS, STEPS = 6, 48  # 16 examples in batches of 2: no packing for OpenAI's jobs, so 8 steps an epoch
+EPOCHS, STEPS = 4, 32  # 16 examples in batches of 2: no packing for OpenAI's jobs, so 8 steps an epoch
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,8 @@ def test_lifecycle_pause_resume_events_checkpoints_results(client: openai.OpenAI
     assert client.fine_tuning.jobs.retrieve(job.id).status == "paused", paused
     together_view = sdk_client(server).fine_tuning.retrieve(job.id)
     paused_at = together_view.steps_completed
-    assert together_view.status == "paused" and paused_at >= 2
+    # The together SDK's statuses have no "paused": its wire shows the nearest, a job waiting to run.
+    assert together_view.status == "pending" and paused_at >= 2
 
     assert client.fine_tuning.jobs.resume(job.id).status in ("queued", "running")
     done = wait_for(client, job.id, ENDED)
