@@ -101,6 +101,8 @@ class GRPO(_Part):
     temperature: float = 1.0
     eval_interval: int = 0
     eval_samples: int = 1
+    # Rendered into the prompts by chat templates that take it (gpt-oss's); None: the template's default.
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
 
     @property
     def judge_models(self) -> set[str]:
@@ -274,6 +276,7 @@ def _grpo_settings(method: GRPO, inputs: LocalInputs) -> dict[str, Any]:
             "grpo_epsilon": method.clip_range, "grpo_iterations": method.num_iterations,
             "grpo_max_new_tokens": method.max_new_tokens, "grpo_temperature": method.temperature,
             "eval_interval": method.eval_interval, "eval_samples": method.eval_samples,
+            "grpo_reasoning_effort": method.reasoning_effort,
             "judge_model_dirs": {name: str(path) for name, path in inputs.judge_model_dirs.items()}}
 
 

@@ -168,7 +168,7 @@ def check_job_files(ctx: AppContext, registered: Mapping[str, str], spec: JobSpe
             continue
         what = param.replace("_", " ")
         if isinstance(method, GRPO):  # its tokens are the completions it samples: the file's size must do
-            _check_prompts(ctx, f, model_dir, spec.max_seq_length - method.max_new_tokens, param)
+            _check_prompts(ctx, f, model_dir, spec.max_seq_length - method.max_new_tokens, param, method)
             tokens[param] = f.bytes // BYTES_PER_TOKEN
             continue
         verdict = scan(ctx, f, model_dir, train_on_inputs, method.method, what)
@@ -179,22 +179,26 @@ def check_job_files(ctx: AppContext, registered: Mapping[str, str], spec: JobSpe
     return tokens.get("training_file", 0) * max(1, spec.n_epochs) + tokens.get("validation_file", 0) * spec.n_evals
 
 
-def prompts_task(path: str, file_type: str, model_dir: str, room: int, what: str) -> None:
-    """In a bounded child: GRPO's prompts render with the model's template and leave ``room``
-    tokens for the completions (``DatasetInvalid``, naming the line, otherwise)."""
+def prompts_task(path: str, file_type: str, model_dir: str, room: int, what: str,
+                 reasoning_effort: str | None = None) -> None:
+    """In a bounded child: GRPO's prompts render with the model's template (and the job's reasoning
+    effort, as training renders them) and leave ``room`` tokens for the completions
+    (``DatasetInvalid``, naming the line, otherwise)."""
     from tunery.training.data.prompts import load_prompts
 
-    load_prompts(path, file_type, tokenizer_for(model_dir), room, what)
+    load_prompts(path, file_type, tokenizer_for(model_dir), room, what,
+                 {"reasoning_effort": reasoning_effort} if reasoning_effort else None)
 
 
-def _check_prompts(ctx: AppContext, f: File, model_dir: str, room: int, param: str) -> None:
+def _check_prompts(ctx: AppContext, f: File, model_dir: str, room: int, param: str, method: GRPO) -> None:
     if room < 1:
         raise InvalidRequest(f"max_seq_length must exceed training_method.max_new_tokens; room for prompts: {room}",
                              param="max_seq_length")
     with ctx.blobs.local_copy(f.blob_key) as path:
         try:
             ctx.tasks.run("check_prompts", {"path": str(path), "file_type": f.file_type, "model_dir": model_dir,
-                                            "room": room, "what": param.replace("_", " ")},
+                                            "room": room, "what": param.replace("_", " "),
+                                            "reasoning_effort": method.reasoning_effort},
                           ctx.settings.task_timeout_s)
         except TaskRefused as refused:
             raise InvalidRequest(f'{param} "{f.id}": {refused.message}', param=param) from None

@@ -373,10 +373,11 @@ def model_limits(catalog: ModelCatalog, model: str, registered: Mapping[str, str
 
 
 def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: ModelCatalog,
-                        registered: Mapping[str, str]) -> ResolvedJob:
+                        registered: Mapping[str, str], problems: Problems | None = None) -> ResolvedJob:
     """Validate ``req`` completely and resolve every default; raise one ``InvalidRequest`` listing
-    every problem."""
-    p = Problems()
+    every problem (``problems``: those another dialect found in its own fields, reported with them)."""
+    p = problems if problems is not None else Problems()
+    given = len(p.items)
     if req.model and req.from_checkpoint:
         p.add("model", "You must specify either a model or a checkpoint to start a job from, not both")
     if not req.model and not req.from_checkpoint:
@@ -384,7 +385,8 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
     if req.from_hf_model and req.from_checkpoint:
         p.add("from_hf_model", "You must specify either a Hugging Face Hub model or a previous checkpoint "
                                "from Together to start a job from, not both")
-    p.raise_if_any()
+    if len(p.items) > given:  # nothing below can be checked without knowing what the job starts from
+        p.raise_if_any()
     parent = resolve_parent(s, req.from_checkpoint, user) if req.from_checkpoint else None
     model = parent.job.model if parent else str(req.model)
     train = _check_file(s, req.training_file, user, "training_file", p)

@@ -6,6 +6,11 @@ completes (in the transaction that completes it) as a file of its owner's — pu
     step,train_loss,train_accuracy,train_mean_token_accuracy,valid_loss,valid_mean_token_accuracy,
     full_valid_loss,full_valid_mean_token_accuracy
 
+A reinforcement (GRPO) job's file adds its rewards, the mean grade of each step's samples and of each
+validation pass's:
+
+    train_reward_mean,valid_reward_mean,full_valid_mean_reward
+
 One row per training step; a validation pass at a step fills that row's valid_* columns. Evaluations
 here always cover the whole validation file, so the full_valid_* columns repeat them. A value the
 job did not measure is left empty.
@@ -32,12 +37,17 @@ from tunery.store.models import File, JobMetric
 PURPOSE = "fine-tune-results"
 COLUMNS = ("step", "train_loss", "train_accuracy", "train_mean_token_accuracy", "valid_loss",
            "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy")
+REWARD_COLUMNS = ("train_reward_mean", "valid_reward_mean", "full_valid_mean_reward")
 # tunery's metric names → OpenAI's.
 METRIC_NAMES = {
     "train/loss": ("train_loss",),
     "train/token_accuracy": ("train_accuracy", "train_mean_token_accuracy"),
     "eval/loss": ("valid_loss", "full_valid_loss"),
     "eval/token_accuracy": ("valid_mean_token_accuracy", "full_valid_mean_token_accuracy"),
+    # reinforcement (GRPO): the mean grade of the step's samples, and of the validation pass's
+    "train/reward": ("train_reward_mean", "train_mean_reward"),
+    "eval/reward": ("valid_reward_mean", "full_valid_mean_reward"),
+    "train/completion_length": ("completion_tokens_mean",),
 }
 
 
@@ -58,8 +68,10 @@ def metrics_csv(rows: list[JobMetric]) -> str:
     by_step: dict[int, dict[str, float]] = {}
     for row in rows:
         by_step.setdefault(row.step, {}).update(row.values)
+    rewarded = any("train/reward" in values for values in by_step.values())
     out = io.StringIO()
-    writer = csv.DictWriter(out, COLUMNS, restval="", extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(out, COLUMNS + REWARD_COLUMNS if rewarded else COLUMNS, restval="",
+                            extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for step in sorted(by_step):
         writer.writerow(openai_metrics(step, by_step[step]))

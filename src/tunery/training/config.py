@@ -98,6 +98,7 @@ class TrainConfig(BaseModel):
     grpo_iterations: int = 1
     grpo_max_new_tokens: int = 128
     grpo_temperature: float = 1.0
+    grpo_reasoning_effort: Literal["low", "medium", "high"] | None = None  # a chat template variable (gpt-oss)
     eval_interval: int = 0
     eval_samples: int = 1
     grader_wall_seconds: float = 10.0

@@ -1,5 +1,6 @@
-"""OpenAI's hyperparameters (``n_epochs``, ``batch_size``, ``learning_rate_multiplier``, DPO's ``beta``),
-each a number or ``"auto"``, resolved for an open model and a dataset of ``n`` examples.
+"""OpenAI's hyperparameters (``n_epochs``, ``batch_size``, ``learning_rate_multiplier``, DPO's ``beta``,
+reinforcement's ``compute_multiplier``), each a number or ``"auto"``, resolved for an open model and a
+dataset of ``n`` examples (prompts, for reinforcement).
 
 "auto" follows OpenAI's published defaults (its fine-tuning guide and the cookbook's data-preparation
 notebook), so a script that leaves them to OpenAI trains about as long, in batches about as large:
@@ -8,11 +9,13 @@ notebook), so a script that leaves them to OpenAI trains about as long, in batch
                     so that it stays under 25,000 (at least 1)
     batch_size      about 0.2 % of the examples (round(n / 500)), at least 1 and at most 256 and
                     the model's largest batch (``GET /v1/fine-tunes/models/limits``)
-    learning_rate   BASE · learning_rate_multiplier, where BASE is 1e-3 for supervised and 1e-4 for
-    _multiplier     DPO training of the LoRA adapter tunery trains for OpenAI-dialect jobs; "auto" is
-                    0.05, 0.1 or 0.2 for a batch of under 8, under 32, or more examples (larger
-                    batches take larger steps, as OpenAI's default does)
+    learning_rate   BASE · learning_rate_multiplier, where BASE is 1e-3 for supervised, 1e-4 for
+    _multiplier     DPO and 2e-4 for reinforcement (GRPO) training of the LoRA adapter tunery trains
+                    for OpenAI-dialect jobs; "auto" is 0.05, 0.1 or 0.2 for a batch of under 8, under
+                    32, or more examples (larger batches take larger steps, as OpenAI's default does)
     beta            0.1
+    compute_        how much sampling explores: the completions drawn per prompt (GRPO's group) are
+    multiplier      4 · compute_multiplier, rounded, at least 2; "auto" is 1 (a group of 4)
 
 A number is used as given, within the model's limits. ``batch_size`` counts examples, as OpenAI's
 does: OpenAI-dialect jobs train without packing, so one step is exactly ``batch_size`` examples.
@@ -32,8 +35,11 @@ MAX_TARGET_EXAMPLES = 25_000
 MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 MAX_AUTO_BATCH = 256
-BASE_LEARNING_RATE = {"supervised": 1e-3, "dpo": 1e-4}
+BASE_LEARNING_RATE = {"supervised": 1e-3, "dpo": 1e-4, "reinforcement": 2e-4}
 DEFAULT_BETA = 0.1
+BASE_GROUP_SIZE = 4
+MAX_GROUP_SIZE = 64
+Method = Literal["supervised", "dpo", "reinforcement"]
 
 
 def auto_n_epochs(n_examples: int) -> int:
@@ -47,6 +53,16 @@ def auto_n_epochs(n_examples: int) -> int:
 
 def auto_batch_size(n_examples: int, model_max_batch: int) -> int:
     return max(1, min(round(n_examples * 0.002), MAX_AUTO_BATCH, model_max_batch))
+
+
+def group_size(compute_multiplier: float | Auto) -> int:
+    """GRPO's completions per prompt for OpenAI's ``compute_multiplier``."""
+    return max(2, round(BASE_GROUP_SIZE * (1.0 if compute_multiplier == "auto" else compute_multiplier)))
+
+
+def compute_multiplier(group: int) -> float:
+    """The ``compute_multiplier`` a group of ``group`` completions per prompt stands for."""
+    return group / BASE_GROUP_SIZE
 
 
 def auto_learning_rate_multiplier(batch_size: int) -> float:
@@ -68,7 +84,7 @@ class Hyperparameters:
         return BASE_LEARNING_RATE[method] * self.learning_rate_multiplier
 
 
-def resolve(method: Literal["supervised", "dpo"], n_examples: int, model_max_batch: int, *,
+def resolve(method: Method, n_examples: int, model_max_batch: int, *,
             n_epochs: int | Auto, batch_size: int | Auto, learning_rate_multiplier: float | Auto,
             beta: float | Auto | None) -> Hyperparameters:
     """Every "auto" replaced for ``n_examples`` examples on a model whose batches hold at most

@@ -8,8 +8,10 @@ What OpenAI's request says, and what it becomes:
                            (``tunery models alias``); the alias stays the job's name for it
     training_file,         as they are (files uploaded with purpose fine-tune)
     validation_file
-    method / hyperparameters  supervised → SFT, dpo → DPO; "auto" values resolved per model and
-                           dataset size (``hyperparameters.py``)
+    method / hyperparameters  supervised → SFT, dpo → DPO, reinforcement → GRPO (its grader, and
+                           compute_multiplier → completions per prompt, eval_interval, eval_samples,
+                           reasoning_effort → the chat template's ``reasoning_effort``); "auto" values
+                           resolved per model and dataset size (``hyperparameters.py``)
     suffix                 up to 64 of A-Z a-z 0-9 . _ - (it becomes part of ``ft:…`` names)
     seed                   random_seed; a random one when not given, shown as the job's seed
     metadata               kept on the job, shown back and filterable in the list
@@ -26,16 +28,15 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
-from typing import Literal
 
 from sqlalchemy.orm import Session
 
 from tunery.api.job_requests import Problems, ResolvedJob, model_limits, resolve_job_request
 from tunery.api.openai import hyperparameters as hp
-from tunery.api.openai.schemas import Hyperparameters, JobCreateRequest
+from tunery.api.openai.schemas import Hyperparameters, JobCreateRequest, ReinforcementHyperparameters
 from tunery.api.schemas.fine_tunes import FinetuneRequest, TrainingMethod
 from tunery.errors import NotFound
-from tunery.jobspec import Wandb
+from tunery.jobspec import GRPO, JobSpec, Wandb
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
 from tunery.store.files import get_file
@@ -45,21 +46,48 @@ SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 OPENAI_TAGS = ("openai/finetune",)
 
 
-def _method(req: JobCreateRequest, problems: Problems) -> tuple[Literal["supervised", "dpo"], Hyperparameters]:
+def _method(req: JobCreateRequest, problems: Problems) -> tuple[hp.Method, Hyperparameters]:
     """The method and its hyperparameters, from ``method`` or the deprecated top-level ``hyperparameters``."""
     method = req.method
-    kind: Literal["supervised", "dpo"] = method.type if method else "supervised"
+    kind: hp.Method = method.type if method else "supervised"
     given = getattr(method, kind) if method else None
-    for other in ("supervised", "dpo"):
+    for other in ("supervised", "dpo", "reinforcement"):
         if method is not None and other != kind and getattr(method, other) is not None:
             problems.add(f"method.{other}", f"method.{other} is set, but method.type is {kind}")
     inner = given.hyperparameters if given is not None else None
     if inner is not None and req.hyperparameters is not None:
         problems.add("hyperparameters", f"give hyperparameters under method.{kind}.hyperparameters or at the top "
                                         "level (deprecated), not both")
-    if kind == "dpo" and inner is None and req.hyperparameters is not None:
-        problems.add("hyperparameters", "DPO hyperparameters go under method.dpo.hyperparameters")
+    if kind != "supervised" and inner is None and req.hyperparameters is not None:
+        problems.add("hyperparameters", f"{kind} hyperparameters go under method.{kind}.hyperparameters")
+    if kind == "reinforcement":
+        if given is None:
+            problems.add("method.reinforcement", 'method.type reinforcement needs method.reinforcement with a grader '
+                                                 '({"grader": {"type": "string_check", ...}})')
+        return kind, inner or ReinforcementHyperparameters()
     return kind, inner or req.hyperparameters or Hyperparameters()
+
+
+def _reinforcement(req: JobCreateRequest, given: Hyperparameters, problems: Problems) -> TrainingMethod:
+    """OpenAI's reinforcement method as Together's GRPO request; its ranges and grader are checked there."""
+    assert isinstance(given, ReinforcementHyperparameters)
+    group = hp.group_size(given.compute_multiplier)
+    most = hp.MAX_GROUP_SIZE / hp.BASE_GROUP_SIZE
+    problems.check(group <= hp.MAX_GROUP_SIZE, "method.reinforcement.hyperparameters.compute_multiplier",
+                   f"compute_multiplier must be at most {most:g} ({hp.MAX_GROUP_SIZE} completions per prompt); "
+                   f"got {given.compute_multiplier}")
+    grader = req.method.reinforcement.grader if req.method and req.method.reinforcement else {}
+    return TrainingMethod(method="grpo", grader=grader, group_size=group,
+                          eval_interval=None if given.eval_interval == "auto" else given.eval_interval,
+                          eval_samples=None if given.eval_samples == "auto" else given.eval_samples)
+
+
+def _with_reasoning_effort(spec: JobSpec, given: Hyperparameters) -> JobSpec:
+    effort = getattr(given, "reasoning_effort", "default")
+    if not isinstance(spec.training_method, GRPO) or effort == "default":
+        return spec
+    return spec.model_copy(update={"training_method": spec.training_method.model_copy(
+        update={"reasoning_effort": effort})})
 
 
 def resolve_openai_job(s: Session, req: JobCreateRequest, user: User, catalog: ModelCatalog,
@@ -93,12 +121,13 @@ def resolve_openai_job(s: Session, req: JobCreateRequest, user: User, catalog: M
         n_epochs=chosen.n_epochs, batch_size=chosen.batch_size, learning_rate=chosen.learning_rate(kind),
         packing=False, n_checkpoints=min(chosen.n_epochs, limits["max_num_checkpoints"]),
         n_evals=min(chosen.n_epochs, limits["max_num_evals"]) if req.validation_file else 0,
-        training_method=TrainingMethod(method="dpo", dpo_beta=chosen.beta) if kind == "dpo" else TrainingMethod(),
+        training_method=(TrainingMethod(method="dpo", dpo_beta=chosen.beta) if kind == "dpo"
+                         else _reinforcement(req, given, p) if kind == "reinforcement" else TrainingMethod()),
         random_seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
         wandb_api_key=settings.wandb_api_key if run else None,
     )
-    resolved = resolve_job_request(s, together, user, catalog, registered)
-    spec = resolved.spec.model_copy(update={
+    resolved = resolve_job_request(s, together, user, catalog, registered, p)
+    spec = _with_reasoning_effort(resolved.spec, given).model_copy(update={
         "suffix": req.suffix, "metadata": req.metadata, "model_alias": req.model if model != req.model else None,
         "wandb": Wandb(project_name=run.project, entity=run.entity, name=run.name,
                        tags=(*OPENAI_TAGS, f"openai/{req.model}", *(run.tags or ()))) if run else Wandb(),

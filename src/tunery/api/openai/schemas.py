@@ -12,7 +12,7 @@ from tunery.api.openai import hyperparameters as hp
 from tunery.api.schemas.files import FilePurpose, FileResponse
 from tunery.api.schemas.timefmt import unix
 from tunery.jobs.results import openai_metrics
-from tunery.jobspec import DPO
+from tunery.jobspec import DPO, GRPO
 from tunery.store.fine_tuned_names import checkpoint_model_name, fine_tuned_model_name
 from tunery.store.models import Checkpoint, File, Job, JobEvent, JobMetric, Upload, UploadPart
 from tunery.store.status import JobStatus
@@ -60,6 +60,15 @@ class DpoHyperparameters(Hyperparameters):
     beta: Annotated[float, Field(gt=0)] | Auto = "auto"
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    """See ``hyperparameters.py``: ``compute_multiplier`` scales the completions sampled per prompt."""
+
+    compute_multiplier: Annotated[float, Field(gt=0)] | Auto = "auto"
+    eval_interval: Annotated[int, Field(ge=1)] | Auto = "auto"
+    eval_samples: Annotated[int, Field(ge=1)] | Auto = "auto"
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+
+
 class SupervisedMethod(OpenAIRequest):
     hyperparameters: Hyperparameters | None = None
 
@@ -68,13 +77,19 @@ class DpoMethod(OpenAIRequest):
     hyperparameters: DpoHyperparameters | None = None
 
 
-class Method(OpenAIRequest):
-    """``{"type": "supervised"|"dpo", "<type>": {"hyperparameters": {...}}}``. Another method is one
-    more literal here, its settings class beside it, and a branch in ``job_requests.py``."""
+class ReinforcementMethod(OpenAIRequest):
+    grader: dict[str, Any] = Field(description="OpenAI's grader object (checked by tunery.graders).")
+    hyperparameters: ReinforcementHyperparameters | None = None
 
-    type: Literal["supervised", "dpo"]
+
+class Method(OpenAIRequest):
+    """``{"type": "supervised"|"dpo"|"reinforcement", "<type>": {"hyperparameters": {...}}}``. Another
+    method is one more literal here, its settings class beside it, and a branch in ``job_requests.py``."""
+
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class WandbIntegration(OpenAIRequest):
@@ -147,11 +162,12 @@ def _number(value: float) -> float:
     return float(f"{value:.6g}")
 
 
-def job_method(job: Job) -> tuple[str, dict[str, Any]]:
+def job_method(job: Job) -> tuple[hp.Method, dict[str, Any]]:
     """OpenAI's method type and its hyperparameters, as this job resolved them."""
     spec = job.spec
     method = spec.training_method
-    kind = "dpo" if isinstance(method, DPO) else "supervised"
+    kind: hp.Method = "dpo" if isinstance(method, DPO) else "reinforcement" if isinstance(method, GRPO) \
+        else "supervised"
     batch = job.batch_size or spec.batch_size
     params: dict[str, Any] = {
         "n_epochs": spec.n_epochs, "batch_size": "auto" if batch == "max" else batch,
@@ -159,7 +175,18 @@ def job_method(job: Job) -> tuple[str, dict[str, Any]]:
     }
     if isinstance(method, DPO):
         params["beta"] = method.dpo_beta
+    if isinstance(method, GRPO):
+        params.update(compute_multiplier=_number(hp.compute_multiplier(method.group_size)),
+                      eval_interval=method.eval_interval or "auto", eval_samples=method.eval_samples,
+                      reasoning_effort=method.reasoning_effort or "default")
     return kind, params
+
+
+def _method_object(job: Job, kind: hp.Method, params: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's ``method``: the type, and under it the hyperparameters (and a reinforcement job's grader)."""
+    method = job.spec.training_method
+    grader = {"grader": method.grader} if isinstance(method, GRPO) else {}
+    return {"type": kind, kind: {**grader, "hyperparameters": params}}
 
 
 def job_object(job: Job, org: str, result_files: list[str]) -> dict[str, Any]:
@@ -181,7 +208,7 @@ def job_object(job: Job, org: str, result_files: list[str]) -> dict[str, Any]:
         "model": spec.model_alias or spec.model, "organization_id": org, "status": status,
         "fine_tuned_model": fine_tuned_model_name(job, org) if status == "succeeded" else None,
         "training_file": spec.training_file, "validation_file": spec.validation_file,
-        "hyperparameters": params, "method": {"type": kind, kind: {"hyperparameters": params}},
+        "hyperparameters": params, "method": _method_object(job, kind, params),
         "seed": spec.random_seed, "suffix": spec.suffix, "metadata": spec.metadata,
         "trained_tokens": job.token_count if status == "succeeded" else None,
         "estimated_finish": int(time.time() + job.seconds_remaining) if running and job.seconds_remaining else None,
@@ -199,14 +226,34 @@ def event_object(e: JobEvent) -> dict[str, Any]:
             "data": {"type": e.type, **(e.fields or {})}}
 
 
+SHOWN_METRICS = (("train_loss", "training loss"), ("valid_loss", "validation loss"),
+                 ("train_mean_reward", "train mean reward"), ("full_valid_mean_reward", "full validation mean reward"))
+
+
 def metrics_object(m: JobMetric, total_steps: int) -> dict[str, Any]:
-    """One training step's metrics as OpenAI's ``metrics`` event ("Step 3/40: training loss=…")."""
-    data = openai_metrics(m.step, m.values)
-    shown = ", ".join(f"{label}={data[key]:.4f}" for key, label in
-                      (("train_loss", "training loss"), ("valid_loss", "validation loss")) if key in data)
+    """One training step's metrics as OpenAI's ``metrics`` event ("Step 3/40: training loss=…"); a
+    reinforcement job's rewards also as OpenAI's ``scores`` (overall and per grader)."""
+    data: dict[str, Any] = dict(openai_metrics(m.step, m.values))
+    shown = ", ".join(f"{label}={data[key]:.4f}" for key, label in SHOWN_METRICS if key in data)
+    scores = _scores(m.values)
+    if scores:
+        data["scores"] = scores
     return {"id": f"ftevent-m{m.id}", "object": "fine_tuning.job.event", "created_at": unix(m.logged_at),
             "level": "info", "type": "metrics", "message": f"Step {m.step}/{total_steps}: {shown}",
             "data": {**data, "total_steps": total_steps}}
+
+
+def _scores(values: dict[str, float]) -> dict[str, Any] | None:
+    """``{"train_reward_mean"|"valid_reward_mean": …, "graders": [{"name", …_reward_mean}]}`` from GRPO's
+    ``train/reward``, ``eval/reward`` and ``{train,eval}/grader/<name>``; None for other metrics."""
+    split = "train" if "train/reward" in values else "valid" if "eval/reward" in values else None
+    if split is None:
+        return None
+    prefix = "train/grader/" if split == "train" else "eval/grader/"
+    graders = [{"name": key.removeprefix(prefix), f"{split}_reward_mean": value}
+               for key, value in values.items() if key.startswith(prefix)]
+    overall = values["train/reward" if split == "train" else "eval/reward"]
+    return {f"{split}_reward_mean": overall, "graders": graders}
 
 
 def checkpoint_object(job: Job, org: str, c: Checkpoint, metrics: dict[str, float]) -> dict[str, Any]:

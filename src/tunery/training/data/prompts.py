@@ -10,7 +10,7 @@ are read; an error names the line.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,12 @@ class PromptSet:
 
 
 def load_prompts(path: str, file_type: str, tokenizer: Any, max_prompt_tokens: int,
-                 what: str = "training file") -> PromptSet:
+                 what: str = "training file", template_vars: Mapping[str, str] | None = None) -> PromptSet:
+    """``template_vars``: more variables for the chat template (``reasoning_effort``)."""
     prompts, rows, dropped = [], 0, 0
     for line, row in _rows(Path(path), file_type, what):
         rows += 1
-        ids = _prompt_ids(row, tokenizer, line, what)
+        ids = _prompt_ids(row, tokenizer, line, what, template_vars or {})
         if len(ids) > max_prompt_tokens:
             dropped += 1
             continue
@@ -67,7 +68,8 @@ def _rows(path: Path, file_type: str, what: str) -> Iterator[tuple[int, dict[str
             yield line, row
 
 
-def _prompt_ids(row: dict[str, Any], tokenizer: Any, line: int, what: str) -> list[int]:
+def _prompt_ids(row: dict[str, Any], tokenizer: Any, line: int, what: str, template_vars: Mapping[str, str]
+                ) -> list[int]:
     messages = row.get("messages")
     if messages is not None:
         if not isinstance(messages, list) or not messages or not all(
@@ -79,7 +81,7 @@ def _prompt_ids(row: dict[str, Any], tokenizer: Any, line: int, what: str) -> li
                                  "reinforcement prompt ends with the turn the model answers (user)")
         try:
             text = tokenizer.apply_chat_template(messages, tools=row.get("tools") or None, tokenize=False,
-                                                 add_generation_prompt=True)
+                                                 add_generation_prompt=True, **template_vars)
         except Exception as exc:  # noqa: BLE001 - a template's own refusal (jinja raise_exception, …)
             raise DatasetInvalid(f"{what} line {line}: the model's chat template cannot render these "
                                  f"messages: {exc}") from None

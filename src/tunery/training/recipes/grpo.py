@@ -135,9 +135,14 @@ def _setup(cfg: TrainConfig, reporter: Reporter, dist: Dist) -> tuple[Session, R
         raise TrainingFailed(f"grpo_max_new_tokens ({cfg.grpo_max_new_tokens}) leaves no room for a prompt within "
                              f"max_seq_length {max_len}", user_error=True)
     tokenizer = loaded.tokenizer
-    train = load_prompts(cfg.train_file, cfg.file_type, tokenizer, room)
-    val = load_prompts(cfg.validation_file, cfg.file_type, tokenizer, room, "validation file") \
+    template_vars = {"reasoning_effort": cfg.grpo_reasoning_effort} if cfg.grpo_reasoning_effort else {}
+    train = load_prompts(cfg.train_file, cfg.file_type, tokenizer, room, template_vars=template_vars)
+    val = load_prompts(cfg.validation_file, cfg.file_type, tokenizer, room, "validation file", template_vars) \
         if cfg.validation_file else None
+    if cfg.grpo_reasoning_effort and "reasoning_effort" not in str(tokenizer.chat_template):
+        reporter.event("warning", f"reasoning_effort {cfg.grpo_reasoning_effort!r} has no effect: this model's chat "
+                       "template has no reasoning_effort variable (it does not reason at a set effort)",
+                       level="warning")
     for what, data in (("training", train), ("validation", val)):
         if data is not None and data.dropped:
             reporter.event("warning", f"{data.dropped} of {data.rows} {what} prompts were longer than "
