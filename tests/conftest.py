@@ -41,6 +41,7 @@ class LiveServer:
     port: int
     env: dict[str, str]
     proc: subprocess.Popen | None = None
+    serve_args: tuple[str, ...] = ()  # more `tunery serve` options, e.g. ("--api-workers", "2")
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,7 +58,7 @@ class LiveServer:
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the server process writes to it for its lifetime
         self.proc = subprocess.Popen(
-            [TUNERY, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)],
+            [TUNERY, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.serve_args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 180  # a loaded machine can take a minute to import torch
@@ -116,14 +117,15 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_server(tmp: Path, **env: str) -> LiveServer:
-    """A live server on its own data dir; ``env`` overrides settings (``TUNERY_WORKERS="0"`` …).
-    Its database is SQLite unless ``TUNERY_TEST_DATABASE=postgresql`` (see tests/backends.py)."""
+def start_server(tmp: Path, *serve_args: str, **env: str) -> LiveServer:
+    """A live server on its own data dir; ``serve_args`` are more `tunery serve` options, ``env``
+    overrides settings (``TUNERY_WORKERS="0"`` …). Its database is SQLite unless
+    ``TUNERY_TEST_DATABASE=postgresql`` (see tests/backends.py)."""
     if "TUNERY_DATABASE_URL" not in env:
         env = {**server_database_env(), **env}
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = LiveServer(data_dir=data_dir, port=free_port(), env=server_env(data_dir, **env))
+    server = LiveServer(data_dir=data_dir, port=free_port(), env=server_env(data_dir, **env), serve_args=serve_args)
     server.start()
     return server
 

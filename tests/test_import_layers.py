@@ -28,8 +28,9 @@ LAYERS: list[set[str]] = [
 # Training runs as a plain script on a GPU box: it knows nothing of the service around it. Inference
 # is its own process: the API resolves names in the store and hands it plain references.
 ONLY: dict[str, set[str]] = {"training": {"tunery", "errors", "datasets", "models", "graders"},
+                             # datasets: images in chat requests are decoded and checked as dataset images are
                              "inference": {"tunery", "errors", "settings", "lifetime", "logs", "models", "storage",
-                                           "training"},
+                                           "training", "datasets"},
                              "graders": {"tunery"}}
 # The inference core (continuous batching over a model object the caller holds) imports nothing of
 # tunery but itself, so training's GRPO recipe samples through it in-process although the inference

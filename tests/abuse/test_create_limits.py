@@ -19,6 +19,7 @@ from tests.abuse.conftest import MODEL, Tenant, shared_server
 from tests.conftest import LiveServer, free_port
 from tests.sample_data import conversation_file, text_file
 
+pytestmark = pytest.mark.slow  # live servers: a minute to start on a loaded machine
 JOB = {"model": MODEL, "training_type": {"type": "Lora"}}
 
 

@@ -14,10 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.abuse.conftest import MODEL, shared_server
 from tests.sample_data import text_file
 from tunery.worker.run_job import _internal_error
 
+pytestmark = pytest.mark.slow  # live servers: a minute to start on a loaded machine
 REPO = Path(__file__).resolve().parents[2]
 WANDB_KEY = "wandb-secret-" + "7" * 28
 HF_TOKEN = "hf_secret" + "9" * 28

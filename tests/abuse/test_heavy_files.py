@@ -20,6 +20,7 @@ from tests.abuse.conftest import Tenant, rss_bytes, shared_server
 from tests.conftest import LiveServer
 from tunery.datasets.validate import MAX_LINE_ITEMS, MAX_ROW_TOKENS
 
+pytestmark = pytest.mark.slow  # live servers: a minute to start on a loaded machine
 API_GROWTH_BOUND = 64 * 1024 * 1024
 CHILD_MEMORY = 256 * 1024 * 1024
 

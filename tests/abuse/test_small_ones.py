@@ -29,6 +29,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServ
     server.stop()
 
 
+@pytest.mark.slow  # a live server
 def test_a_file_name_in_any_script_downloads(tenants: tuple[LiveServer, Tenant, Tenant], tmp_path: Path) -> None:
     _, alice, _ = tenants
     name = 'données "数据" x.jsonl'
@@ -51,6 +52,7 @@ def sign_in(server: LiveServer, key: str) -> httpx.Client:
     return web
 
 
+@pytest.mark.slow  # a live server
 def test_signing_out_ends_the_session_on_the_server(tenants: tuple[LiveServer, Tenant, Tenant]) -> None:
     server, alice, _ = tenants
     web = sign_in(server, alice.key)

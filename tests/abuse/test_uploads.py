@@ -18,6 +18,7 @@ import pytest
 from tests.abuse.conftest import Tenant, shared_server
 from tests.conftest import LiveServer
 
+pytestmark = pytest.mark.slow  # live servers: a minute to start on a loaded machine
 CAP = 1024 * 1024
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import live_children
 from tunery.api.bounded import BoundedPool
 from tunery.api.validation import FileValidator, merge_reports, split_lines, validate_path, validate_range
 
@@ -82,20 +83,9 @@ def test_formats_that_differ_between_ranges_are_caught(tmp_path: Path, validator
 def _children_of(pool: BoundedPool) -> set[int]:
     """Live children of ``pool``: ``python -m tunery.api.bounded MEMORY IDLE`` processes of this
     process with exactly this pool's arguments (other pools here, and other xdist workers' processes,
-    do not count; exited ones may linger as zombies until reaped and do not count either)."""
+    do not count)."""
     argv = [b"-m", b"tunery.api.bounded", str(pool.memory_bytes).encode(), str(pool.idle_exit_s).encode()]
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat, cmdline = (entry / "stat").read_text(), (entry / "cmdline").read_bytes()
-        except OSError:
-            continue  # it ended while we looked
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == os.getpid() and state != "Z" and cmdline.split(b"\0")[1:5] == argv:
-            found.add(int(entry.name))
-    return found
+    return {pid for pid, args in live_children(os.getpid()).items() if args[1:5] == argv}
 
 
 def test_idle_workers_exit_and_are_replaced(tmp_path: Path) -> None:

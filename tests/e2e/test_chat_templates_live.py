@@ -59,11 +59,13 @@ def models(server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> dict
     root = tmp_path_factory.mktemp("models")
     tiny = ensure_builtin("tunery/tiny-llama", root / "builtin")
     base = AutoTokenizer.from_pretrained(tiny)
+    tokenizers = {name: fixture_tokenizer(base, name) for name in NAMES}
+    # One set of weights, its embeddings grown for the largest vocabulary (rows past a tokenizer's
+    # vocabulary are never looked up), saved beside each template's tokenizer.
+    model = AutoModelForCausalLM.from_pretrained(tiny)
+    model.resize_token_embeddings(max(len(tokenizer) for tokenizer in tokenizers.values()))
     names = {}
-    for name in NAMES:
-        tokenizer = fixture_tokenizer(base, name)
-        model = AutoModelForCausalLM.from_pretrained(tiny)
-        model.resize_token_embeddings(len(tokenizer))
+    for name, tokenizer in tokenizers.items():
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
         names[name] = f"fixtures/{name}"

@@ -1,14 +1,17 @@
 """The proof that vision fine-tuning trains on the images, through the official `together` SDK on a
 live server: tunery/tiny-vlm learns the colour of a drawn shape, which only the image shows (the
-question never changes), and answers it on held-out images; the same training on the same answers
-with every image blanked stays at chance (1 in 4)."""
+question never changes), and answers it on held-out images, downloaded and loaded with transformers,
+and served through /v1/chat/completions with image_url parts; the same training on the same answers
+with every image blanked stays at chance (1 in 4). A text model refuses images by name."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import torch
 
@@ -29,6 +32,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     s = start_server(tmp_path_factory.mktemp("vision"), TUNERY_WORKERS="2", TUNERY_HEARTBEAT_INTERVAL_S="0.5")
     yield s
     s.stop()
+
+
+def served_accuracy(client: Any, model: str, samples: list[dict[str, Any]]) -> float:
+    right = 0
+    for sample in samples:
+        answer = client.chat.completions.create(model=model, messages=sample["messages"][:-1], max_tokens=4,
+                                                temperature=0)
+        right += answer.choices[0].message.content.strip() == sample["messages"][-1]["content"]
+    return right / len(samples)
 
 
 def test_tiny_vlm_learns_what_only_the_image_shows(server: LiveServer, tmp_path: Path) -> None:
@@ -58,6 +70,18 @@ def test_tiny_vlm_learns_what_only_the_image_shows(server: LiveServer, tmp_path:
     print(f"held-out accuracy over {HELD_OUT} images: {accuracy} (chance {CHANCE})")
     assert accuracy["images"] >= 0.9
     assert accuracy["blanked"] <= CHANCE + 0.2
+
+    # Served: the same questions through /v1/chat/completions, the images as image_url parts (the LoRA
+    # fine-tune as an adapter over tiny-vlm in the inference engine).
+    served = served_accuracy(client, client.fine_tuning.retrieve(jobs["images"]).model_output_name, held_out)
+    print(f"served held-out accuracy: {served}")
+    assert served >= 0.9
+    refused = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=120,
+                         headers={"Authorization": f"Bearer {server.api_key}"},
+                         json={"model": "tunery/tiny-llama", "messages": held_out[0]["messages"][:1]})
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["param"] == "messages" and "takes no images" in error["message"]
 
     # The adapter archive carries the processor; on the base model it answers as the merged model does.
     from peft import PeftModel

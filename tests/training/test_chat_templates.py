@@ -97,6 +97,7 @@ R1_EOS = "<｜end▁of▁sentence｜>"
 LLAMA_TOOL_CALL = '{"name": "weather", "parameters": {"city": "Paris"}}' + LLAMA
 QWEN_TOOL_CALL = '<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call>' + CHATML
 EMPTY_THINK = "<think>\n\n</think>\n\n"
+HARMONY_FINAL = "<|channel|>final<|message|>"
 
 EXPECTED: dict[str, dict[str, list[str] | Refused]] = {
     "llama-3.1-8b-instruct": {
@@ -179,6 +180,52 @@ EXPECTED: dict[str, dict[str, list[str] | Refused]] = {
                   '```json\n{"city": "Paris"}\n```<｜tool▁call▁end｜>', f"Sunny, 20C.{R1_EOS}"],
         "reasoning": Refused(NO_REASONING),
         "weights": ["<｜User｜>Hi", f"Paris.{R1_EOS}"],
+    },
+    # Phi-4 writes the assistant header into the user turn, so a trained user turn carries it.
+    "phi-4": {
+        "system": ["Hello!<|im_end|>", "Paris.<|im_end|>"],
+        "no_system": [" Hello there. <|im_end|>", "Madrid.<|im_end|>"],
+        "tools": Refused(NO_TOOL_CALLS),
+        "reasoning": Refused(NO_REASONING),
+        "weights": ["<|im_start|>user<|im_sep|>Hi<|im_end|><|im_start|>assistant<|im_sep|>", "Paris.<|im_end|>"],
+    },
+    # gpt-oss closes earlier turns with <|end|> and the last with <|return|>; a tool call ends with
+    # <|call|> (the tool result's header repeats the function name, and is not trained); the final
+    # turn's reasoning is an analysis message before the final one.
+    "gpt-oss-120b": {
+        "system": [f"{HARMONY_FINAL}Hello!<|end|>", f"{HARMONY_FINAL}Paris.<|return|>"],
+        "no_system": [f"{HARMONY_FINAL} Hello there. <|end|>", f"{HARMONY_FINAL}Madrid.<|return|>"],
+        "tools": [' to=functions.weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>',
+                  f"{HARMONY_FINAL}Sunny, 20C.<|return|>"],
+        "reasoning": [f"<|channel|>analysis<|message|>Add them.<|end|><|start|>assistant{HARMONY_FINAL}4<|return|>"],
+        "weights": ["<|start|>user<|message|>Hi<|end|>", f"{HARMONY_FINAL}Paris.<|return|>"],
+    },
+    # Qwen1.5 writes <|im_end|> after the last turn only before a generation prompt: earlier turns
+    # train theirs, the last has none to train. Its system turn's <|im_end|> follows the same rule,
+    # so a trained user turn after a system prompt starts with it.
+    "qwen1.5-chat": {
+        "system": [f"Hello!{CHATML}", "Paris."],
+        "no_system": [f" Hello there. {CHATML}", "Madrid."],
+        "tools": Refused(NO_TOOL_CALLS),
+        "reasoning": Refused(NO_REASONING),
+        "weights": [f"{CHATML}<|im_start|>user\nHi", "Paris."],
+    },
+    # Community templates written over several lines: the layout whitespace Hugging Face's
+    # trim_blocks leaves is rendered, and only what follows the role header trains.
+    "community-llama-3-instruct": {
+        "system": [f"Hello!{LLAMA}\n\n", f"Paris.{LLAMA}\n\n"],
+        "no_system": [f"Hello there.{LLAMA}\n\n", f"Madrid.{LLAMA}\n\n"],
+        "tools": Refused(ALTERNATE),
+        "reasoning": Refused(NO_REASONING),
+        "weights": [f"    <|start_header_id|>user<|end_header_id|>\n\nHi{LLAMA}\n\n", f"Paris.{LLAMA}\n\n"],
+    },
+    # Its generation prompt follows a blank line that the middle of a conversation does not have.
+    "community-gemma-it": {
+        "system": [f"Hello!{GEMMA}\n\n", f"Paris.{GEMMA}\n\n"],
+        "no_system": [f"Hello there.{GEMMA}\n\n", f"Madrid.{GEMMA}\n\n"],
+        "tools": Refused(ALTERNATE),
+        "reasoning": Refused(NO_REASONING),
+        "weights": [f"\n\n    <start_of_turn>user\nBe brief.\n\nHi{GEMMA}\n\n", f"Paris.{GEMMA}\n\n"],
     },
 }
 EXPECTED["llama-3.2-3b-instruct"] = EXPECTED["llama-3.1-8b-instruct"]
@@ -348,8 +395,21 @@ def test_whitespace_a_template_leaves_at_its_end_is_not_trained(tokenizers: dict
     assert trained_text(tokenizer, example) == [f"Hello!{LLAMA}", f"Paris.{LLAMA}"]
 
 
-def test_a_template_that_always_prompts_is_refused_not_mis_split(tokenizers: dict[str, Any]) -> None:
+def test_a_template_that_always_prompts_ends_turns_at_eos(tokenizers: dict[str, Any]) -> None:
+    # The header it writes after every conversation is not part of the last turn, nor is the start
+    # of the next header (which user and assistant headers share) part of an earlier one.
     tokenizer = fixture_tokenizer_with(tokenizers["llama-3.1-8b-instruct"], LLAMA3_ALWAYS_PROMPTS)
+    example = Renderer(tokenizer).conversation(CASES["system"][0])
+    assert tokenizer.decode(example.input_ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert trained_text(tokenizer, example) == [f"Hello!{LLAMA}", f"Paris.{LLAMA}"]
+    weighted = Renderer(tokenizer).conversation(CASES["weights"][0])
+    assert trained_text(tokenizer, weighted) == [
+        f"<|start_header_id|>user<|end_header_id|>\n\nHi{LLAMA}", f"Paris.{LLAMA}"]
+
+
+def test_a_template_that_always_prompts_is_refused_when_eos_does_not_close_turns(tokenizers: dict[str, Any]) -> None:
+    tokenizer = fixture_tokenizer_with(tokenizers["llama-3.1-8b-instruct"], LLAMA3_ALWAYS_PROMPTS)
+    tokenizer.add_special_tokens({"eos_token": "<|end_of_text|>"})  # the first Llama 3 tokenizers' EOS
     with pytest.raises(ConversationRefused, match="appends the assistant prompt even when no generation prompt"):
         Renderer(tokenizer).conversation(CASES["system"][0])
 

@@ -46,21 +46,28 @@ class DecodeBatch:
         return int(self.mask.shape[1])
 
     @classmethod
-    def prefill(cls, model: Any, prompts: list[list[int]], **forward: Any) -> tuple[DecodeBatch, torch.Tensor]:
-        """Run the prompts (left-padded together); returns their batch and each one's last logits ``[b, V]``."""
+    def prefill(cls, model: Any, prompts: list[list[int]], positions: torch.Tensor | None = None,
+                **forward: Any) -> tuple[DecodeBatch, torch.Tensor]:
+        """Run the prompts (left-padded together); returns their batch and each one's last logits ``[b, V]``.
+        ``positions`` (``[axes, n]``, one prompt only) are the prompt's own when they are not 0..n-1; tensors
+        in ``forward`` (a vision-language model's image inputs) go to the model's device, floats in its dtype."""
         device = model_device(model)
+        forward = {k: _on(v, device, model.dtype) for k, v in forward.items()}
         width = max(len(p) for p in prompts)
         ids = torch.zeros(len(prompts), width, dtype=torch.long)
         mask = torch.zeros(len(prompts), width, dtype=torch.long)
         for row, prompt in enumerate(prompts):
             ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             mask[row, width - len(prompt) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        following = torch.tensor([len(p) for p in prompts], dtype=torch.long)  # each row's next position
+        if positions is not None:
+            assert len(prompts) == 1, "prompts with positions of their own prefill alone"
+            position_ids, following = positions[:, None, :], positions.max().view(1) + 1
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
                     past_key_values=cache, use_cache=True, logits_to_keep=1, **forward)
-        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
-        return cls(out.past_key_values, mask.to(device), lengths.to(device)), out.logits[:, -1, :]
+        return cls(out.past_key_values, mask.to(device), following.to(device)), out.logits[:, -1, :]
 
     def decode(self, model: Any, tokens: torch.Tensor, **forward: Any) -> torch.Tensor:
         """Feed one token per row (``[B]``); returns the next logits ``[B, V]``."""
@@ -103,6 +110,12 @@ class DecodeBatch:
             mine.values = torch.cat([_pad_left(mine.values, width, 2), _pad_left(theirs.values, width, 2)])
         self.mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(other.mask, width, 1)])
         self.positions = torch.cat([self.positions, other.positions])
+
+
+def _on(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device, dtype=dtype) if value.is_floating_point() else value.to(device)
 
 
 def _layers(cache: DynamicCache) -> list[Any]:

@@ -22,6 +22,7 @@ from jinja2 import TemplateError
 
 from tunery.errors import InvalidRequest, TuneryError
 from tunery.inference.chat import OutputParser, render_chat, template_text
+from tunery.inference.images import VisionChat, VisionPrompt, has_images
 from tunery.inference.pool import Lease, ModelPool
 from tunery.inference.protocol import GenerateRequest
 from tunery.inference.sampling import SamplingParams
@@ -67,6 +68,7 @@ class Checked:
     params: SamplingParams
     prompt_text: str
     parsers: list[OutputParser | None]
+    vision: VisionPrompt | None = None  # a vision-language model's rendering (its image inputs)
 
 
 @dataclass
@@ -117,9 +119,12 @@ class TransformersEngine:
 
     def prepare(self, req: GenerateRequest, lease: Lease) -> Prepared:
         checked = check(req, lease.tokenizer, lease.entry.model.get_input_embeddings().num_embeddings,
-                        lease.entry.scheduler.context_length, lease.entry.defaults, self.limits.max_tokens)
-        return Prepared(Request(checked.prompt_ids, checked.params, adapter=lease.adapter), checked.prompt_text,
-                        checked.parsers)
+                        lease.entry.scheduler.context_length, lease.entry.defaults, self.limits.max_tokens,
+                        lease.entry.vision)
+        request = Request(checked.prompt_ids, checked.params, adapter=lease.adapter)
+        if checked.vision is not None:
+            request.inputs, request.positions = checked.vision.inputs, checked.vision.positions
+        return Prepared(request, checked.prompt_text, checked.parsers)
 
     async def _stream(self, prepared: Prepared, lease: Lease, slot: asyncio.Semaphore) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
@@ -193,14 +198,23 @@ class TransformersEngine:
 # -- checking a request against its model (every backend) -----------------------------------------
 
 def check(req: GenerateRequest, tokenizer: Any, vocab: int, context: int, defaults: dict[str, Any],
-          max_tokens_cap: int) -> Checked:
+          max_tokens_cap: int, vision: VisionChat | None = None) -> Checked:
     """Render or tokenize the prompt and settle the sampling settings; InvalidRequest when the request
-    does not fit the model (naming the field)."""
-    prompt_text, param = "", "prompt"
+    does not fit the model (naming the field). A vision-language model's conversations render with its
+    processor (``vision``), images and all; images for a text model are refused."""
+    prompt_text, param, rendered = "", "prompt", None
     if req.messages is not None:
         param = "messages"
+        if vision is None and has_images(req.messages):
+            raise InvalidRequest("this model is a text model and takes no images: send image_url parts only to a "
+                                 "vision-language model (supports_vision in /v1/fine-tunes/models/limits)",
+                                 param="messages")
         try:
-            prompt_text, ids = render_chat(tokenizer, req.messages, req.tools, req.chat_template_kwargs)
+            if vision is not None:
+                rendered = vision.render(req.messages, req.tools, req.chat_template_kwargs)
+                prompt_text, ids = rendered.text, rendered.ids
+            else:
+                prompt_text, ids = render_chat(tokenizer, req.messages, req.tools, req.chat_template_kwargs)
         except (TemplateError, TypeError, ValueError, KeyError) as e:
             raise InvalidRequest(f"the model's chat template cannot render these messages: {e}",
                                  param="messages") from None
@@ -224,7 +238,7 @@ def check(req: GenerateRequest, tokenizer: Any, vocab: int, context: int, defaul
     parsers: list[OutputParser | None] = [
         OutputParser(template, tools=bool(req.tools), prompt_text=prompt_text) if req.messages is not None
         else None for _ in range(params.n)]
-    return Checked(ids, params, prompt_text, parsers)
+    return Checked(ids, params, prompt_text, parsers, rendered)
 
 
 def _max_tokens(req: GenerateRequest, prompt: int, context: int, cap: int) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from tunery.errors import InvalidRequest, TuneryError
+from tunery.inference.images import VisionChat
 from tunery.inference.protocol import ModelRef
 from tunery.inference.scheduler import Scheduler
 
@@ -60,6 +61,7 @@ class ModelEntry:
     nbytes: int
     defaults: dict[str, Any]
     model_dir: Path
+    vision: VisionChat | None = None  # a vision-language model's renderer (its processor), for images in chats
     lock: threading.Lock = field(default_factory=threading.Lock)
     adapters: OrderedDict[str, AdapterEntry] = field(default_factory=OrderedDict)  # least recently used first
     users: int = 0
@@ -148,9 +150,9 @@ class ModelPool:
         model_dir = locate()
         nbytes = _weights_bytes(model_dir)
         self._make_room(nbytes)
-        model, tokenizer = self._load(model_dir)
+        model, tokenizer, vision = self._load(model_dir)
         entry = ModelEntry(key, model, tokenizer, self._scheduler(model, tokenizer), _param_bytes(model),
-                           generation_defaults(model_dir), model_dir, users=1)
+                           generation_defaults(model_dir), model_dir, vision, users=1)
         with self._state:
             self.entries[key] = entry
         log.info("loaded %s (%.1f MB)", key, entry.nbytes / 1e6)
@@ -164,8 +166,9 @@ class ModelPool:
         adapter_dir = self.fetch(blob_key)
         nbytes = sum(p.stat().st_size for p in adapter_dir.glob("adapter_model.*"))
         self._make_room(nbytes, keep=entry)
-        tokenizer = _load_tokenizer(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() \
-            else entry.tokenizer
+        # A vision-language model's adapter renders with the base's processor (its tokenizer and template).
+        own = (adapter_dir / "tokenizer_config.json").is_file() and entry.vision is None
+        tokenizer = _load_tokenizer(adapter_dir) if own else entry.tokenizer
         with entry.lock:
             self._attach(entry, name, adapter_dir)
         adapter = AdapterEntry(name, nbytes, tokenizer)
@@ -197,13 +200,22 @@ class ModelPool:
         # peft must always have an active adapter; rows name theirs anyway (adapter_names).
         entry.model.set_adapter(next(n for n in entry.adapters if n != name))
 
-    def _load(self, model_dir: Path) -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM
+    def _load(self, model_dir: Path) -> tuple[Any, Any, VisionChat | None]:
+        """The model (a vision-language one with its image-text-to-text class), its tokenizer, and for a
+        vision-language model what renders its chats (its processor, whose tokenizer is the one returned)."""
+        from transformers import AutoConfig
+
+        from tunery.models.architecture import auto_model_class
+        from tunery.models.processor import load_processor
 
         dtype: Any = self.options.dtype if self.options.dtype == "auto" else getattr(torch, self.options.dtype)
-        model: Any = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+        auto = auto_model_class(AutoConfig.from_pretrained(model_dir))
+        model: Any = auto.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
         model.to(self.options.device).eval()
-        return model, _load_tokenizer(model_dir)
+        processor = load_processor(model_dir)
+        if processor is None:
+            return model, _load_tokenizer(model_dir), None
+        return model, processor.tokenizer, VisionChat(processor, model)
 
     def _scheduler(self, model: Any, tokenizer: Any) -> Scheduler:
         return Scheduler(model, tokenizer, max_batch_size=self.options.max_batch_size,

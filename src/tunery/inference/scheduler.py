@@ -46,7 +46,16 @@ class Request:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None = None
+    # A vision-language model's image inputs for the prefill's forward pass (``pixel_values``, …), and the
+    # prompt's positions where they are not 0..n-1 (``[axes, n]``, three-axis M-RoPE). Such a request
+    # prefills alone (its inputs are its own), then decodes in the running batch like any other.
+    inputs: dict[str, Any] = field(default_factory=dict)
+    positions: torch.Tensor | None = None
     id: int = field(default_factory=lambda: next(_ids))
+
+    @property
+    def prefills_alone(self) -> bool:
+        return bool(self.inputs) or self.positions is not None
 
 
 @dataclass(frozen=True)
@@ -160,8 +169,9 @@ class Scheduler:
         if not admitted:
             return []
         self._admitting = admitted
-        prefill, logits = DecodeBatch.prefill(self.model, [r.prompt_ids for r in admitted],
-                                              **self._adapter_args(admitted))
+        first = admitted[0]  # the only one when it has inputs of its own (``prefills_alone``)
+        prefill, logits = DecodeBatch.prefill(self.model, [r.prompt_ids for r in admitted], positions=first.positions,
+                                              **first.inputs, **self._adapter_args(admitted))
         rows = [row for row, r in enumerate(admitted) for _ in range(r.params.n)]
         if len(rows) != len(admitted):
             prefill.repeat(rows)
@@ -189,13 +199,15 @@ class Scheduler:
         with self._lock:
             while self.waiting:
                 r = self.waiting[0]
+                if taken and r.prefills_alone:
+                    break
                 need = r.params.n * (len(r.prompt_ids) + r.params.max_tokens)
                 if rows and (rows + r.params.n > self.max_batch_size or kv + need > self.max_batch_tokens
                              or prefill + len(r.prompt_ids) > self.max_prefill_tokens):
                     break
                 taken.append(self.waiting.popleft())
                 rows, kv, prefill = rows + r.params.n, kv + need, prefill + len(r.prompt_ids)
-                if not self.mergeable:
+                if not self.mergeable or r.prefills_alone:
                     break
         return taken
 

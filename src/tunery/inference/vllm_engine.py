@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunery.errors import InvalidRequest
 from tunery.inference.engine import Checked, Event, check, end_event, token_event
+from tunery.inference.images import has_images
 from tunery.inference.pool import generation_defaults
 from tunery.inference.protocol import GenerateRequest, ModelRef
 from tunery.inference.scheduler import Request, TokenEvent
@@ -53,6 +55,9 @@ class VllmEngine:
         self._idle = asyncio.Condition()
 
     async def open(self, request: GenerateRequest) -> AsyncIterator[Event]:
+        if request.messages is not None and has_images(request.messages):
+            raise InvalidRequest("this server's vLLM engine takes text only; chat with images through the "
+                                 "transformers engine (TUNERY_INFERENCE_ENGINE=transformers)", param="messages")
         model_dir = await asyncio.to_thread(self._model_dir, request.model)
         loaded = await self._engine_for(model_dir)
         loaded.running += 1

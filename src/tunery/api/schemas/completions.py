@@ -83,11 +83,16 @@ class ChatMessage(BaseModel):
 
     @field_validator("content")
     @classmethod
-    def _text_parts(cls, v: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+    def _known_parts(cls, v: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        """Text parts, and image parts for vision-language models (the engine refuses them for text models
+        and decodes them)."""
         if isinstance(v, list):
-            kinds = sorted({str(p.get("type")) for p in v if p.get("type") != "text"})
+            kinds = sorted({str(p.get("type")) for p in v if p.get("type") not in ("text", "image_url")})
             if kinds:
-                raise ValueError(f"only text content parts are supported; got {', '.join(kinds)}")
+                raise ValueError(f"only text and image_url content parts are supported; got {', '.join(kinds)}")
+            if any(p.get("type") == "image_url" and not (isinstance(p.get("image_url"), dict)
+                                                         and isinstance(p["image_url"].get("url"), str)) for p in v):
+                raise ValueError('an image_url part must be {"type": "image_url", "image_url": {"url": "data:..."}}')
         return v
 
 

@@ -20,18 +20,28 @@ glue, and only glue has to be split between turns. A glue piece between the last
 ``j-1`` and the first text of message ``j`` is split where the template itself would split it:
 
 * the end of turn ``j-1`` is how far the glue agrees with what the template writes after message
-  ``j-1`` when the conversation *ends* there (its end-of-turn markers, e.g. ``<|im_end|>\\n``);
+  ``j-1`` when the conversation *ends* there (its end-of-turn markers, e.g. ``<|im_end|>\\n``), or,
+  if that agrees further, with what it writes there before a generation prompt (gpt-oss closes the
+  last turn with ``<|return|>`` but earlier ones with ``<|end|>``; Qwen1.5 closes the last turn only
+  when prompted);
 * the body of an assistant turn ``j`` starts how far the glue agrees with what the template writes
   after message ``j-1`` with ``add_generation_prompt`` (the header the model is prompted with), so
   everything the model has to generate itself - ``<think>`` blocks, tool calls, the end marker - is
   in the body.
+
+Layout whitespace of different lengths in the two (templates written over several lines put a
+blank line before the generation prompt that the middle of a conversation lacks) is matched as
+whitespace (``_agreeing``). The anchor of a split is an occurrence of a marker that the prefix
+renderings have too, so a name a later header repeats (gpt-oss writes the tool call's name into the
+tool result's header) does not move the split into that header.
 
 The last turn ends at the end of the text, less whitespace the template writes after every
 conversation but not between turns. Those renderings of a prefix are cached by the shape of the
 conversation and the glue text, so a dataset costs about two renders per row. Templates with
 ``{% generation %}`` blocks say outright which text an assistant generates; their blocks are used
 for assistant bodies. A template that writes the assistant header even when no generation prompt
-is asked for leaves no way to tell a turn's end from the next header, and is refused.
+is asked for leaves no way to tell a turn's end from the next header by these renderings: its turns
+end at the tokenizer's EOS, and a turn that EOS does not close is refused.
 """
 
 from __future__ import annotations
@@ -118,6 +128,14 @@ class ChatTemplate:
         self.kwargs = dict(tokenizer.special_tokens_map)
         self._splits: dict[tuple[Any, ...], tuple[int, int, int]] = {}
         self._always_prompts: dict[str, bool] = {}
+        self._prompts: dict[str, str] = {}
+
+    def generation_prompt(self, template: str) -> str:
+        """What the template adds after a one-message conversation when asked for a generation
+        prompt (the assistant header, for most); cached per template."""
+        if template not in self._prompts:
+            self._prompts[template] = _generation_prompt(template, self.kwargs)
+        return self._prompts[template]
 
     def source(self, tools: Sequence[Any] | None) -> str:
         try:
@@ -155,11 +173,9 @@ class ChatTemplate:
         template = self.source(tools)
         if template not in self._always_prompts:
             self._always_prompts[template] = _always_prompts(template, self.kwargs)
-        if self._always_prompts[template]:
-            raise ConversationRefused(
-                "the chat template appends the assistant prompt even when no generation prompt is asked for, so "
-                "where an assistant turn ends cannot be told from the header after it; wrap that prompt in "
-                "{% if add_generation_prompt %} in the template, or set train_on_inputs=true")
+        stop = self.tokenizer.eos_token if self._always_prompts[template] else None
+        if self._always_prompts[template] and not stop:
+            raise _always_prompting()
         skeleton = _skeleton(prepared)
         shaped = _render_shaped(template, skeleton.messages, tools, False, self.kwargs)
         marks = _align(shaped, real, skeleton.runs)
@@ -170,7 +186,7 @@ class ChatTemplate:
                 "or upload pre-tokenized Parquet with your own labels")
         seen = {(skeleton.runs[mark.run].message, skeleton.runs[mark.run].key) for mark in marks}
         dropped = frozenset((run.message, run.key) for run in skeleton.runs) - seen
-        boundaries = _Boundaries(self, template, skeleton, shaped, marks, len(real), tools)
+        boundaries = _Boundaries(self, template, skeleton, shaped, marks, len(real), tools, stop)
         generation = _generation_bodies(template, prepared, tools, self.kwargs, real) \
             if _GENERATION.search(template) else {}
         turns = [Turn(0, 0, 0)] * len(prepared)
@@ -233,9 +249,12 @@ class _Boundaries:
     """Cut points between consecutive turns, as offsets in the real text, computed on demand."""
 
     def __init__(self, owner: ChatTemplate, template: str, skeleton: _Skeleton, shaped: str,
-                 marks: list[_Mark], real_length: int, tools: Sequence[Any] | None):
+                 marks: list[_Mark], real_length: int, tools: Sequence[Any] | None, stop: str | None = None):
         self.owner, self.template, self.skeleton, self.shaped = owner, template, skeleton, shaped
         self.marks, self.real_length, self.tools = marks, real_length, tools
+        # For a template that always writes the assistant header (see _always_prompts), the text
+        # after a turn ends it with the header in it: turns end at the first EOS instead.
+        self.stop = stop
         self._ends = [mark.shaped_end for mark in marks]  # increasing: occurrences do not overlap
         self._splits: dict[int, tuple[int, int]] = {}
         self._shape = tuple((m.get("role"), bool(m.get("tool_calls")), _kind(m.get("content")))
@@ -272,6 +291,8 @@ class _Boundaries:
         anchor = self.marks[-1] if self.marks else None
         start = anchor.shaped_end if anchor is not None else 0
         tail = self.shaped[start:]
+        if self.stop is not None:
+            return self._to_real(start + _through(tail, self.stop))
         kept = len(tail.rstrip())
         if kept == len(tail):
             return self.real_length
@@ -300,9 +321,10 @@ class _Boundaries:
         """(end of turn j-1, start of the body of turn j), as offsets in the real text.
 
         The glue is split after the last marker before message j's text, the *anchor*; if the
-        template leaves that text out when the conversation stops before j (Gemma 3 writes the
-        system prompt into the first user turn, so without a user turn it writes no system
-        prompt), an earlier anchor is taken, down to the start of the text.
+        template leaves that occurrence out when the conversation stops before j (Gemma 3 writes the
+        system prompt into the first user turn, so without a user turn it writes no system prompt;
+        gpt-oss repeats a tool call's name in the header of the tool result after it), an earlier
+        anchor is taken, down to the start of the text.
         """
         if j in self._splits:
             return self._splits[j]
@@ -313,12 +335,18 @@ class _Boundaries:
 
         def compute() -> tuple[int, int, int]:
             ends, starts = (self._prefix(j, generation_prompt) for generation_prompt in (False, True))
+            prompt = self.owner.generation_prompt(self.template)
             for depth, anchor in enumerate([*anchors, None]):
                 marker = "" if anchor is None else f"{MARK_OPEN}{anchor.run}{MARK_CLOSE}"
-                if marker in ends:
+                # The same occurrence in the prefix renderings: the last one there is the anchor's.
+                if anchor is None or ends.count(marker) == self.shaped.count(marker, 0, anchor.shaped_end):
                     glue = self.shaped[anchor.shaped_end if anchor else 0:first_later]
-                    end = _outside_markers(glue, _common_prefix(_after(ends, marker), glue))
-                    body = _outside_markers(glue, _common_prefix(_after(starts, marker), glue))
+                    prompted = _after(starts, marker)
+                    closing = _closing_before(prompted, prompt, glue, self.skeleton.messages[j].get("role"))
+                    end = _outside_markers(glue, max(_agreeing(_after(ends, marker), glue), _agreeing(closing, glue)))
+                    body = _outside_markers(glue, _agreeing(prompted, glue))
+                    if self.stop is not None:
+                        end = min(end, _through(glue, self.stop))
                     return depth, end, max(end, body)
             raise AssertionError("the empty marker is in every text")
 
@@ -348,6 +376,26 @@ def _after(text: str, marker: str) -> str:
     return text[text.rfind(marker) + len(marker):] if marker else text
 
 
+def _closing_before(prompted: str, prompt: str, glue: str, next_role: Any) -> str:
+    """What a template writes after a message before its generation prompt (``prompted`` less the
+    prompt), where that can be told: when the prompt ends it, or when all of it is in glue that
+    leads to another role than the assistant (so no assistant header is in it)."""
+    if prompt and prompted.endswith(prompt):
+        return prompted[:-len(prompt)]
+    return prompted if next_role != "assistant" and glue.startswith(prompted) else ""
+
+
+def _generation_prompt(template: str, kwargs: dict[str, Any]) -> str:
+    """The text the generation prompt adds after a one-user-message conversation, or "" when it
+    adds nothing or rewrites what came before."""
+    user = [{"role": "user", "content": f"{MARK_OPEN}0{MARK_CLOSE}"}]
+    try:
+        plain, prompted = (_render_shaped(template, user, None, flag, kwargs) for flag in (False, True))
+    except ConversationRefused:
+        return ""
+    return prompted[len(plain):] if prompted.startswith(plain) else ""
+
+
 def _outside_markers(glue: str, length: int) -> int:
     """``length`` moved back to the start of a marker it would end inside."""
     opened = glue.rfind(MARK_OPEN, 0, length)
@@ -356,18 +404,70 @@ def _outside_markers(glue: str, length: int) -> int:
 
 def _always_prompts(template: str, kwargs: dict[str, Any]) -> bool:
     """Whether the template writes the assistant header after every conversation, asked or not
-    (Meta-Llama-3-8B-Instruct's first template did): then a conversation ending with a user
-    message ends with exactly the text that separates it from an assistant answer, and one ending
-    with that answer ends the same way."""
-    user = [{"role": "user", "content": f"{MARK_OPEN}0{MARK_CLOSE}"}]
-    answered = [*user, {"role": "assistant", "content": f"{MARK_OPEN}1{MARK_CLOSE}"}]
+    (Meta-Llama-3-8B-Instruct's first template did; Command R7B's tool-use template does): the
+    generation prompt changes nothing, conversations ending with a user message and with an answer
+    end with the same text, which is also between a user message and its answer, and an answer
+    followed by another user message is not followed by that text."""
+    marker = [f"{MARK_OPEN}{i}{MARK_CLOSE}" for i in range(3)]
+    user = [{"role": "user", "content": marker[0]}]
+    answered = [*user, {"role": "assistant", "content": marker[1]}]
     try:
-        after_user = _render_shaped(template, user, None, False, kwargs).rpartition(MARK_CLOSE)[2]
-        both = _render_shaped(template, answered, None, False, kwargs)
+        alone, prompted, both, more = (
+            _render_shaped(template, messages, None, prompt, kwargs)
+            for messages, prompt in ((user, False), (user, True), (answered, False),
+                                     ([*answered, {"role": "user", "content": marker[2]}], False)))
     except ConversationRefused:
         return False
-    between = both.partition(f"{MARK_OPEN}0{MARK_CLOSE}")[2].partition(f"{MARK_OPEN}1{MARK_CLOSE}")[0]
-    return bool(after_user.strip()) and after_user == between == both.rpartition(MARK_CLOSE)[2]
+    after_user, after_answer = alone.rpartition(MARK_CLOSE)[2], both.rpartition(MARK_CLOSE)[2]
+    shared = after_user[len(after_user) - _common_prefix(after_user[::-1], after_answer[::-1]):]
+    to_answer = both.partition(marker[0])[2].partition(marker[1])[0]
+    answer_to_user = more.partition(marker[1])[2].partition(marker[2])[0]
+    return (alone == prompted and bool(shared.strip()) and shared in to_answer
+            and not answer_to_user.startswith(after_answer))
+
+
+def _always_prompting() -> ConversationRefused:
+    return ConversationRefused(
+        "the chat template appends the assistant prompt even when no generation prompt is asked for, and the "
+        "tokenizer's EOS token does not close its turns, so where an assistant turn ends cannot be told from the "
+        "header after it; wrap that prompt in {% if add_generation_prompt %} in the template, or set "
+        "train_on_inputs=true")
+
+
+def _through(text: str, stop: str) -> int:
+    """Where ``text`` ends when cut after its first ``stop``."""
+    at = text.find(stop)
+    if at < 0:
+        raise _always_prompting()
+    return at + len(stop)
+
+
+def _agreeing(text: str, glue: str) -> int:
+    """How far ``glue`` agrees with ``text``, the template's rendering after a conversation cut
+    short: character by character, except that a whitespace run with more of ``text`` after it
+    matches the whole whitespace run of the glue there. Templates written over several lines
+    (widely copied community ones) put layout whitespace of different lengths at a conversation's
+    end and between its turns, so ``<end_of_turn>\\n\\n\\n    <start_of_turn>model\\n`` cut short has to
+    agree with ``<end_of_turn>\\n\\n    <start_of_turn>model\\n`` in the middle."""
+    i = j = 0
+    while i < len(text) and j < len(glue):
+        if text[i].isspace() and glue[j].isspace():
+            run_i, run_j = _run_end(text, i), _run_end(glue, j)
+            if run_i == len(text):  # trailing whitespace: as far as it agrees
+                return j + _common_prefix(text[i:], glue[j:run_j])
+            i, j = run_i, run_j
+        elif text[i] == glue[j]:
+            i, j = i + 1, j + 1
+        else:
+            break
+    return j
+
+
+def _run_end(text: str, start: int) -> int:
+    end = start
+    while end < len(text) and text[end].isspace():
+        end += 1
+    return end
 
 
 def _common_prefix(a: str, b: str) -> int:
