@@ -423,3 +423,23 @@ def test_preference_outputs_may_call_tools_and_reason(tokenizers: dict[str, Any]
     chosen, rejected = Renderer(tokenizer).preference(record)
     assert trained_text(tokenizer, chosen) == [f"{EMPTY_THINK}{QWEN_TOOL_CALL}"]
     assert trained_text(tokenizer, rejected) == [f"<think>\nGuess.\n</think>\n\nNo idea.{CHATML}"]
+
+
+
+def test_a_tool_call_the_template_leaves_out_is_refused(tokenizers: dict[str, Any]) -> None:
+    # gpt-oss renders only the first of several tool calls in one message: the second would be lost.
+    tokenizer = tokenizers["gpt-oss-120b"]
+    paris = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+    rome = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Rome"}}}
+    messages = [
+        {"role": "user", "content": "Paris and Rome?"},
+        {"role": "assistant", "tool_calls": [paris, rome]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "rain"},
+        {"role": "assistant", "content": "Sunny, then rain."},
+    ]
+    with pytest.raises(ConversationRefused, match=r"leaves out the tool calls of messages\[1\]"):
+        Renderer(tokenizer).conversation(messages, TOOLS)
+    one_call = [messages[0], {"role": "assistant", "tool_calls": [paris]}, messages[2], messages[4]]
+    assert trained_text(tokenizer, Renderer(tokenizer).conversation(one_call, TOOLS))[0] == (
+        ' to=functions.weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>')

@@ -186,6 +186,10 @@ class ChatTemplate:
                 "or upload pre-tokenized Parquet with your own labels")
         seen = {(skeleton.runs[mark.run].message, skeleton.runs[mark.run].key) for mark in marks}
         dropped = frozenset((run.message, run.key) for run in skeleton.runs) - seen
+        # Each tool call of a message must be rendered (gpt-oss renders only the first of several).
+        shown = {mark.run for mark in marks}
+        dropped |= {(run.message, run.key) for k, run in enumerate(skeleton.runs)
+                    if run.key == "tool_calls" and k not in shown}
         boundaries = _Boundaries(self, template, skeleton, shaped, marks, len(real), tools, stop)
         generation = _generation_bodies(template, prepared, tools, self.kwargs, real) \
             if _GENERATION.search(template) else {}
@@ -445,16 +449,22 @@ def _through(text: str, stop: str) -> int:
 def _agreeing(text: str, glue: str) -> int:
     """How far ``glue`` agrees with ``text``, the template's rendering after a conversation cut
     short: character by character, except that a whitespace run with more of ``text`` after it
-    matches the whole whitespace run of the glue there. Templates written over several lines
-    (widely copied community ones) put layout whitespace of different lengths at a conversation's
-    end and between its turns, so ``<end_of_turn>\\n\\n\\n    <start_of_turn>model\\n`` cut short has to
-    agree with ``<end_of_turn>\\n\\n    <start_of_turn>model\\n`` in the middle."""
+    matches the whole whitespace run of the glue there, and whitespace on one side only is skipped
+    when the same word follows it on both (so a content's own leading space, which is glue just
+    before the content, is not skipped). Templates put layout whitespace of
+    different lengths at a conversation's end and between its turns: cut short, a community Gemma
+    template writes ``<end_of_turn>\\n\\n\\n    <start_of_turn>model\\n`` for the middle's
+    ``<end_of_turn>\\n\\n    <start_of_turn>model\\n``, Hermes 2 Pro ``</tool_response><|im_end|>`` for
+    ``</tool_response>\\n<|im_end|>``."""
     i = j = 0
     while i < len(text) and j < len(glue):
-        if text[i].isspace() and glue[j].isspace():
+        if text[i].isspace() or glue[j].isspace():
             run_i, run_j = _run_end(text, i), _run_end(glue, j)
             if run_i == len(text):  # trailing whitespace: as far as it agrees
                 return j + _common_prefix(text[i:], glue[j:run_j])
+            word = text[run_i:].split(None, 1)[0]  # text goes on after the run, so there is one
+            if (run_i == i or run_j == j) and not glue.startswith(word, run_j):
+                break  # whitespace on one side only, not followed by the same word on both
             i, j = run_i, run_j
         elif text[i] == glue[j]:
             i, j = i + 1, j + 1
