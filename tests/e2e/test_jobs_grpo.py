@@ -148,11 +148,12 @@ def test_bad_grpo_requests_get_every_problem_in_one_400(server: LiveServer, tmp_
                                             {"role": "assistant", "content": "2"}]}) + "\n")
     train = client.files.upload(sft).id
     bad = {"method": "grpo", "grader": {**GRADER["graders"]["exact"], "operation": "is"}, "group_size": 1,
-           "temperature": 0, "dpo_beta": 0.1}
+           "temperature": 0, "dpo_beta": 0.1, "eval_interval": 2}
     with pytest.raises(together.BadRequestError) as caught:
         create(client, model=MODEL, training_file=train, training_method=bad)
     message = str(caught.value)
     for part in ("operation", "group_size must be >= 2", "temperature must be in (0, 2]",
+                 "eval_interval=2 needs a validation_file",
                  "dpo_beta is only supported for DPO", "GRPO trains on reinforcement prompts"):
         assert part in message, part
     prompts_file = client.files.upload(prompts(tmp_path / "p.jsonl", 2)).id
@@ -164,7 +165,8 @@ def test_bad_grpo_requests_get_every_problem_in_one_400(server: LiveServer, tmp_
     with pytest.raises(openai.BadRequestError) as refused:
         oa.fine_tuning.jobs.create(model=MODEL, training_file=train, method={  # type: ignore[typeddict-item]
             "type": "reinforcement", "reinforcement": {"grader": bad_grader, "hyperparameters": {
-                "compute_multiplier": 100}}})
+                "compute_multiplier": 100, "eval_interval": 3}}})
     message = str(refused.value)
-    for part in ("operation", "compute_multiplier must be at most 16", "GRPO trains on reinforcement prompts"):
+    for part in ("operation", "compute_multiplier must be at most 16", "eval_interval=3 needs a validation_file",
+                 "GRPO trains on reinforcement prompts"):
         assert part in message, part

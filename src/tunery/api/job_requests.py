@@ -197,6 +197,8 @@ def _grpo(req: FinetuneRequest, problems: Problems) -> GRPO:
               ("eval_samples", values["eval_samples"] >= 1, "eval_samples must be >= 1")]
     for name, ok, message in checks:
         problems.check(ok, f"training_method.{name}", f"{message}; got {values[name]}")
+    problems.check(values["eval_interval"] == 0 or bool(req.validation_file), "training_method.eval_interval",
+                   f"eval_interval={values['eval_interval']} needs a validation_file to evaluate on")
     problems.check(not req.early_stopping_enabled, "early_stopping_enabled",
                    "early stopping watches the validation loss, which GRPO does not have; turn it off")
     return GRPO(grader=m.grader or {}, **values)
