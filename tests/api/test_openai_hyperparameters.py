@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunery.api.openai.hyperparameters import resolve
+from tunery.api.openai.hyperparameters import compute_multiplier, group_size, resolve
 
 
 @pytest.mark.parametrize(("examples", "epochs"), [(1, 25), (10, 10), (34, 3), (50, 3), (8_333, 3), (8_334, 2),
@@ -32,3 +32,17 @@ def test_numbers_pass_through_and_dpo_gets_its_beta_and_base() -> None:
     assert (chosen.n_epochs, chosen.batch_size, chosen.learning_rate_multiplier, chosen.beta) == (2, 4, 0.5, 0.1)
     assert chosen.learning_rate("dpo") == pytest.approx(5e-5)
     assert resolve("dpo", 100, 16, n_epochs=2, batch_size=4, learning_rate_multiplier=1, beta=0.3).beta == 0.3
+
+
+@pytest.mark.parametrize(("multiplier", "group"), [("auto", 4), (1, 4), (0.5, 2), (0.1, 2), (2.5, 10), (16, 64)])
+def test_reinforcement_compute_multiplier_scales_the_completions_per_prompt(multiplier: float | str,
+                                                                           group: int) -> None:
+    assert group_size(multiplier) == group  # type: ignore[arg-type]
+    if multiplier not in ("auto", 0.1):  # below a group of 2 there is nothing to compare: clamped
+        assert compute_multiplier(group) == multiplier
+
+
+def test_reinforcement_has_its_own_base_learning_rate_and_no_beta() -> None:
+    chosen = resolve("reinforcement", 10, 16, n_epochs="auto", batch_size="auto", learning_rate_multiplier="auto",
+                     beta=None)
+    assert chosen.learning_rate("reinforcement") == pytest.approx(2e-4 * 0.05) and chosen.beta is None
