@@ -9,18 +9,25 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import QueuePool
 
 from tests.abuse.conftest import MODEL, shared_server
 from tests.sample_data import conversation_file, text_file
+from tunery.app import create_app
+from tunery.models.catalog import ModelCatalog
+from tunery.models.registry import ResolvedModel
 from tunery.settings import Settings
 from tunery.store.db import Database
 from tunery.store.models import Job, JobMetric
+from tunery.store.users import create_key
 from tunery.worker import loop, relay
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,3 +111,38 @@ def test_the_worker_survives_database_errors_and_fails_no_job_for_them(
         assert steps == 6  # the stub's six steps: none lost to the errors
     finally:
         db.dispose()
+
+
+class PoolWatchingCatalog(ModelCatalog):
+    """The catalog at the hub seam: every model look-up (limits, vision, ``from_hf_model`` — where a
+    hub model's config and tokenizer come over the network) records how many database connections
+    are checked out of the pool at that moment."""
+
+    def __init__(self, real: ModelCatalog, pool: QueuePool):
+        super().__init__(real.cache_dir, real.allow_network)
+        self.pool = pool
+        self.held: list[int] = []
+
+    def resolve(self, name: str, registered: Mapping[str, str], revision: str | None = None,
+                token: str | None = None, weights: bool = True) -> ResolvedModel:
+        self.held.append(self.pool.checkedout())
+        return super().resolve(name, registered, revision, token, weights)
+
+
+def test_model_look_ups_at_create_hold_no_database_connection(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "data", secret_key="test-secret"))
+    ctx = app.state.ctx
+    assert isinstance(ctx.db.engine.pool, QueuePool)
+    catalog = ctx.catalog = PoolWatchingCatalog(ctx.catalog, ctx.db.engine.pool)
+    with ctx.db.session() as s:
+        key = create_key(s, "alice")
+    with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as c:
+        # A missing file is reported with the model's checks, so each request looks the model up.
+        together = c.post("/v1/fine-tunes", json={"model": MODEL, "from_hf_model": MODEL, "training_file": "file-x"})
+        assert together.status_code == 400, together.text
+        assert 'training_file "file-x" does not exist' in together.json()["error"]["message"]
+        openai = c.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": "file-x"})
+        assert openai.status_code == 400, openai.text
+        assert 'training_file "file-x" does not exist' in openai.json()["error"]["message"]
+        assert c.get("/v1/fine-tunes/models/limits", params={"model_name": MODEL}).status_code == 200
+    assert len(catalog.held) >= 4 and set(catalog.held) == {0}, catalog.held

@@ -35,6 +35,7 @@ from tunery.jobspec import (
     Wandb,
 )
 from tunery.models.catalog import ModelCatalog
+from tunery.store.db import Database
 from tunery.store.files import get_file
 from tunery.store.jobs import find_checkpoint, find_job_by_output_name, get_job
 from tunery.store.models import File, Job, User
@@ -374,10 +375,12 @@ def model_limits(catalog: ModelCatalog, model: str, registered: Mapping[str, str
         raise
 
 
-def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: ModelCatalog,
+def resolve_job_request(db: Database, req: FinetuneRequest, user: User, catalog: ModelCatalog,
                         registered: Mapping[str, str], problems: Problems | None = None) -> ResolvedJob:
     """Validate ``req`` completely and resolve every default; raise one ``InvalidRequest`` listing
-    every problem (``problems``: those another dialect found in its own fields, reported with them)."""
+    every problem (``problems``: those another dialect found in its own fields, reported with them).
+    The parent job and the files are read in one short read transaction; the model look-ups after
+    it (a hub model's config and tokenizer come over the network) hold no connection."""
     p = problems if problems is not None else Problems()
     given = len(p.items)
     if req.model and req.from_checkpoint:
@@ -389,10 +392,11 @@ def resolve_job_request(s: Session, req: FinetuneRequest, user: User, catalog: M
                                "from Together to start a job from, not both")
     if len(p.items) > given:  # nothing below can be checked without knowing what the job starts from
         p.raise_if_any()
-    parent = resolve_parent(s, req.from_checkpoint, user) if req.from_checkpoint else None
+    with db.read() as s:
+        parent = resolve_parent(s, req.from_checkpoint, user) if req.from_checkpoint else None
+        train = _check_file(s, req.training_file, user, "training_file", p)
+        val = _check_file(s, req.validation_file, user, "validation_file", p) if req.validation_file else None
     model = parent.job.model if parent else str(req.model)
-    train = _check_file(s, req.training_file, user, "training_file", p)
-    val = _check_file(s, req.validation_file, user, "validation_file", p) if req.validation_file else None
     limits = model_limits(catalog, model, registered, p)
     if req.from_hf_model:  # its config and tokenizer now; the job fetches the weights
         try:

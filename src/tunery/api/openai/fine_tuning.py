@@ -52,10 +52,11 @@ def _render(s: Session, job: Job, user: User) -> dict[str, Any]:
 @router.post("", responses=_ERRORS)
 def create_job(ctx: Ctx, user: CurrentUser, body: JobCreateRequest) -> dict[str, Any]:
     """Create a job; it is queued at once (the files were validated when they were uploaded).
-    Checked in a read, the files rendered with no transaction open, the job written in a short write."""
+    Checked in short reads, the model looked up and the files rendered with no transaction open, the
+    job written in a short write."""
     with ctx.db.read() as s:
-        registered = registered_models(s)
-        resolved = resolve_openai_job(s, body, user, ctx.catalog, registered, model_aliases(s), ctx.settings)
+        registered, aliases = registered_models(s), model_aliases(s)
+    resolved = resolve_openai_job(ctx.db, body, user, ctx.catalog, registered, aliases, ctx.settings)
     files = [(resolved.training_file, "training_file")]
     files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
     tokens = check_job_files(ctx, registered, resolved.spec, files)  # the model's template renders every sample

@@ -29,8 +29,6 @@ import re
 import secrets
 from collections.abc import Mapping
 
-from sqlalchemy.orm import Session
-
 from tunery.api.job_requests import Problems, ResolvedJob, model_limits, resolve_job_request
 from tunery.api.openai import hyperparameters as hp
 from tunery.api.openai.schemas import Hyperparameters, JobCreateRequest, ReinforcementHyperparameters
@@ -39,6 +37,7 @@ from tunery.errors import NotFound
 from tunery.jobspec import GRPO, JobSpec, Wandb
 from tunery.models.catalog import ModelCatalog
 from tunery.settings import Settings
+from tunery.store.db import Database
 from tunery.store.files import get_file
 from tunery.store.models import User
 
@@ -90,9 +89,10 @@ def _with_reasoning_effort(spec: JobSpec, given: Hyperparameters) -> JobSpec:
         update={"reasoning_effort": effort})})
 
 
-def resolve_openai_job(s: Session, req: JobCreateRequest, user: User, catalog: ModelCatalog,
+def resolve_openai_job(db: Database, req: JobCreateRequest, user: User, catalog: ModelCatalog,
                        registered: Mapping[str, str], aliases: Mapping[str, str], settings: Settings) -> ResolvedJob:
-    """Validate ``req`` completely and resolve it to a JobSpec; one ``InvalidRequest`` lists every problem."""
+    """Validate ``req`` completely and resolve it to a JobSpec; one ``InvalidRequest`` lists every problem.
+    Reads are short transactions of their own: no connection is held while a model is looked up."""
     p = Problems()
     model = aliases.get(req.model, req.model)
     kind, given = _method(req, p)
@@ -107,7 +107,8 @@ def resolve_openai_job(s: Session, req: JobCreateRequest, user: User, catalog: M
     limits = model_limits(catalog, model, registered, p)
     p.raise_if_any()
     try:
-        n_examples = max(1, get_file(s, user.id, req.training_file).num_samples)
+        with db.read() as s:
+            n_examples = max(1, get_file(s, user.id, req.training_file).num_samples)
     except NotFound:
         n_examples = 1  # Together's resolver reports the missing file
     bounds = limits["lora_training"]
@@ -126,7 +127,7 @@ def resolve_openai_job(s: Session, req: JobCreateRequest, user: User, catalog: M
         random_seed=req.seed if req.seed is not None else secrets.randbelow(2**31),
         wandb_api_key=settings.wandb_api_key if run else None,
     )
-    resolved = resolve_job_request(s, together, user, catalog, registered, p)
+    resolved = resolve_job_request(db, together, user, catalog, registered, p)
     spec = _with_reasoning_effort(resolved.spec, given).model_copy(update={
         "suffix": req.suffix, "metadata": req.metadata, "model_alias": req.model if model != req.model else None,
         "wandb": Wandb(project_name=run.project, entity=run.entity, name=run.name,

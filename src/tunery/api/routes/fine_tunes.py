@@ -47,8 +47,10 @@ def supported_models(ctx: Ctx, s: ReadSession, _: CurrentUser) -> dict[str, Any]
 
 
 @router.get("/models/limits")
-def model_limits(ctx: Ctx, s: ReadSession, user: CurrentUser, model_name: str = Query(...)) -> dict[str, Any]:
-    return ctx.catalog.limits(base_model_of(s, model_name, user), registered_models(s))
+def model_limits(ctx: Ctx, user: CurrentUser, model_name: str = Query(...)) -> dict[str, Any]:
+    with ctx.db.read() as s:
+        base, registered = base_model_of(s, model_name, user), registered_models(s)
+    return ctx.catalog.limits(base, registered)  # a hub model's config may be fetched: no transaction open
 
 
 @router.post("/estimate-price")
@@ -63,10 +65,11 @@ def preview_tokenization(ctx: Ctx, user: CurrentUser, body: PreviewRequest) -> d
 
 @router.post("")
 def create_job(ctx: Ctx, user: CurrentUser, req: FinetuneRequest) -> dict[str, Any]:
-    # Checked in a read, the files rendered with no transaction open, the job written in a short write.
+    # Checked in short reads, the model looked up (maybe on the hub) and the files rendered with no
+    # transaction open, the job written in a short write.
     with ctx.db.read() as s:
         registered = registered_models(s)
-        resolved = resolve_job_request(s, req, user, ctx.catalog, registered)
+    resolved = resolve_job_request(ctx.db, req, user, ctx.catalog, registered)
     files = [(resolved.training_file, "training_file")]
     files += [(resolved.validation_file, "validation_file")] if resolved.validation_file else []
     tokens = check_job_files(ctx, registered, resolved.spec, files)
