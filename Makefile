@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: serve test lint bench-upload
+.PHONY: serve test test-slow test-all lint bench-upload
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,17 @@ $(VENV)/.dev: $(VENV)/.runtime
 serve: $(VENV)/.runtime
 	$(BIN)/tunery serve
 
-# Two test processes: most tests wait on servers, workers and heartbeats rather than compute
-# (on the 2-core box: 11 min against 16 serially). --durations shows what to trim next.
+# Two test processes: most tests wait on servers, workers and heartbeats rather than compute.
+# `make test` is the quick tier (everything not marked slow: a few minutes on the 2-core box);
+# `make test-slow` is the live-server tier (real jobs through the SDKs, browser, torchrun, abuse:
+# about 12 minutes there). CI runs both. --durations shows what to trim next.
 test: $(VENV)/.dev
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=15
+
+test-slow: $(VENV)/.dev
+	$(BIN)/python -m pytest -n 2 -m slow --durations=15
+
+test-all: test test-slow
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check src tests bench

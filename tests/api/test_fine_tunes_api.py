@@ -186,3 +186,55 @@ def test_preview_shows_which_tokens_are_trained(together_client, train_id: str) 
     everything = together_client.fine_tuning.preview(model=MODEL, training_file=train_id, top_k=1,
                                                      train_on_inputs=True)
     assert everything.rows[0].num_trained_tokens == everything.rows[0].num_tokens
+
+
+# OpenAI's dialect: (method/hyperparameters as sent, the OpenAI param the 400 names, what its message says).
+# Together's resolver checks these fields; the error names them as OpenAI's request did.
+def _supervised(**h: Any) -> dict:
+    return {"method": {"type": "supervised", "supervised": {"hyperparameters": h}}}
+
+
+OPENAI_BAD_FIELDS = [
+    (_supervised(n_epochs=51), "method.supervised.hyperparameters.n_epochs", "n_epochs must be between 1 and 50"),
+    ({"hyperparameters": {"n_epochs": 100}}, "hyperparameters.n_epochs", "n_epochs must be between 1 and 50; got 100"),
+    (_supervised(batch_size=100000), "method.supervised.hyperparameters.batch_size", "Requested batch size of 100000"),
+    ({"hyperparameters": {"learning_rate_multiplier": 5000}}, "hyperparameters.learning_rate_multiplier",
+     "the learning rate is 0.001 × learning_rate_multiplier"),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"batch_size": 100000}}}},
+     "method.dpo.hyperparameters.batch_size", "Requested batch size of 100000"),
+    ({"method": {"type": "reinforcement", "reinforcement": {"grader": {"type": "no-such-grader"}}}},
+     "method.reinforcement.grader", "grader: "),
+]
+
+
+@pytest.mark.parametrize(("fields", "param", "says"), OPENAI_BAD_FIELDS,
+                         ids=[p for _, p, _ in OPENAI_BAD_FIELDS])
+def test_openai_jobs_name_openais_params(http: httpx.Client, train_id: str, pref_id: str, fields: dict, param: str,
+                                         says: str) -> None:
+    training_file = pref_id if "dpo" in param else train_id
+    r = http.post("/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": training_file, **fields})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["type"], err["param"]) == ("invalid_request_error", param)
+    assert says in err["message"] and "training_method" not in err["message"]
+
+
+def test_openai_jobs_refuse_infinite_numbers(http: httpx.Client, train_id: str) -> None:
+    r = http.post("/v1/fine_tuning/jobs", content=b'{"model": "%s", "training_file": "%s", "hyperparameters": '
+                  b'{"learning_rate_multiplier": Infinity}}' % (MODEL.encode(), train_id.encode()),
+                  headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("hyperparameters.learning_rate_multiplier")
+
+
+def test_openai_files_name_the_purposes_they_accept(http: httpx.Client) -> None:
+    r = http.post("/v1/files", files={"file": ("t.jsonl", b"{}\n")}, data={"purpose": "assistants"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "purpose" and 'purpose must be "fine-tune"' in err["message"]
+    assert "calibration" not in err["message"] and "'assistants'" in err["message"]
+    r = http.post("/v1/uploads", json={"bytes": 10, "filename": "t.jsonl", "mime_type": "text/jsonl",
+                                       "purpose": "batch"})
+    assert r.status_code == 400 and r.json()["error"]["message"] == err["message"].replace("'assistants'", "'batch'")
+    # Together's own upload form keeps Together's purposes.
+    r = http.post("/v1/files/upload", files={"file": ("t.jsonl", b"{}\n")}, data={"purpose": "assistants"})
+    assert r.status_code == 400 and "calibration" in r.json()["error"]["message"]

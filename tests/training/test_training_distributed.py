@@ -139,8 +139,8 @@ def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_d
     [ckpt] = [r for r in first if r["kind"] == "checkpoint"]
     assert not ckpt["final"] and 1 <= ckpt["step"] < total, log
     assert [e for e in first if e.get("level") == "error"] == []
-    assert first[0]["type"] == "training_start" and first[0]["batch_size"] == 3
-    assert first[0]["sharded"] is full
+    start = next(r for r in first if r.get("type") == "training_start")
+    assert start["batch_size"] == 3 and start["sharded"] is full
 
     if full:  # the checkpoint holds whole tensors, as one process writes them: one process resumes it too
         alone = ListReporter()
@@ -152,7 +152,7 @@ def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_d
     code, log = finish(proc)
     assert code == 0, log
     second = records(report)
-    assert second[0]["resumed_from_step"] == ckpt["step"]
+    assert next(r for r in second if r.get("type") == "training_start")["resumed_from_step"] == ckpt["step"]
     assert second[-1]["type"] == "training_complete" and second[-2]["final"] is True
     assert_same_curve(curve(first) + curve(second), expected)
     assert [e["epoch"] for e in first + second if e.get("type") == "epoch_complete"] == [1, 2]
@@ -160,7 +160,8 @@ def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_d
     assert_same_weights(out / "final" / weights, tmp_path / "one" / "final" / weights)
     exported = AutoModelForCausalLM.from_pretrained(out / "final" / "model")
     assert exported.config.architectures == ["LlamaForCausalLM"]
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "final"]  # rank 0 alone wrote
+    # rank 0 alone wrote (the tokenized training set too, once)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "final", "tokenized-train.parquet"]
 
 
 def test_two_processes_train_dpo_fully_like_one(tiny_llama: Path, sft_data: Path, tmp_path: Path) -> None:
@@ -185,7 +186,7 @@ def test_two_processes_train_dpo_fully_like_one(tiny_llama: Path, sft_data: Path
     expected = curve(one.records)
     assert len(expected) > 10
     got = records(report)
-    assert got[0]["sharded"] is True
+    assert next(r for r in got if r.get("type") == "training_start")["sharded"] is True
     assert_same_curve(curve(got), expected)
     [stopped] = [r for r in got if r.get("type") == "early_stopped"]
     [ckpt] = [r for r in got if r["kind"] == "checkpoint" and not r["final"]]

@@ -90,6 +90,10 @@ def lora_run(tiny_llama: Path, qa_files: tuple[Path, Path], tmp_path_factory: py
 
 def test_lora_run_reports_events_metrics_and_checkpoints_in_order(lora_run: dict) -> None:
     records, out = lora_run["records"], lora_run["out"]
+    # The tokenized training set is written before the first step (the SDK's tokenized-dataset download).
+    [tokenized] = [i for i, r in enumerate(records) if r.get("type") == "tokenized_dataset"]
+    assert Path(records[tokenized]["path"]).is_file()
+    records = records[:tokenized] + records[tokenized + 1:]
     assert (records[0]["type"], records[0]["wandb_url"]) == ("wandb_init", None)  # offline: no URL
     records = records[1:]
     start = records[0]

@@ -85,7 +85,10 @@ def test_follow_download_cancel_and_isolation(server: LiveServer, browser, tmp_p
     watched = client.fine_tuning.create(
         training_file=train.id, validation_file=val.id, n_evals=2, model=MODEL, lora=True, n_epochs=2,
         n_checkpoints=2, learning_rate=3e-3, batch_size="max", suffix="watched", max_seq_length=256)
-    doomed = client.fine_tuning.create(training_file=train.id, model=MODEL, lora=True, n_epochs=20,
+    # Doomed must still be training when it is cancelled, after the watched job and the playground:
+    # thousands of steps, so a fast machine cannot finish it first.
+    long = client.files.upload(conversation_file(tmp_path / "long.jsonl", n=2000, seed=2), purpose="fine-tune")
+    doomed = client.fine_tuning.create(training_file=long.id, model=MODEL, lora=True, n_epochs=20,
                                        learning_rate=1e-3, batch_size=1, suffix="doomed", max_seq_length=256)
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)

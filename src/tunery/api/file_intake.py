@@ -9,12 +9,25 @@ from pathlib import Path
 
 from tunery.api.deps import AppContext
 from tunery.api.schemas.files import FileCreateRequest
-from tunery.errors import Busy, NotFound, TuneryError
+from tunery.errors import Busy, InvalidRequest, NotFound, TuneryError
 from tunery.storage.staging import StagedFile
 from tunery.store import files as file_store
 from tunery.store.models import File, User
 
 log = logging.getLogger("tunery.api.files")
+
+# The purposes OpenAI's dialect (``files.create``, ``uploads.create``) takes. Of OpenAI's own
+# (assistants, batch, fine-tune, vision, user_data, evals) this server serves fine-tuning only;
+# Together's other purposes (eval, calibration, batch-api) are uploaded through Together's API.
+OPENAI_PURPOSES = ("fine-tune",)
+
+
+def check_openai_purpose(purpose: str | None) -> None:
+    """Refuse, naming the purposes OpenAI's dialect accepts, a purpose it does not serve."""
+    if purpose not in OPENAI_PURPOSES:
+        accepted = ", ".join(f'"{p}"' for p in OPENAI_PURPOSES)
+        raise InvalidRequest(f"purpose must be {accepted} (this server's OpenAI files API keeps files for "
+                             f"fine-tuning jobs); got {purpose!r}", param="purpose")
 
 
 def store_staged_file(ctx: AppContext, user: User, meta: FileCreateRequest, staged: StagedFile) -> File:

@@ -14,6 +14,10 @@ validation pass's:
 One row per training step; a validation pass at a step fills that row's valid_* columns. Evaluations
 here always cover the whole validation file, so the full_valid_* columns repeat them. A value the
 job did not measure is left empty.
+
+A DPO job leaves the accuracy columns empty: OpenAI documents them as token accuracy (the share of
+trained tokens the model predicts right), and DPO's reward accuracy (the share of pairs whose
+preferred reply scores higher) is a different quantity — a script comparing runs would read it wrong.
 """
 
 from __future__ import annotations

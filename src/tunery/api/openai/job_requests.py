@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from tunery.api.job_requests import Problems, ResolvedJob, model_limits, resolve_job_request
 from tunery.api.openai import hyperparameters as hp
@@ -43,6 +44,55 @@ from tunery.store.models import User
 
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 OPENAI_TAGS = ("openai/finetune",)
+MAX_EPOCHS = 50  # OpenAI's documented range for a given n_epochs is 1 to 50
+
+
+@dataclass
+class OpenAIProblems(Problems):
+    """Problems named as OpenAI's request names them: Together's resolver reports the fields of the
+    request this dialect made for it (``n_epochs``, ``training_method.grader`` …); each is renamed to
+    the OpenAI param it came from, with how the value was derived where it was (``names``)."""
+
+    names: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+
+    def add(self, param: str, message: str) -> None:
+        ours, how = self.names.get(param, (param, ""))
+        if ours != param and not message.startswith(ours.rpartition(".")[2]):
+            message = f"{ours}: {message}"
+        super().add(ours, f"{message} ({how})" if how else message)
+
+
+def hyperparameters_path(req: JobCreateRequest) -> str:
+    """Where the request gave its hyperparameters: under its method, or at the top level (deprecated)."""
+    kind = req.method.type if req.method else "supervised"
+    given = getattr(req.method, kind) if req.method else None
+    if (given is None or given.hyperparameters is None) and req.hyperparameters is not None:
+        return "hyperparameters"
+    return f"method.{kind}.hyperparameters" if req.method else "hyperparameters"
+
+
+def together_names(req: JobCreateRequest) -> dict[str, tuple[str, str]]:
+    """Together's field → (the OpenAI param it was made from, how), for every field this dialect sets."""
+    kind = req.method.type if req.method else "supervised"
+    hyper = hyperparameters_path(req)
+    base = hp.BASE_LEARNING_RATE[kind]
+    rl = "method.reinforcement"
+    return {
+        "n_epochs": (f"{hyper}.n_epochs", ""),
+        "n_checkpoints": (f"{hyper}.n_epochs", "a checkpoint per epoch"),
+        "n_evals": (f"{hyper}.n_epochs", "a validation pass per epoch"),
+        "batch_size": (f"{hyper}.batch_size", ""),
+        "learning_rate": (f"{hyper}.learning_rate_multiplier",
+                          f"the learning rate is {base:g} × learning_rate_multiplier"),
+        "dpo_beta": ("method.dpo.hyperparameters.beta", ""),
+        "training_method.dpo_beta": ("method.dpo.hyperparameters.beta", ""),
+        "training_method.grader": (f"{rl}.grader", ""),
+        "training_method.group_size": (f"{rl}.hyperparameters.compute_multiplier",
+                                       f"completions per prompt are {hp.BASE_GROUP_SIZE} × compute_multiplier"),
+        "training_method.eval_interval": (f"{rl}.hyperparameters.eval_interval", ""),
+        "training_method.eval_samples": (f"{rl}.hyperparameters.eval_samples", ""),
+        "random_seed": ("seed", ""),
+    }
 
 
 def _method(req: JobCreateRequest, problems: Problems) -> tuple[hp.Method, Hyperparameters]:
@@ -93,9 +143,11 @@ def resolve_openai_job(db: Database, req: JobCreateRequest, user: User, catalog:
                        registered: Mapping[str, str], aliases: Mapping[str, str], settings: Settings) -> ResolvedJob:
     """Validate ``req`` completely and resolve it to a JobSpec; one ``InvalidRequest`` lists every problem.
     Reads are short transactions of their own: no connection is held while a model is looked up."""
-    p = Problems()
+    p = OpenAIProblems(names=together_names(req))
     model = aliases.get(req.model, req.model)
     kind, given = _method(req, p)
+    p.check(given.n_epochs == "auto" or given.n_epochs <= MAX_EPOCHS, f"{hyperparameters_path(req)}.n_epochs",
+            f"n_epochs must be between 1 and {MAX_EPOCHS}; got {given.n_epochs}")
     if req.suffix is not None and not SUFFIX_RE.match(req.suffix):
         p.add("suffix", f"suffix must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'; got {req.suffix!r}")
     wandb = [i.wandb for i in req.integrations or ()]

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tunery.api.openai import hyperparameters as hp
-from tunery.api.schemas.files import FilePurpose, FileResponse
+from tunery.api.schemas.files import FileResponse
 from tunery.api.schemas.timefmt import unix
 from tunery.jobs.results import openai_metrics
 from tunery.jobspec import DPO, GRPO
@@ -34,7 +34,7 @@ class UploadCreateRequest(OpenAIRequest):
     bytes: int = Field(ge=1, description="The size of the whole file; the parts must add up to it.")
     filename: str = Field(description="The file's name; its extension (.jsonl, .parquet) sets the file type.")
     mime_type: str = Field(min_length=1, description="Informational: the type follows the filename's extension.")
-    purpose: FilePurpose
+    purpose: str = Field(description='"fine-tune" (the purposes this dialect serves: file_intake.OPENAI_PURPOSES).')
     expires_after: ExpiresAfter | None = None
 
 
@@ -52,18 +52,18 @@ class Hyperparameters(OpenAIRequest):
     """Each a number or "auto" (see ``hyperparameters.py`` for how "auto" resolves)."""
 
     batch_size: Annotated[int, Field(ge=1)] | Auto = "auto"
-    learning_rate_multiplier: Annotated[float, Field(gt=0)] | Auto = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Auto = "auto"
     n_epochs: Annotated[int, Field(ge=1)] | Auto = "auto"
 
 
 class DpoHyperparameters(Hyperparameters):
-    beta: Annotated[float, Field(gt=0)] | Auto = "auto"
+    beta: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Auto = "auto"
 
 
 class ReinforcementHyperparameters(Hyperparameters):
     """See ``hyperparameters.py``: ``compute_multiplier`` scales the completions sampled per prompt."""
 
-    compute_multiplier: Annotated[float, Field(gt=0)] | Auto = "auto"
+    compute_multiplier: Annotated[float, Field(gt=0, allow_inf_nan=False)] | Auto = "auto"
     eval_interval: Annotated[int, Field(ge=1)] | Auto = "auto"
     eval_samples: Annotated[int, Field(ge=1)] | Auto = "auto"
     reasoning_effort: Literal["default", "low", "medium", "high"] = "default"

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunery.api.deps import AppContext, Ctx, CurrentUser
 from tunery.api.errors import invalid_request
-from tunery.api.file_intake import store_staged_file, validate_file
+from tunery.api.file_intake import check_openai_purpose, store_staged_file, validate_file
 from tunery.api.openai.schemas import UploadCompleteRequest, UploadCreateRequest, part_object, upload_object
 from tunery.api.receiving import receive_form
 from tunery.api.schemas.files import FileCreateRequest
@@ -73,6 +73,7 @@ def create_upload(body: UploadCreateRequest, user: CurrentUser, ctx: Ctx) -> dic
                              "them (files.delete)", param="expires_after")
     if body.bytes > ctx.settings.max_upload_bytes:
         raise too_large(ctx.settings.max_upload_bytes)
+    check_openai_purpose(body.purpose)
     meta = _file_meta(body)
     _sweep_expired(ctx, user)
     with ctx.db.session() as s:

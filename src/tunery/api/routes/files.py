@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunery.api.deps import AppContext, Ctx, CurrentUser
 from tunery.api.errors import error_body, invalid_request
-from tunery.api.file_intake import store_staged_file, validate_file
+from tunery.api.file_intake import check_openai_purpose, store_staged_file, validate_file
 from tunery.api.object_uploads import adopt_upload, direct, file_url, part_urls, upload_key
 from tunery.api.receiving import FormParts, check_announced_length, is_multipart, receive_form
 from tunery.api.routes.uploads import file_upload_url, part_upload_url
@@ -140,6 +140,11 @@ async def create_file(request: Request, user: CurrentUser, ctx: Ctx) -> Response
         staged.discard()
         raise InvalidRequest("expires_after is not supported: files on this server are kept until you delete "
                              "them (files.delete)", param="expires_after")
+    try:
+        check_openai_purpose(form.text("purpose"))
+    except InvalidRequest:
+        staged.discard()
+        raise
     row = await _receive_whole_file(request, ctx, user, form, staged)
     return JSONResponse(FileResponse.from_row(row).wire())
 
