@@ -37,20 +37,22 @@ REPO = Path(__file__).resolve().parents[2]
 def test_a_long_estimate_holds_no_lock_and_delays_no_other_tenant(tmp_path: Path) -> None:
     server, alice, bob = shared_server(tmp_path, TUNERY_WORKERS="0")
     try:
-        big = alice.sdk.files.upload(conversation_file(tmp_path / "big.jsonl", n=3000)).id  # type: ignore[attr-defined]
+        # Just under the size an estimate renders whole (dataset_checks.EXACT_MAX_BYTES): the longest
+        # estimate there is, so bob's requests (his file uploaded beforehand) land while it runs.
+        big = alice.sdk.files.upload(conversation_file(tmp_path / "big.jsonl", n=5500)).id  # type: ignore[attr-defined]
+        train = bob.sdk.files.upload(text_file(tmp_path / "small.jsonl", n=16)).id  # type: ignore[attr-defined]
         answer: dict[str, httpx.Response] = {}
 
-        def estimate() -> None:  # tokenizes 3000 chat samples: seconds of work
+        def estimate() -> None:  # tokenizes 5500 chat samples: seconds of work
             answer["r"] = alice.http.post("/v1/fine-tunes/estimate-price",
                                           json={"training_file": big, "model": MODEL, "n_epochs": 2})
 
         running = threading.Thread(target=estimate)
         running.start()
         time.sleep(1.0)
-        # Meanwhile bob lists, uploads and creates a job, and an outside writer takes the write
-        # lock with a short timeout: none of them waits for alice's estimate.
+        # Meanwhile bob lists and creates a job, and an outside writer takes the write lock with a
+        # short timeout: none of them waits for alice's estimate.
         assert bob.http.get("/v1/files").status_code == 200
-        train = bob.sdk.files.upload(text_file(tmp_path / "small.jsonl", n=16)).id  # type: ignore[attr-defined]
         job = bob.sdk.fine_tuning.create(training_file=train, model=MODEL, lora=True)  # type: ignore[attr-defined]
         if server.database_url.startswith("sqlite"):
             outside = sqlite3.connect(server.database_url.removeprefix("sqlite:///"), timeout=2, isolation_level=None)
@@ -61,7 +63,7 @@ def test_a_long_estimate_holds_no_lock_and_delays_no_other_tenant(tmp_path: Path
         running.join(300)
         r = answer["r"]
         assert r.status_code == 200, r.text
-        assert r.json()["estimated_train_token_count"] > 3000
+        assert r.json()["estimated_train_token_count"] > 5500
         assert bob.sdk.fine_tuning.retrieve(job.id).status == "queued"  # type: ignore[attr-defined]
     finally:
         server.stop()
