@@ -250,6 +250,14 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def histogram_mean(node: Node, total: float, count: int) -> str:
+    """Each API process keeps its own /metrics histogram and a scrape reaches any one of them, so two
+    scrapes differ meaningfully only with one process; the /proc CPU line counts them all."""
+    if node.api_workers > 1 or count <= 0:
+        return "   n/a (histograms are per process)"
+    return f"{1000 * total / count:6.2f} ms (n={count})"
+
+
 def measure(node: Node, clients: int, seconds: float, poll_s: float, label: str) -> None:
     print(f"--- {label}: {node.api_workers} API process(es), src {node.src}")
     # 1. cost with no load, after a warm-up (first requests fill caches and import lazily)
@@ -268,7 +276,7 @@ def measure(node: Node, clients: int, seconds: float, poll_s: float, label: str)
     after, cpu1 = node.histogram(), process_tree_cpu_s(node.api.pid)
     for name in ROUTES:
         total, count = after[name][0] - before[name][0], after[name][1] - before[name][1]
-        print(f"no load  {ROUTES[name]:30s} API histogram mean {1000 * total / count:6.2f} ms (n={count})")
+        print(f"no load  {ROUTES[name]:30s} API histogram mean {histogram_mean(node, total, int(count))}")
     print(f"no load  API CPU per request (both routes, /proc): {1000 * (cpu1 - cpu0) / 800:6.2f} ms")
     # 2. the polling load
     latencies: dict[str, list[float]] = {name: [] for name in ROUTES}
@@ -289,7 +297,7 @@ def measure(node: Node, clients: int, seconds: float, poll_s: float, label: str)
         total, count = after[name][0] - before[name][0], after[name][1] - before[name][1]
         print(f"load     {ROUTES[name]:30s} n={len(values):6d} p50={1000 * pct(values, 0.5):7.1f} ms "
               f"p99={1000 * pct(values, 0.99):7.1f} ms max={1000 * max(values):7.1f} ms | "
-              f"API histogram mean {1000 * total / max(count, 1):6.2f} ms")
+              f"API histogram mean {histogram_mean(node, total, int(count))}")
     print(f"load     API CPU per request (/proc): {1000 * (cpu1 - cpu0) / max(n, 1):6.2f} ms")
     if failures:
         errors = [line for line in (node.root / "api.log").read_text(errors="replace").splitlines()
