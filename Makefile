@@ -25,7 +25,7 @@ serve: $(VENV)/.runtime
 # Two test processes: most tests wait on servers, workers and heartbeats rather than compute.
 # `make test` is the quick tier (everything not marked slow: a few minutes on the 2-core box);
 # `make test-slow` is the live-server tier (real jobs through the SDKs, browser, torchrun, abuse:
-# about 12 minutes there). CI runs both. --durations shows what to trim next.
+# about 17 minutes there). CI runs both. --durations shows what to trim next.
 test: $(VENV)/.dev
 	$(BIN)/python -m pytest -n 2 -m "not slow" --durations=15
 
