@@ -79,6 +79,11 @@ def records(report: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
 
 
+def training_start(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's training_start event (the tokenized training set's record comes before it)."""
+    return next(r for r in recs if r.get("type") == "training_start")
+
+
 def curve(recs: list[dict[str, Any]]) -> list[tuple[int, str, float]]:
     """(step, metric, value) for the losses, gradient norms and eval metrics: all but timings."""
     keys = ("train/loss", "train/grad_norm", "train/learning_rate", "train/reward_accuracy", "eval/loss",
@@ -139,7 +144,7 @@ def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_d
     [ckpt] = [r for r in first if r["kind"] == "checkpoint"]
     assert not ckpt["final"] and 1 <= ckpt["step"] < total, log
     assert [e for e in first if e.get("level") == "error"] == []
-    start = next(r for r in first if r.get("type") == "training_start")
+    start = training_start(first)
     assert start["batch_size"] == 3 and start["sharded"] is full
 
     if full:  # the checkpoint holds whole tensors, as one process writes them: one process resumes it too
@@ -152,7 +157,7 @@ def test_two_processes_stop_resume_and_match_one_process(tiny_llama: Path, sft_d
     code, log = finish(proc)
     assert code == 0, log
     second = records(report)
-    assert next(r for r in second if r.get("type") == "training_start")["resumed_from_step"] == ckpt["step"]
+    assert training_start(second)["resumed_from_step"] == ckpt["step"]
     assert second[-1]["type"] == "training_complete" and second[-2]["final"] is True
     assert_same_curve(curve(first) + curve(second), expected)
     assert [e["epoch"] for e in first + second if e.get("type") == "epoch_complete"] == [1, 2]
@@ -186,7 +191,7 @@ def test_two_processes_train_dpo_fully_like_one(tiny_llama: Path, sft_data: Path
     expected = curve(one.records)
     assert len(expected) > 10
     got = records(report)
-    assert next(r for r in got if r.get("type") == "training_start")["sharded"] is True
+    assert training_start(got)["sharded"] is True
     assert_same_curve(curve(got), expected)
     [stopped] = [r for r in got if r.get("type") == "early_stopped"]
     [ckpt] = [r for r in got if r["kind"] == "checkpoint" and not r["final"]]
