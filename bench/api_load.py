@@ -112,9 +112,10 @@ def load_average() -> str:
 NOT_API = ("tunery.api.bounded", "inference")
 
 
-def process_tree_cpu_s(root: int) -> float:
+def process_tree_cpu_s(root: int, only_api: bool = True) -> float:
     """User+system CPU seconds of ``root`` and its descendants that serve requests (with
-    --api-workers N, the N processes uvicorn starts), from /proc (clock ticks)."""
+    --api-workers N, the N processes uvicorn starts), from /proc (clock ticks); with ``only_api``
+    False, of all its descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     stats: dict[int, float] = {}
@@ -126,7 +127,7 @@ def process_tree_cpu_s(root: int) -> float:
             cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if any(part in cmdline for part in NOT_API):
+        if only_api and any(part in cmdline for part in NOT_API):
             continue
         pid, ppid = int(entry.name), int(fields[1])
         children.setdefault(ppid, []).append(pid)
@@ -170,10 +171,23 @@ class Node:
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    self.wait_until_idle()
                     return
             except httpx.HTTPError:
                 time.sleep(0.2)
         raise SystemExit(f"the API did not start:\n{(self.root / 'api.log').read_text()[-3000:]}")
+
+    def wait_until_idle(self, timeout_s: float = 300) -> None:
+        """Until the node's processes are idle: the inference engine it starts eagerly loads for a
+        minute or so on this machine, and would otherwise compete with the API being measured."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            before = process_tree_cpu_s(self.api.pid, only_api=False) + process_tree_cpu_s(self.worker.pid)
+            time.sleep(2)
+            after = process_tree_cpu_s(self.api.pid, only_api=False) + process_tree_cpu_s(self.worker.pid)
+            if after - before < 0.1:
+                return
+        raise SystemExit(f"the node did not become idle in {timeout_s:.0f} s")
 
     @property
     def base_url(self) -> str:

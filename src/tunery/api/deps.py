@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from tunery.api.bounded import BoundedPool
@@ -19,7 +20,7 @@ from tunery.storage import BlobStore
 from tunery.store.db import Database
 from tunery.store.models import User
 from tunery.store.secrets import SecretBox
-from tunery.store.users import user_for_key
+from tunery.store.users import user_for_key, user_id_for_key
 
 
 @dataclass
@@ -64,12 +65,28 @@ def bearer_key(request: Request) -> str | None:
 
 def authenticate(s: Session, key: str | None) -> User:
     """The owner of the unrevoked API key ``key``; ``Unauthorized`` otherwise."""
+    user = user_for_key(s, _presented(key))
+    if user is None:
+        raise _invalid_key()
+    return user
+
+
+def authenticated_user_id(conn: Connection, key: str | None) -> str:
+    """``authenticate`` on a plain connection (``Database.read_rows``): the owner's id."""
+    user_id = user_id_for_key(conn, _presented(key))
+    if user_id is None:
+        raise _invalid_key()
+    return user_id
+
+
+def _presented(key: str | None) -> str:
     if key is None:
         raise Unauthorized("missing API key: send the header `Authorization: Bearer <key>`")
-    user = user_for_key(s, key)
-    if user is None:
-        raise Unauthorized("invalid or revoked API key")
-    return user
+    return key
+
+
+def _invalid_key() -> Unauthorized:
+    return Unauthorized("invalid or revoked API key")
 
 
 def current_user(request: Request, ctx: Annotated[AppContext, Depends(_ctx)]) -> User:

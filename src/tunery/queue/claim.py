@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import Select, String, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, Select, String, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from tunery.queue.states import transition
@@ -89,7 +89,7 @@ def _queue_position_query() -> Select:  # type: ignore[type-arg]
 _QUEUE_POSITION = _queue_position_query()
 
 
-def queue_position(s: Session, job: Job) -> int:
+def queue_position(s: Session | Connection, job: Job) -> int:
     """How many queued jobs a worker would take before ``job`` in the fair order, as things stand
     (0 unless ``job`` is pending or queued; a pending job is placed as if it were queued now)."""
     if job.status not in (JobStatus.QUEUED, JobStatus.PENDING):

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from tunery.errors import NotFound
@@ -32,8 +33,33 @@ def get_job(s: Session, job_id: str, user_id: str | None = None) -> Job:
     """The job, if it exists and (when ``user_id`` is given) belongs to that user; else NotFound."""
     job = s.get(Job, job_id)
     if job is None or (user_id is not None and job.user_id != user_id):
-        raise NotFound(f"fine-tuning job {job_id} not found", param="id")
+        raise _job_not_found(job_id)
     return job
+
+
+def _job_not_found(job_id: str) -> NotFound:
+    return NotFound(f"fine-tuning job {job_id} not found", param="id")
+
+
+_JOB_ROW = select(Job.__table__).where(Job.__table__.c.id == bindparam("job_id"))
+
+
+def read_job(conn: Connection, job_id: str, user_id: str) -> Job:
+    """``get_job`` on a plain connection (``Database.read_rows``): the job as a detached ``Job``,
+    for reading only."""
+    row = conn.execute(_JOB_ROW, {"job_id": job_id}).one_or_none()
+    if row is None or row.user_id != user_id:
+        raise _job_not_found(job_id)
+    return Job(**row._mapping)
+
+
+_JOB_OWNER = select(Job.user_id).where(Job.id == bindparam("job_id"))
+
+
+def check_owner(conn: Connection, job_id: str, user_id: str) -> None:
+    """NotFound unless the job exists and belongs to ``user_id`` (``read_job`` without the row)."""
+    if conn.scalar(_JOB_OWNER, {"job_id": job_id}) != user_id:
+        raise _job_not_found(job_id)
 
 
 def find_job_by_output_name(s: Session, name: str, user_id: str) -> Job | None:
@@ -91,14 +117,17 @@ _EVENTS = (select(JobEvent.created_at, JobEvent.type, JobEvent.level, JobEvent.m
            .where(JobEvent.job_id == bindparam("job_id")).order_by(JobEvent.id))
 
 
-def list_events(s: Session, job_id: str) -> list[Event]:
-    return [Event(*row) for row in s.execute(_EVENTS, {"job_id": job_id})]
+def list_events(s: Session | Connection, job_id: str) -> list[Event]:
+    return [Event(*row) for row in s.execute(_EVENTS, {"job_id": job_id}).all()]
 
 
 # -- metrics --------------------------------------------------------------------------------------
 
 def add_metrics(s: Session, job_id: str, step: int, values: dict[str, float]) -> None:
-    s.execute(insert(JobMetric).values(job_id=job_id, step=step, logged_at=utcnow(), values=values))
+    """Non-finite values (an overflowing gradient norm) are stored as null: JSON has no NaN or
+    Infinity, PostgreSQL refuses them and no client could parse them."""
+    finite = {k: v if v is None or math.isfinite(v) else None for k, v in values.items()}
+    s.execute(insert(JobMetric).values(job_id=job_id, step=step, logged_at=utcnow(), values=finite))
 
 
 def list_metrics(s: Session, job_id: str, step_from: int | None = None, step_to: int | None = None,

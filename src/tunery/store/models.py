@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def result_processor(self, dialect: Any, coltype: object) -> Callable[[Any], datetime | None] | None:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def from_sqlite_text(value: str | None) -> datetime | None:
+            # SQLite keeps 'YYYY-MM-DD HH:MM:SS.ffffff': fromisoformat parses that in C, where
+            # SQLAlchemy's SQLite type runs a regex per value (a retrieve reads dozens).
+            return None if value is None else self.process_result_value(datetime.fromisoformat(value), dialect)
+
+        return from_sqlite_text
 
 
 class JobSpecJSON(TypeDecorator[JobSpec]):

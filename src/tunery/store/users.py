@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from tunery.errors import NotFound
@@ -55,6 +55,14 @@ _USER_FOR_KEY = (select(User).join(ApiKey, ApiKey.user_id == User.id)
 def user_for_key(s: Session, key: str) -> User | None:
     """The user owning an unrevoked ``key``, or None (one query)."""
     return s.scalar(_USER_FOR_KEY, {"key_hash": hash_key(key)})
+
+
+_USER_ID_FOR_KEY = select(ApiKey.user_id).where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+
+
+def user_id_for_key(conn: Connection, key: str) -> str | None:
+    """``user_for_key``'s id alone, on a plain connection (``Database.read_rows``)."""
+    return conn.scalar(_USER_ID_FOR_KEY, {"key_hash": hash_key(key)})
 
 
 def list_keys(s: Session) -> list[KeyInfo]:
