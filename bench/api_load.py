@@ -7,7 +7,8 @@ Run:  .venv/bin/python bench/api_load.py                       # 1 API process, 
 One API node (`tunery serve --api-workers N`, SQLite under its data dir) and one idle `tunery
 worker` (it polls the queue, as workers with nothing to do do) on this machine. The database holds
 4 users with 200 jobs: most completed with 30 events each, some queued (their retrieve counts the
-queue). Then, per route (`GET /v1/fine-tunes/{id}` and `.../events`):
+queue). Once the node's processes are idle (the inference engine loads eagerly, for about a minute
+here), per route (`GET /v1/fine-tunes/{id}` and `.../events`):
 
 1. cost, no load: 400 sequential requests; the API's own latency histogram at /metrics
    (`tunery_http_request_duration_seconds` sum/count) and the API processes' CPU time (from /proc)
