@@ -26,51 +26,23 @@ from typing import Any
 
 def child(a: argparse.Namespace) -> dict[str, Any]:
     import torch
+    from train_step import build_step
 
-    import tunery.training  # noqa: F401 - before torch, as the recipes' entry point does
-    from tunery.models.builtin import ensure_builtin
-    from tunery.training.attention import attention_for
-    from tunery.training.config import TrainConfig
-    from tunery.training.data.collate import collate
-    from tunery.training.data.render import Example
-    from tunery.training.model import forward_logps, load_for_training, mask_dtype
-    from tunery.training.session import build_optimizer
-
-    model_dir = ensure_builtin(f"tunery/{a.model}", Path(a.workdir) / "models")
-    cfg = TrainConfig(job_id="compile", base_model_dir=str(model_dir), train_file="unused", output_dir=a.workdir,
-                      device="cpu", lora=None if a.full else {"r": 8, "alpha": 16}, learning_rate=1e-4)
-    torch.manual_seed(0)
-    loaded = load_for_training(cfg)
-    optimizer = build_optimizer(loaded, cfg)
-    gen = torch.Generator().manual_seed(0)
-    rows = []
-    for _ in range(8):  # packed rows of examples of 16..96 tokens, filled to 256
-        row, used = [], 0
-        while used < 240:
-            n = min(int(torch.randint(16, 96, (1,), generator=gen)), 256 - used)
-            ids = torch.randint(5, 500, (n,), generator=gen).tolist()
-            row.append(Example(ids, ids))
-            used += n
-        rows.append(row)
-    batch = collate(rows, loaded.tokenizer.pad_token_id)
-    isolation = attention_for(batch, mask_dtype(loaded))
+    step = build_step(a.model, a.full, Path(a.workdir))
     if a.variant == "compiled":
-        loaded.scorer = torch.compile(loaded.scorer)  # type: ignore[assignment]
+        step.loaded.scorer = torch.compile(step.loaded.scorer)  # type: ignore[assignment]
 
-    def step() -> tuple[float, float]:
+    def timed() -> tuple[float, float]:
         wall, cpu = time.perf_counter(), time.process_time()
-        loss = -forward_logps(loaded, batch.input_ids, batch.position_ids, batch.targets, isolation).sum()
-        (loss / batch.num_targets).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step.run()
         return time.perf_counter() - wall, time.process_time() - cpu
 
-    first = step()
-    times = [step() for _ in range(a.steps)]
+    first = timed()
+    times = [timed() for _ in range(a.steps)]
     wall = statistics.median(t for t, _ in times)
     return {"variant": a.variant, "first_wall": first[0], "step_wall": wall,
-            "step_cpu": statistics.median(c for _, c in times), "tokens": batch.num_tokens,
-            "precision": str(loaded.autocast_dtype or torch.float32).removeprefix("torch.")}
+            "step_cpu": statistics.median(c for _, c in times), "tokens": step.batch.num_tokens,
+            "precision": str(step.loaded.autocast_dtype or torch.float32).removeprefix("torch.")}
 
 
 def main() -> None:
