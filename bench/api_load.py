@@ -181,12 +181,14 @@ class Node:
     def wait_until_idle(self, timeout_s: float = 300) -> None:
         """Until the node's processes are idle: the inference engine it starts eagerly loads for a
         minute or so on this machine, and would otherwise compete with the API being measured."""
+        def cpu_s() -> float:
+            return process_tree_cpu_s(self.api.pid, only_api=False) + process_tree_cpu_s(self.worker.pid)
+
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            before = process_tree_cpu_s(self.api.pid, only_api=False) + process_tree_cpu_s(self.worker.pid)
+            before = cpu_s()
             time.sleep(2)
-            after = process_tree_cpu_s(self.api.pid, only_api=False) + process_tree_cpu_s(self.worker.pid)
-            if after - before < 0.1:
+            if cpu_s() - before < 0.1:
                 return
         raise SystemExit(f"the node did not become idle in {timeout_s:.0f} s")
 

@@ -47,9 +47,9 @@ def create_key(s: Session, user_name: str) -> str:
     return key
 
 
-# Built once with a bound parameter: every authenticated request runs it.
-_USER_FOR_KEY = (select(User).join(ApiKey, ApiKey.user_id == User.id)
-                 .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)))
+# Built once with a bound parameter: every authenticated request runs one of them.
+_LIVE_KEY = (ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+_USER_FOR_KEY = select(User).join(ApiKey, ApiKey.user_id == User.id).where(*_LIVE_KEY)
 
 
 def user_for_key(s: Session, key: str) -> User | None:
@@ -57,7 +57,7 @@ def user_for_key(s: Session, key: str) -> User | None:
     return s.scalar(_USER_FOR_KEY, {"key_hash": hash_key(key)})
 
 
-_USER_ID_FOR_KEY = select(ApiKey.user_id).where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None))
+_USER_ID_FOR_KEY = select(ApiKey.user_id).where(*_LIVE_KEY)
 
 
 def user_id_for_key(conn: Connection, key: str) -> str | None:

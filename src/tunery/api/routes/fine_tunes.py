@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -47,7 +48,7 @@ from tunery.store.models import Job
 router = APIRouter(prefix="/v1/fine-tunes", tags=["fine-tunes"])
 
 
-def job_json(s: Session, job: Job, *, truncated: bool = False, with_events: bool = True) -> dict[str, Any]:
+def job_json(s: Session | Connection, job: Job, *, truncated: bool = False, with_events: bool = True) -> dict[str, Any]:
     events = [wire_event(e) for e in job_store.list_events(s, job.id)] if with_events else []
     return wire_job(job, events=events, queue_depth=queue_position(s, job), truncated=truncated)
 
@@ -122,9 +123,7 @@ async def retrieve_job(request: Request, job_id: str) -> Response:
 
 def _job_response(ctx: AppContext, key: str | None, job_id: str) -> Response:
     with ctx.db.read_rows() as conn:
-        job = job_store.read_job(conn, job_id, authenticated_user_id(conn, key))
-        events = [wire_event(e) for e in job_store.list_events(conn, job.id)]
-        body = wire_job(job, events=events, queue_depth=queue_position(conn, job))
+        body = job_json(conn, job_store.read_job(conn, job_id, authenticated_user_id(conn, key)))
     return _json(body)
 
 
